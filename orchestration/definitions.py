@@ -1,0 +1,27 @@
+"""Dagster Definitions: every asset module under orchestration/assets, resources, jobs, automation."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import dagster as dg
+
+from . import assets as assets_package
+from .resources import MlflowTracking, ParamsResource
+
+ASSET_MODULES = [importlib.import_module(f"{assets_package.__name__}.{module.name}")
+                 for module in pkgutil.iter_modules(assets_package.__path__)]
+
+all_assets = dg.load_assets_from_modules(ASSET_MODULES)
+all_checks = dg.load_asset_checks_from_modules(ASSET_MODULES)
+
+pipeline_job = dg.define_asset_job("pipeline", selection=dg.AssetSelection.all())
+
+RESOURCES = {"params": ParamsResource(), "mlflow_tracking": MlflowTracking()}
+
+defs = dg.Definitions(
+    assets=all_assets,
+    asset_checks=all_checks,
+    jobs=[pipeline_job],
+    resources=RESOURCES,
+)

@@ -1,0 +1,67 @@
+"""Dagster resources: params.yaml access and MLflow tracking."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import dagster as dg
+import mlflow
+
+from sid_models.params import REPO_ROOT, load_params
+
+DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlflow' / 'mlflow.db'}"
+DEFAULT_ARTIFACT_ROOT = str(REPO_ROOT / "mlflow" / "artifacts")
+DAGSTER_RUN_TAG = "dagster.run_id"
+
+
+class ParamsResource(dg.ConfigurableResource):
+    """params.yaml, optionally replaced by another file (tests use a reduced copy)."""
+
+    path: str = ""
+
+    def load(self) -> dict:
+        return load_params(self.path or None)
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """One MLflow parent run per Dagster run (tagged with its run id), nested runs per asset."""
+
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    artifact_root: str = DEFAULT_ARTIFACT_ROOT
+    experiment: str = "sid-retrieval"
+
+    def setup(self) -> str:
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        experiment = mlflow.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
+            experiment_id = mlflow.create_experiment(self.experiment, artifact_location=Path(self.artifact_root).as_uri())
+        else:
+            experiment_id = experiment.experiment_id
+        mlflow.set_experiment(experiment_id=experiment_id)
+        return experiment_id
+
+    def parent_run_id(self, dagster_run_id: str, job_name: str) -> str:
+        experiment_id = self.setup()
+        found = mlflow.search_runs(experiment_ids=[experiment_id],
+                                   filter_string=f"tags.`{DAGSTER_RUN_TAG}` = '{dagster_run_id}'",
+                                   output_format="list")
+        if found:
+            return found[0].info.run_id
+        run = mlflow.MlflowClient().create_run(experiment_id, run_name=f"dagster-{job_name}-{dagster_run_id[:8]}",
+                                               tags={DAGSTER_RUN_TAG: dagster_run_id, "dagster.job": job_name})
+        return run.info.run_id
+
+    @contextlib.contextmanager
+    def stage_run(self, context: dg.AssetExecutionContext, stage: str) -> Iterator[mlflow.ActiveRun]:
+        """Nested MLflow run for one asset, under this Dagster run's parent run."""
+        parent = self.parent_run_id(context.run.run_id, context.run.job_name)
+        while mlflow.active_run() is not None:  # a failed earlier asset in this process left a run open
+            mlflow.end_run("FAILED")
+        with mlflow.start_run(run_id=parent):
+            with mlflow.start_run(run_name=stage, nested=True,
+                                  tags={DAGSTER_RUN_TAG: context.run.run_id, "stage": stage}) as run:
+                yield run

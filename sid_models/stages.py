@@ -1,0 +1,52 @@
+"""The pipeline as a table of stages, shared by Dagster assets and DVC stages.
+
+Each stage is one function `run(params, inputs, out) -> metadata`:
+- `params`: the whole params.yaml as a dict;
+- `inputs`: upstream stage name -> folder that stage wrote;
+- `out`: an empty folder the stage writes its artifact into;
+- returns a flat dict of JSON-able metadata (counts, metrics, health figures).
+A stage raises on bad input before writing anything final. Dagster assets call these
+functions with versioned folders; `python -m sid_models.cli run STAGE` calls them for DVC.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    target: str               # "module:function"
+    upstream: tuple[str, ...]
+
+    def function(self) -> Callable[[dict, dict[str, Path], Path], dict[str, Any]]:
+        module, function = self.target.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in [
+    Stage("prepared_dataset", "sid_models.data.stage:run", ()),
+    Stage("text_embeddings", "sid_models.text.stage:run", ("prepared_dataset",)),
+    Stage("sci_towers", "sid_models.sci.stage:train_towers", ("prepared_dataset", "text_embeddings")),
+    Stage("sci_index", "sid_models.sci.stage:build_index", ("prepared_dataset", "text_embeddings", "sci_towers")),
+    Stage("semantic_ids", "sid_models.quantize.stage:run",
+          ("prepared_dataset", "text_embeddings", "sci_towers", "sci_index")),
+    Stage("sft_checkpoint", "sid_models.generative.stage:run", ("prepared_dataset", "sci_index", "semantic_ids")),
+    Stage("dpo_checkpoint", "sid_models.align.stage:run",
+          ("prepared_dataset", "sci_index", "semantic_ids", "sft_checkpoint")),
+    Stage("eval_report", "sid_models.eval.stage:run",
+          ("prepared_dataset", "text_embeddings", "sci_towers", "sci_index", "semantic_ids",
+           "sft_checkpoint", "dpo_checkpoint")),
+]}
+
+
+def run_stage(name: str, params: dict, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
+    stage = STAGES[name]
+    missing = [upstream for upstream in stage.upstream if upstream not in inputs]
+    if missing:
+        raise ValueError(f"stage {name!r} needs inputs {missing}")
+    out.mkdir(parents=True, exist_ok=True)
+    return stage.function()(params, {key: Path(inputs[key]) for key in stage.upstream}, out)

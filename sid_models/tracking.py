@@ -1,0 +1,47 @@
+"""MLflow logging from library code.
+
+Library functions log to the caller's active MLflow run when there is one (Dagster's
+MLflow resource or the DVC stage CLI opens it) and log nothing when called bare, e.g.
+from a notebook or a unit test.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlflow
+
+
+def active() -> bool:
+    return mlflow.active_run() is not None
+
+
+def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
+    if active():
+        flat = _flatten(params, prefix)
+        mlflow.log_params({key: str(value)[:500] for key, value in flat.items()})
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    if active():
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    if active():
+        path = Path(path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path)
+        else:
+            mlflow.log_artifact(str(path), artifact_path)
+
+
+def _flatten(params: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
