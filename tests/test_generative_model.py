@@ -1,0 +1,90 @@
+"""The seq2seq retriever's interface: shapes, cached decoding, vocabulary round trips."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sid_models.generative.model import (GenerativeConfig, Seq2SeqRetriever, init_encoder_embeddings,
+                                         load_model, save_model)
+from sid_models.generative.vocab import BOS, EOS, SidVocab
+
+TINY = GenerativeConfig(enc_vocab_size=100, dec_vocab_size=20, d_model=32, n_heads=4, d_ff=64,
+                        dropout=0.0, max_enc_len=10, max_dec_len=5)
+
+
+def _batch():
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1, 100, (3, 7), generator=generator)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    input_ids[1, 5:] = 0
+    decoder = torch.randint(3, 20, (3, 4), generator=generator)
+    decoder[:, 0] = BOS
+    return input_ids, mask, decoder
+
+
+def test_forward_returns_logits_and_final_hidden_states():
+    torch.manual_seed(0)
+    model = Seq2SeqRetriever(TINY).eval()
+    input_ids, mask, decoder = _batch()
+    logits, hidden = model(input_ids, mask, decoder)
+    assert logits.shape == (3, 4, TINY.dec_vocab_size) and hidden.shape == (3, 4, TINY.d_model)
+    torch.testing.assert_close(logits, hidden @ model.dec_tokens.weight.t())
+
+
+def test_cached_steps_with_beams_equal_teacher_forced_decoding():
+    torch.manual_seed(0)
+    model = Seq2SeqRetriever(TINY).eval()
+    input_ids, mask, decoder = _batch()
+    logits, _ = model(input_ids, mask, decoder)
+    cache = model.start_cache(input_ids, mask, beams=2)
+    tokens = decoder.repeat_interleave(2, dim=0)
+    for position in range(decoder.shape[1]):
+        step = model.step(tokens[:, position], cache)
+        expected = torch.log_softmax(logits[:, position], dim=-1).repeat_interleave(2, dim=0)
+        torch.testing.assert_close(step, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_does_not_change_the_encoding_of_real_tokens():
+    torch.manual_seed(0)
+    model = Seq2SeqRetriever(TINY).eval()
+    input_ids, mask, decoder = _batch()
+    short_logits, _ = model(input_ids[1:2, :5], mask[1:2, :5], decoder[1:2])
+    padded_logits, _ = model(input_ids[1:2], mask[1:2], decoder[1:2])
+    torch.testing.assert_close(short_logits, padded_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = Seq2SeqRetriever(TINY).eval()
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path).eval()
+    input_ids, mask, decoder = _batch()
+    torch.testing.assert_close(model(input_ids, mask, decoder)[0], loaded(input_ids, mask, decoder)[0])
+
+
+def test_encoder_embeddings_initialise_from_a_projection_of_pretrained_ones():
+    model = Seq2SeqRetriever(TINY)
+    pretrained = torch.randn(100, 48) * torch.linspace(3, 0.1, 48)
+    init_encoder_embeddings(model, pretrained)
+    weight = model.enc_tokens.weight.detach()
+    assert abs(weight.std().item() - 0.02) < 1e-4
+    with pytest.raises(ValueError, match="vocabulary"):
+        init_encoder_embeddings(model, torch.randn(99, 48))
+
+
+def test_vocab_round_trip_and_level_ranges():
+    vocab = SidVocab((4, 3, 2))
+    assert vocab.size == 3 + 9
+    tokens = vocab.encode((3, 0, 1))
+    assert tokens == [3 + 3, 7 + 0, 10 + 1, EOS]
+    assert vocab.decode([BOS] + tokens) == (3, 0, 1)
+    assert vocab.decode(vocab.encode((2,))) == (2,)
+
+
+def test_vocab_rejects_codes_outside_their_level():
+    vocab = SidVocab((4, 3))
+    with pytest.raises(ValueError, match="level 1"):
+        vocab.encode((0, 3))
+    with pytest.raises(ValueError, match="not a level-0 code"):
+        vocab.decode([vocab.token(1, 0), EOS])
+    assert SidVocab.for_sids([(1, 2), (0, 0, 5)]).codes_per_level == (2, 3, 6)
