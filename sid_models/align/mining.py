@@ -1,0 +1,109 @@
+"""Preference mining: per training query, positive and negative semantic-ID sequences.
+
+Preferences live at the level of SIDs, not items, because the policy scores sequences: a
+SARQ leaf bucket can hold several tail items under one SID. Per training query:
+
+- positives: SIDs of the items judged at or above the relevance threshold, graded by
+  `w = gain(relevance) / gain(scale maximum)` (a SID keeps the best grade of its items),
+  best grade first, at most `max_positives`;
+- judged negatives: SIDs of items judged below the threshold that are not positive SIDs
+  of the query, at most `max_judged_negatives` (a seeded sample: all are real rejections);
+- pseudo-negatives: the SFT model's own constrained-beam SIDs for the query that are
+  neither positive nor already judged negative, first `max_pseudo_negatives` in beam order
+  (the model's most confident mistakes, hence the most informative — and noisy, since an
+  unjudged item may be relevant; RDRW is what discounts the likely false ones).
+
+Queries without a positive are dropped (nothing to prefer). Ties and samples use a
+generator seeded by (seed, query id), so the result does not depend on query order.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data.schema import PreparedDataset
+
+ROLES = ("positive", "judged_negative", "pseudo_negative")
+Sid = tuple[int, ...]
+
+
+def _query_rng(seed: int, query_id: str) -> np.random.Generator:
+    digest = hashlib.sha1(f"{seed}:{query_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
+def mine_preferences(prepared: PreparedDataset, item_sid: Mapping[str, Sid],
+                     beam_sids: Mapping[str, Sequence[Sid]], mining: dict, seed: int) -> pd.DataFrame:
+    """Mine the preference table of the training split.
+
+    `item_sid`: item_id -> SID codes; `beam_sids`: training query_id -> the SFT model's
+    constrained-beam SIDs, best first; `mining`: params `align.mining` (max_positives,
+    max_judged_negatives, max_pseudo_negatives). Returns one row per (query, SID):
+    query_id, sid (list of codes), role (positive / judged_negative / pseudo_negative),
+    weight (grade weight for positives, 1 for negatives), rank (position within its role).
+    """
+    limits = {key: int(mining[key]) for key in ("max_positives", "max_judged_negatives", "max_pseudo_negatives")}
+    if limits["max_positives"] < 1 or min(limits.values()) < 0:
+        raise ValueError(f"align.mining sizes must be >= 0 (max_positives >= 1), got {limits}")
+    judged = prepared.split_judgments("train")
+    unknown = sorted(set(judged["item_id"]) - set(item_sid))
+    if unknown:
+        raise ValueError(f"{len(unknown)} judged training items have no SID, e.g. {unknown[:5]}")
+    scale = prepared.scale
+    top_gain = float(scale.gain(scale.maximum))
+    if top_gain <= 0:
+        raise ValueError(f"relevance scale {scale} gives the top grade no gain")
+
+    rows = []
+    for query_id, group in judged.groupby("query_id", sort=True):
+        rng = _query_rng(seed, str(query_id))
+        grade_of: dict[Sid, float] = {}
+        for item_id, relevance in zip(group["item_id"], group["relevance"]):
+            if relevance >= scale.threshold:
+                sid = tuple(int(c) for c in item_sid[item_id])
+                grade_of[sid] = max(grade_of.get(sid, 0.0), float(scale.gain(relevance)) / top_gain)
+        if not grade_of:
+            continue
+        candidates = list(grade_of)
+        tie_break = rng.permutation(len(candidates))
+        order = sorted(range(len(candidates)), key=lambda i: (-grade_of[candidates[i]], tie_break[i]))
+        positives = [candidates[i] for i in order[:limits["max_positives"]]]
+        # Every judged SID, kept or not, is excluded from the pseudo-negatives: those are unjudged.
+        taken = set(grade_of)
+
+        judged_negatives = []
+        for item_id in group.loc[group["relevance"] < scale.threshold, "item_id"]:
+            sid = tuple(int(c) for c in item_sid[item_id])
+            if sid not in taken:
+                taken.add(sid)
+                judged_negatives.append(sid)
+        if len(judged_negatives) > limits["max_judged_negatives"]:
+            keep = np.sort(rng.choice(len(judged_negatives), limits["max_judged_negatives"], replace=False))
+            judged_negatives = [judged_negatives[i] for i in keep]
+
+        pseudo_negatives = []
+        for sid in beam_sids.get(query_id, ()):
+            sid = tuple(int(c) for c in sid)
+            if len(pseudo_negatives) >= limits["max_pseudo_negatives"]:
+                break
+            if sid not in taken:
+                taken.add(sid)
+                pseudo_negatives.append(sid)
+
+        for role, sids in zip(ROLES, (positives, judged_negatives, pseudo_negatives)):
+            for rank, sid in enumerate(sids):
+                rows.append((query_id, list(sid), role, grade_of[sid] if role == "positive" else 1.0, rank))
+    return pd.DataFrame(rows, columns=["query_id", "sid", "role", "weight", "rank"])
+
+
+def preference_summary(preferences: pd.DataFrame) -> dict[str, float]:
+    """Counts for metadata: queries, mean sequences per role, multi-positive queries."""
+    per_query = preferences.groupby(["query_id", "role"]).size().unstack(fill_value=0)
+    summary = {"n_preference_queries": int(len(per_query))}
+    for role in ROLES:
+        summary[f"mean_{role}s"] = float(per_query[role].mean()) if role in per_query else 0.0
+    summary["n_multi_positive_queries"] = int((per_query.get("positive", 0) >= 2).sum())
+    return summary

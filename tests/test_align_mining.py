@@ -1,0 +1,86 @@
+"""Preference mining: roles, exclusions, sizes and determinism."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from sid_models.align.mining import mine_preferences, preference_summary
+
+MINING = {"max_positives": 3, "max_judged_negatives": 2, "max_pseudo_negatives": 4}
+
+
+def item_sids(prepared, levels=3, codes=8):
+    """Deterministic SIDs from item row numbers; every fourth pair of items shares a SID (a bucket)."""
+    sids = {}
+    for row, item_id in enumerate(prepared.items["item_id"]):
+        key = row // 2 if row % 4 < 2 else row
+        sids[item_id] = tuple((key // codes ** level) % codes for level in range(levels))
+    return sids
+
+
+def beam_for(prepared, sids, width=10):
+    """A beam that mixes relevant SIDs with arbitrary catalogue SIDs, as an SFT model's would."""
+    all_sids = sorted(set(sids.values()))
+    relevant = prepared.relevant("train").groupby("query_id")["item_id"].apply(list)
+    beam = {}
+    for index, query_id in enumerate(prepared.split_queries("train")["query_id"]):
+        hits = [sids[item] for item in relevant.get(query_id, [])[:2]]
+        beam[query_id] = hits + [all_sids[(index * 7 + k) % len(all_sids)] for k in range(width - len(hits))]
+    return beam
+
+
+@pytest.fixture(scope="module")
+def mined(small_prepared):
+    sids = item_sids(small_prepared)
+    return sids, beam_for(small_prepared, sids), mine_preferences(small_prepared, sids, beam_for(small_prepared, sids),
+                                                                  MINING, seed=3)
+
+
+def test_positives_are_relevant_sids_graded_and_negatives_never_positive(small_prepared, mined):
+    sids, _, preferences = mined
+    judged = small_prepared.split_judgments("train")
+    assert set(preferences["query_id"]) <= set(small_prepared.split_queries("train")["query_id"])
+    for query_id, group in preferences.groupby("query_id"):
+        rows = judged[judged["query_id"] == query_id]
+        relevant_sids = {sids[i] for i in rows.loc[rows["relevant"], "item_id"]}
+        judged_sids = {sids[i] for i in rows["item_id"]}
+        positives = {tuple(s) for s in group.loc[group["role"] == "positive", "sid"]}
+        negatives = [tuple(s) for s in group.loc[group["role"] != "positive", "sid"]]
+        assert positives and positives <= relevant_sids
+        assert not set(negatives) & relevant_sids
+        assert len(negatives) == len(set(negatives))
+        pseudo = {tuple(s) for s in group.loc[group["role"] == "pseudo_negative", "sid"]}
+        assert not pseudo & judged_sids
+        weights = group.loc[group["role"] == "positive", "weight"]
+        assert ((weights > 0) & (weights <= 1)).all() and weights.is_monotonic_decreasing
+
+
+def test_sizes_follow_params(mined):
+    _, _, preferences = mined
+    counts = preferences.groupby(["query_id", "role"]).size().unstack(fill_value=0)
+    assert counts["positive"].max() <= 3 and counts["judged_negative"].max() <= 2
+    assert counts["pseudo_negative"].max() == 4
+    summary = preference_summary(preferences)
+    assert summary["n_multi_positive_queries"] > 0 and summary["mean_pseudo_negatives"] > 0
+
+
+def test_pseudo_negatives_follow_beam_order(mined):
+    _, beam, preferences = mined
+    for query_id, group in list(preferences[preferences["role"] == "pseudo_negative"].groupby("query_id"))[:50]:
+        positions = [beam[query_id].index(tuple(s)) for s in group.sort_values("rank")["sid"]]
+        assert positions == sorted(positions)
+
+
+def test_mining_is_deterministic_under_a_seed_and_independent_of_query_order(small_prepared, mined):
+    sids, beam, preferences = mined
+    again = mine_preferences(small_prepared, sids, dict(reversed(list(beam.items()))), MINING, seed=3)
+    pd.testing.assert_frame_equal(preferences, again)
+    other = mine_preferences(small_prepared, sids, beam, MINING, seed=4)
+    assert not other.equals(preferences)
+
+
+def test_missing_sid_for_a_judged_item_is_an_error(small_prepared, mined):
+    sids, beam, _ = mined
+    item = small_prepared.split_judgments("train")["item_id"].iloc[0]
+    with pytest.raises(ValueError, match="no SID"):
+        mine_preferences(small_prepared, {k: v for k, v in sids.items() if k != item}, beam, MINING, seed=0)
