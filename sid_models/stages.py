@@ -21,6 +21,8 @@ class Stage:
     name: str
     target: str               # "module:function"
     upstream: tuple[str, ...]
+    # params.yaml sections the stage reads (DVC reruns it when one changes); None: the whole file
+    params: tuple[str, ...] | None = None
 
     def function(self) -> Callable[[dict, dict[str, Path], Path], dict[str, Any]]:
         module, function = self.target.split(":")
@@ -28,7 +30,10 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in [
-    Stage("prepared_dataset", "sid_models.data.stage:run", ()),
+    Stage("raw_dataset", "sid_models.data.stage:raw_dataset", (), params=("dataset", "demo")),
+    Stage("prepared_dataset", "sid_models.data.stage:prepared_dataset", ("raw_dataset",),
+          params=("split", "segments")),
+    Stage("segment_stats", "sid_models.data.stage:segment_stats", ("prepared_dataset",), params=()),
     Stage("text_embeddings", "sid_models.text.stage:run", ("prepared_dataset",)),
     Stage("sci_towers", "sid_models.sci.stage:train_towers", ("prepared_dataset", "text_embeddings")),
     Stage("sci_index", "sid_models.sci.stage:build_index", ("prepared_dataset", "text_embeddings", "sci_towers")),

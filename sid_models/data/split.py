@@ -10,10 +10,10 @@ from .schema import Dataset, PreparedDataset
 
 
 def assign_splits(query_ids: pd.Series, salt: str, valid_fraction: float, test_fraction: float) -> pd.Series:
-    """Map each query id to train/valid/test by a salted SHA-1 of the id.
+    """Map each key (a query's id or normalised text) to train/valid/test by a salted SHA-1 of it.
 
     The hash makes a query's split independent of the rest of the data: adding queries
-    never moves an existing query to another split.
+    never moves an existing query to another split; a new salt draws a new split.
     """
     if not (valid_fraction >= 0 and test_fraction >= 0 and valid_fraction + test_fraction < 1):
         raise ValueError(f"split fractions must be >= 0 and sum below 1, got valid={valid_fraction} test={test_fraction}")
@@ -24,6 +24,12 @@ def assign_splits(query_ids: pd.Series, salt: str, valid_fraction: float, test_f
     splits = np.where(buckets < test_fraction, "test",
                       np.where(buckets < test_fraction + valid_fraction, "valid", "train"))
     return pd.Series(splits, index=query_ids.index, name="split")
+
+
+def split_key(texts: pd.Series) -> pd.Series:
+    """Queries are split by their normalised text (case, surrounding and repeated spaces ignored),
+    so two query ids with the same text never land in different splits (no test leakage)."""
+    return texts.astype(str).str.lower().str.split().str.join(" ")
 
 
 def item_segments(items: pd.DataFrame, train_relevant: pd.DataFrame, head_min_exposure: int,
@@ -41,7 +47,7 @@ def item_segments(items: pd.DataFrame, train_relevant: pd.DataFrame, head_min_ex
 def prepare(dataset: Dataset, split_params: dict, segment_params: dict) -> PreparedDataset:
     """Attach the query split, the `relevant` flag and item segments to a validated dataset."""
     queries = dataset.queries.copy()
-    queries["split"] = assign_splits(queries["query_id"], split_params["salt"],
+    queries["split"] = assign_splits(split_key(queries["text"]), split_params["salt"],
                                      split_params["valid_fraction"], split_params["test_fraction"])
     judgments = dataset.judgments.copy()
     judgments["split"] = judgments["query_id"].map(queries.set_index("query_id")["split"])
