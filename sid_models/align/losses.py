@@ -222,9 +222,17 @@ class RewardWeighter:
         room = self.warmup_pairs - len(self.buffer)
         self.buffer.extend(similarity.detach().flatten().float().cpu().tolist()[:room])
         if len(self.buffer) >= self.warmup_pairs:
-            values = np.asarray(self.buffer)
-            self.bounds = (float(np.quantile(values, self.low_quantile)), float(np.quantile(values, self.high_quantile)))
-            self.buffer = []
+            self.finish_warmup()
+
+    def finish_warmup(self) -> None:
+        """Fix the quantiles from the buffer as it is (fewer pairs than `warmup_pairs` exist)."""
+        if self.ready:
+            return
+        if not self.buffer:
+            raise ValueError("RDRW warm-up saw no (positive, negative) pair")
+        values = np.asarray(self.buffer)
+        self.bounds = (float(np.quantile(values, self.low_quantile)), float(np.quantile(values, self.high_quantile)))
+        self.buffer = []
 
     def weights(self, similarity: Tensor) -> Tensor:
         """w(s) for each similarity (ones before the warm-up buffer is full)."""

@@ -23,8 +23,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..data.schema import PreparedDataset
+from ..generative.model import Seq2SeqRetriever
+from ..generative.trie import SidTrie, constrained_beam_search
 
 ROLES = ("positive", "judged_negative", "pseudo_negative")
 Sid = tuple[int, ...]
@@ -107,3 +110,20 @@ def preference_summary(preferences: pd.DataFrame) -> dict[str, float]:
         summary[f"mean_{role}s"] = float(per_query[role].mean()) if role in per_query else 0.0
     summary["n_multi_positive_queries"] = int((per_query.get("positive", 0) >= 2).sum())
     return summary
+
+
+@torch.no_grad()
+def beam_sids(model: Seq2SeqRetriever, trie: SidTrie, input_ids: np.ndarray, attention_mask: np.ndarray,
+              beams: int, batch_size: int, length_penalty: float) -> list[list[Sid]]:
+    """The model's constrained-beam SIDs per query (best first), the source of pseudo-negatives."""
+    device = next(model.parameters()).device
+    trie = trie.to(device)
+    found: list[list[Sid]] = []
+    for start in range(0, len(input_ids), batch_size):
+        mask = torch.as_tensor(attention_mask[start:start + batch_size], dtype=torch.long)
+        length = max(int(mask.sum(1).max()), 1)
+        ids = torch.as_tensor(input_ids[start:start + batch_size, :length], dtype=torch.long)
+        sid_index, _ = constrained_beam_search(model, ids.to(device), mask[:, :length].to(device), trie, beams,
+                                               length_penalty)
+        found.extend([[trie.sids[i] for i in row if i >= 0] for row in sid_index.tolist()])
+    return found

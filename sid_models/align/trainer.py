@@ -12,15 +12,27 @@ ratio log π − log π_ref is noise at step 0 instead of exactly 0.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
-from ..generative.model import Seq2SeqRetriever
-from ..generative.vocab import PAD
-from .batches import Batch, PreferenceTensors, batch_similarity, sequence_forward
+from .. import tracking
+from ..data.schema import PreparedDataset
+from ..generative.data import read_sid_table, tokenize
+from ..generative.model import GenerativeConfig, Seq2SeqRetriever, save_model
+from ..generative.train import DistContext, LoopConfig, train_loop
+from ..generative.trie import SidTrie
+from ..generative.vocab import PAD, SidVocab
+from .batches import (PreferenceDataset, PreferenceTensors, SequenceScorer, batch_similarity,
+                      build_preference_tensors, make_batch, pair_mask, reference_logprobs, score_batch,
+                      with_reference)
 from .losses import PreferenceLossConfig, RewardWeighter, preference_loss
+from .mining import beam_sids, mine_preferences
 
 SYSTEMS: dict[str, dict[str, bool]] = {
     "rad_dpo": {},
@@ -29,6 +41,7 @@ SYSTEMS: dict[str, dict[str, bool]] = {
     "rad_dpo_no_mlgc": {"mlgc": False},
     "dpo": {"tlgd": False, "rdrw": False, "mlgc": False},
 }
+SID_VARIANT = "sarq_acrq"
 
 
 @dataclass(frozen=True)
@@ -51,29 +64,154 @@ class AlignmentConfig:
         return cls(loss=loss, rdrw=rdrw, similarity=str(align["rdrw"]["similarity"]))
 
 
-def alignment_loss(model: Seq2SeqRetriever, data: PreferenceTensors, batch: Batch, config: AlignmentConfig,
+def alignment_loss(scorer: torch.nn.Module, batch: dict[str, Tensor], config: AlignmentConfig,
                    weighter: RewardWeighter | None) -> tuple[Tensor, dict[str, float]]:
-    """Policy forward on the batch's sequences, RDRW weights, and `preference_loss`."""
-    token_logp, hidden_at_eos = sequence_forward(model, data, batch)
-    device = token_logp.device
-    targets = data.targets[batch.rows].to(device)
+    """Score the batch's sequences with the policy, weight pairs by RDRW, apply `preference_loss`."""
+    token_logp, hidden_at_eos = score_batch(scorer, batch)
     reference = None
     if not config.loss.reference_free:
-        if data.reference_logp is None:
+        if "reference_logp" not in batch:
             raise ValueError("reference mode needs the reference log-probs (batches.with_reference)")
-        reference = data.reference_logp[batch.rows].to(device)
-    pos_index, neg_index = batch.pos_index.to(device), batch.neg_index.to(device)
-    pair_valid = (pos_index >= 0).unsqueeze(-1) & (neg_index >= 0).unsqueeze(1)
+        reference = batch["reference_logp"]
+    valid = pair_mask(batch)
     if config.rdrw:
-        if weighter is None:
-            raise ValueError("RDRW is on but no RewardWeighter was given")
-        similarity = batch_similarity(data, batch, hidden_at_eos, config.similarity)
-        weighter.observe(similarity[pair_valid])
-        pair_weight = weighter.weights(similarity)
+        if weighter is None or not weighter.ready:
+            raise ValueError("RDRW is on but its weighter has not finished warm-up (see rdrw_warmup)")
+        pair_weight = weighter.weights(batch_similarity(batch, hidden_at_eos, config.similarity))
     else:
-        pair_weight = torch.ones(pair_valid.shape, device=device)
-    loss, diagnostics = preference_loss(token_logp, reference, targets, pos_index, batch.pos_weight.to(device),
-                                        neg_index, pair_weight, config.loss, PAD)
-    if config.rdrw and pair_valid.any():
-        diagnostics["rdrw_mean_weight"] = float(pair_weight[pair_valid].mean())
+        pair_weight = torch.ones(valid.shape, device=token_logp.device)
+    loss, diagnostics = preference_loss(token_logp, reference, batch["targets"], batch["pos_index"],
+                                        batch["pos_weight"], batch["neg_index"], pair_weight, config.loss, PAD)
+    if config.rdrw and valid.any():
+        diagnostics["rdrw_mean_weight"] = float(pair_weight[valid].mean())
     return loss, diagnostics
+
+
+@torch.no_grad()
+def rdrw_warmup(policy: Seq2SeqRetriever, dataset: PreferenceDataset, config: AlignmentConfig,
+                weighter: RewardWeighter, batch_size: int, seed: int) -> None:
+    """Fill RDRW's buffer with the starting (SFT) policy's pair similarities, then fix its quantiles.
+
+    The buffer is filled before training from a seeded query order rather than online: the
+    quantiles are then a function of the SFT checkpoint and the seed alone, identical on
+    every DDP rank and after a resume (an online buffer would differ per rank and would
+    have to be checkpointed mid-warm-up).
+    """
+    scorer = SequenceScorer(policy).eval()
+    device = next(policy.parameters()).device
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    for start in range(0, len(order), batch_size):
+        batch = {key: value.to(device) for key, value in dataset.batch(order[start:start + batch_size]).items()}
+        _, hidden_at_eos = score_batch(scorer, batch)
+        weighter.observe(batch_similarity(batch, hidden_at_eos, config.similarity)[pair_mask(batch)])
+        if weighter.ready:
+            return
+    weighter.finish_warmup()
+
+
+class AlignmentObjective:
+    """`loss_fn(model, batch)` for `train_loop`."""
+
+    def __init__(self, config: AlignmentConfig, weighter: RewardWeighter | None):
+        self.config, self.weighter = config, weighter
+
+    def __call__(self, scorer: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        return alignment_loss(scorer, batch, self.config, self.weighter)
+
+
+def load_policy(sft_folder: str | Path, device: torch.device | str = "cpu") -> tuple[Seq2SeqRetriever, SidVocab]:
+    """The SFT model with dropout off (see module docstring) and its decoder vocabulary."""
+    sft_folder = Path(sft_folder)
+    for name in ("model.pt", "config.json", "vocab.json"):
+        if not (sft_folder / name).is_file():
+            raise FileNotFoundError(f"SFT checkpoint {sft_folder} lacks {name}")
+    config = GenerativeConfig.from_dict(json.loads((sft_folder / "config.json").read_text()))
+    policy = Seq2SeqRetriever(replace(config, dropout=0.0))
+    policy.load_state_dict(torch.load(sft_folder / "model.pt", map_location="cpu", weights_only=True))
+    return policy.to(device), SidVocab.load(sft_folder)
+
+
+def sid_vectors(sid_table: pd.DataFrame, item_ids: pd.Series, item_vectors: np.ndarray) -> dict[tuple, np.ndarray]:
+    """SID -> mean (re-normalised) item vector of the items it names (a SARQ bucket may hold several)."""
+    if len(item_ids) != len(item_vectors):
+        raise ValueError(f"{len(item_vectors)} item vectors for {len(item_ids)} items")
+    row_of_item = pd.Series(np.arange(len(item_ids)), index=item_ids.astype(str).to_numpy())
+    grouped: dict[tuple, list[int]] = {}
+    for item_id, sid in zip(sid_table["item_id"].astype(str), sid_table["sid"]):
+        if item_id in row_of_item.index:
+            grouped.setdefault(tuple(int(c) for c in sid), []).append(int(row_of_item[item_id]))
+    vectors = {}
+    for sid, rows in grouped.items():
+        mean = item_vectors[rows].mean(axis=0)
+        vectors[sid] = mean / max(float(np.linalg.norm(mean)), np.finfo(np.float32).tiny)
+    return vectors
+
+
+def prepare_preferences(params: dict, prepared: PreparedDataset, sft_folder: str | Path, sids_folder: str | Path,
+                        device: torch.device | str = "cpu",
+                        item_vectors: np.ndarray | None = None) -> tuple[pd.DataFrame, PreferenceTensors]:
+    """Mine preferences with the SFT model's beam and tensorise them with the reference log-probs.
+
+    `item_vectors` (SCI item view, items.parquet row order) feeds the sci_item similarity.
+    """
+    from ..text.encoder import load_tokenizer
+
+    align = params["align"]
+    policy, vocab = load_policy(sft_folder, device)
+    policy.eval()
+    table = read_sid_table(sids_folder, SID_VARIANT)
+    item_sid = {item: tuple(int(c) for c in sid) for item, sid in zip(table["item_id"], table["sid"])}
+    trie = SidTrie.build(list(item_sid.values()), vocab)
+    queries = prepared.split_queries("train")
+    queries = queries[queries["query_id"].isin(set(prepared.relevant("train")["query_id"]))].reset_index(drop=True)
+    input_ids, attention_mask = tokenize(load_tokenizer(), queries["text"].astype(str).tolist(),
+                                         policy.config.max_enc_len)
+    beams = beam_sids(policy, trie, input_ids, attention_mask, int(align["mining"]["beam_size"]),
+                      int(params["decode"]["batch_size"]), float(params["decode"]["length_penalty"]))
+    query_ids = queries["query_id"].astype(str).tolist()
+    preferences = mine_preferences(prepared, item_sid, dict(zip(query_ids, beams)), align["mining"],
+                                   seed=int(align["seed"]))
+    vectors = None if item_vectors is None else sid_vectors(table, prepared.items["item_id"], item_vectors)
+    data = build_preference_tensors(preferences, vocab, query_ids, torch.from_numpy(input_ids.astype(np.int64)),
+                                    torch.from_numpy(attention_mask.astype(np.int64)), policy.config.max_dec_len,
+                                    sid_vectors=vectors)
+    return preferences, with_reference(data, reference_logprobs(policy, data, int(align["train"]["batch_size"])))
+
+
+def train_alignment(params: dict, system: str, data: PreferenceTensors, sft_folder: str | Path, out: str | Path,
+                    dist: DistContext | None = None, progress: bool = True, stop_at: int | None = None,
+                    seed: int | None = None) -> tuple[Seq2SeqRetriever, list[dict]]:
+    """Align the SFT model of `sft_folder` as `system` into `out` (model.pt, config.json,
+    vocab.json, train_state.pt, metrics.jsonl, rdrw.json when RDRW is on); resumes from
+    `out/train_state.pt`. `seed` overrides `align.seed` (benchmark seeds)."""
+    align = params["align"]
+    dist = dist or DistContext.from_env(params["generative"]["device"])
+    seed = int(align["seed"] if seed is None else seed)
+    config = AlignmentConfig.for_system(align, system)
+    out = Path(out)
+    policy, vocab = load_policy(sft_folder, dist.device)
+    dataset = PreferenceDataset(data, pairwise=config.pairwise, seed=seed)
+    section = {key: value for key, value in align["train"].items() if key != "epochs"}
+    batches_per_epoch = len(dataset) // int(section["batch_size"])
+    if batches_per_epoch == 0:
+        raise ValueError(f"{len(dataset)} trainable queries cannot fill one batch of {section['batch_size']}")
+    loop = LoopConfig.from_params({**section, "steps": int(align["train"]["epochs"]) * batches_per_epoch}, seed=seed)
+    torch.manual_seed(seed)
+    weighter = None
+    if config.rdrw:
+        weighter = RewardWeighter.from_params(align["rdrw"])
+        rdrw_warmup(policy, dataset, config, weighter, loop.batch_size, seed)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "vocab.json").write_text(json.dumps(vocab.to_json()))
+        if weighter is not None:
+            (out / "rdrw.json").write_text(json.dumps({"low": weighter.bounds[0], "high": weighter.bounds[1]}))
+        tracking.log_params({"system": system, "steps": loop.steps, "n_queries": len(dataset),
+                             "tlgd": config.loss.tlgd, "rdrw": config.rdrw, "mlgc": config.loss.mlgc,
+                             "beta": config.loss.beta, "reference_free": config.loss.reference_free},
+                            prefix=f"align_{system}")
+    history = train_loop(SequenceScorer(policy), dataset, AlignmentObjective(config, weighter), loop, out, dist,
+                         metric_prefix=f"align_{system}", progress=progress, stop_at=stop_at)
+    if dist.is_main:
+        save_model(policy, out)
+    return policy, history
