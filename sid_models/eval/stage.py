@@ -1,0 +1,93 @@
+"""Stage `eval_report`: every system of DESIGN.md "Evaluation" side by side on one split.
+
+Systems (params `eval.systems`, built by `systems.build_system`) are measured one after
+another in this process on the same queries with the shared metrics (`metrics.evaluate`)
+and the same speed protocol (`harness.measure`). SID statistics come from the
+semantic_ids artifact (per-segment summary and codebook health of both variants);
+training curves from the MLflow runs of the same pipeline run (or the stages' history.json).
+
+Artifact: report.md, report.html (self-contained), metrics.json (headline numbers),
+plots/*.png, systems.json (every metric of every system). report.md, report.html,
+metrics.json and plots/ are also copied to params `eval.reports_dir` (repo-relative unless
+absolute): reports/metrics.json is the DVC metrics file of this stage.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from .. import tracking
+from ..data.schema import PreparedDataset
+from ..params import REPO_ROOT
+from ..quantize.table import VARIANT_FILES, load_sid_table, segment_summary
+from .curves import training_curves
+from .harness import measure
+from .report import CURVE_KEYS, EvalReport, quality_table, write_report
+from .systems import build_system
+
+TRAINING_STAGES = ("sci_towers", "sft_checkpoint", "dpo_checkpoint")
+REPORT_FILES = ("report.md", "report.html", "metrics.json")
+
+
+def mlflow_name(key: str) -> str:
+    """MLflow metric names allow no '@': recall@10 -> recall_at_10."""
+    return key.replace("@", "_at_")
+
+
+def reports_dir(eval_params: dict) -> Path:
+    folder = Path(eval_params["reports_dir"])
+    return folder if folder.is_absolute() else REPO_ROOT / folder
+
+
+def sid_statistics(folder: Path) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """(per-segment summary, codebook health) of every SID variant in a semantic_ids folder."""
+    summaries = {variant: segment_summary(load_sid_table(folder, variant)) for variant in VARIANT_FILES
+                 if (folder / VARIANT_FILES[variant]).is_file()}
+    if not summaries:
+        raise FileNotFoundError(f"no SID table in {folder}; expected one of {sorted(VARIANT_FILES.values())}")
+    health_path = folder / "health.json"
+    health = json.loads(health_path.read_text()) if health_path.is_file() else {}
+    return summaries, {variant: health[variant] for variant in summaries if variant in health}
+
+
+def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
+    settings = params["eval"]
+    prepared = PreparedDataset.load(inputs["prepared_dataset"])
+    if settings["headline_system"] not in settings["systems"]:
+        raise ValueError(f"eval.headline_system {settings['headline_system']!r} is not among eval.systems "
+                         f"{settings['systems']}")
+    item_segment = dict(zip(prepared.segments["item_id"], prepared.segments["segment"]))
+    results = []
+    for name in settings["systems"]:
+        print(f"eval_report: {name}", file=sys.stderr, flush=True)
+        searcher = build_system(name, params, inputs)
+        result, _ = measure(name, searcher, prepared, settings["split"], settings["depth"],
+                            settings["throughput_batch"], settings["latency_queries"], item_segment)
+        tracking.log_metrics({mlflow_name(f"{name}.{key}"): value for key, value in result.flat().items()})
+        results.append(result)
+    sid_segments, sid_health = sid_statistics(Path(inputs["semantic_ids"]))
+    curves, curve_source = training_curves({stage: inputs[stage] for stage in TRAINING_STAGES}, CURVE_KEYS)
+    report = EvalReport(
+        dataset=prepared.name, split=settings["split"], systems=results, headline_system=settings["headline_system"],
+        sid_segments=sid_segments, sid_health=sid_health, curves=curves,
+        notes=[f"Training curves from the {curve_source}." if curves else "No training curves were recorded.",
+               "The dual-tower baseline (tower) is trained inside this stage with λ_swap = 0 and the sci budget."],
+    )
+    paths = write_report(report, out)
+    (out / "systems.json").write_text(json.dumps({result.name: result.flat() for result in results}, indent=2))
+    published = reports_dir(settings)
+    published.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        shutil.copy2(paths[name], published / name)
+    shutil.copytree(out / "plots", published / "plots", dirs_exist_ok=True)
+    tracking.log_artifact(out, "report")
+    headline = report.system(settings["headline_system"]).flat()
+    return {
+        "report_html": str(published / "report.html"),
+        "headline_system": settings["headline_system"],
+        **{mlflow_name(key): value for key, value in headline.items()
+           if key in ("recall@10", "ndcg@10", "mrr", "recall@10_cold", "p50_ms", "qps")},
+        "quality_table": quality_table(report),
+    }

@@ -1,0 +1,199 @@
+"""The retriever as an MLflow pyfunc model: query strings in, ranked item ids with scores out.
+
+Packaging: every file the retriever needs travels as an MLflow artifact folder (the
+generative checkpoint with its weights, the semantic-ID table the prefix trie is compiled
+from, the SCI index that ranks leaf buckets, the prepared catalogue that maps rows to item
+ids, and the MiniLM tokenizer files). At load time the model calls a *loader*
+(`"module:function"`, recorded in the model config) with those folders and gets back any
+object with `search(queries: list[str], k) -> list[list[(item_id, score)]]`. The production
+model uses `sid_models.generative.retriever:load_retriever`; other systems (e.g. BM25) can be
+packaged the same way, which is how the serving tests exercise the packaging without a
+trained generative model.
+
+Input: a DataFrame with a string column `query` (over HTTP also `{"inputs": ["q1", ...]}`;
+in process a list of strings reaches the model as such only through `unwrap_python_model()`,
+since MLflow's schema enforcement turns a bare list into an unnamed column), and an optional
+inference parameter `k` (`params={"k": 5}`, default and bound from params.yaml `serving`).
+A per-row `k` column is not offered: MLflow casts a partly missing integer column to NaN
+and fails before the model sees it. Output: a DataFrame with one row per query, columns
+`query`, `item_ids` (list of str, best first) and `scores` (list of float).
+
+Bad input raises `MlflowException` with error code INVALID_PARAMETER_VALUE, which MLflow's
+scoring server returns as HTTP 400 with the message in the JSON body.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+INPUT_SCHEMA = Schema([ColSpec("string", "query")])
+OUTPUT_SCHEMA = Schema([ColSpec("string", "query"), ColSpec(Array("string"), "item_ids"),
+                        ColSpec(Array("double"), "scores")])
+
+
+def signature(limits: "ServingLimits") -> ModelSignature:
+    return ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA,
+                          params=ParamSchema([ParamSpec("k", "long", limits.default_k)]))
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """Request bounds, from params.yaml's `serving` section."""
+
+    default_k: int
+    max_k: int
+    max_query_chars: int
+    max_batch: int
+
+    @classmethod
+    def from_params(cls, serving: Mapping[str, Any]) -> "ServingLimits":
+        limits = cls(int(serving["default_k"]), int(serving["max_k"]), int(serving["max_query_chars"]),
+                     int(serving["max_batch"]))
+        if not 1 <= limits.default_k <= limits.max_k:
+            raise ValueError(f"serving.default_k must lie in [1, serving.max_k={limits.max_k}], got {limits.default_k}")
+        return limits
+
+
+def _invalid(message: str) -> MlflowException:
+    return MlflowException.invalid_parameter_value(message)
+
+
+def parse_request(model_input: Any, k: Any, limits: ServingLimits) -> tuple[list[str], int]:
+    """(query strings, k) from a DataFrame with a `query` column or a list of strings.
+
+    Raises MlflowException(INVALID_PARAMETER_VALUE) naming the offending row and value.
+    """
+    if isinstance(model_input, pd.DataFrame):
+        if list(model_input.columns) != ["query"]:
+            raise _invalid(f"input must have exactly one column 'query'; got columns {list(model_input.columns)}")
+        queries = model_input["query"].tolist()
+    elif isinstance(model_input, (list, tuple)):
+        queries = list(model_input)
+    else:
+        raise _invalid(f"input must be a DataFrame with a 'query' column or a list of strings, "
+                       f"got {type(model_input).__name__}")
+    if not queries:
+        raise _invalid("no queries in the request")
+    if len(queries) > limits.max_batch:
+        raise _invalid(f"{len(queries)} queries in one request; at most {limits.max_batch} allowed")
+    for row, query in enumerate(queries):
+        if not isinstance(query, str):
+            raise _invalid(f"query at row {row} must be a string, got {type(query).__name__}: {query!r}")
+        if not query.strip():
+            raise _invalid(f"query at row {row} is empty")
+        if len(query) > limits.max_query_chars:
+            raise _invalid(f"query at row {row} has {len(query)} characters; at most {limits.max_query_chars} allowed")
+    return queries, _parse_k(k, limits)
+
+
+def _parse_k(k: Any, limits: ServingLimits) -> int:
+    if k is None:
+        return limits.default_k
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not float(k).is_integer():
+        raise _invalid(f"k must be an integer, got {k!r}")
+    k = int(k)
+    if not 1 <= k <= limits.max_k:
+        raise _invalid(f"k is {k}; it must lie in [1, {limits.max_k}]")
+    return k
+
+
+def import_loader(target: str):
+    module, _, function = target.partition(":")
+    if not module or not function:
+        raise ValueError(f"loader must be 'module:function', got {target!r}")
+    return getattr(importlib.import_module(module), function)
+
+
+class SearcherModel(mlflow.pyfunc.PythonModel):
+    """Pyfunc wrapper around a searcher built by the configured loader from the model's artifacts."""
+
+    def load_context(self, context) -> None:
+        config = context.model_config
+        loader = import_loader(config["loader"])
+        folders = {argument: context.artifacts[artifact] for argument, artifact in config["artifact_args"].items()}
+        self.searcher = loader(**folders, **config.get("loader_kwargs", {}))
+        self.limits = ServingLimits(**config["limits"])
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        queries, k = parse_request(model_input, (params or {}).get("k"), self.limits)
+        found = self.searcher.search(queries, k)
+        return pd.DataFrame({
+            "query": queries,
+            "item_ids": [[str(item) for item, _ in results[:k]] for results in found],
+            "scores": [[float(score) for _, score in results[:k]] for results in found],
+        })
+
+
+def log_searcher_model(loader: str, artifacts: Mapping[str, str | Path], artifact_args: Mapping[str, str],
+                       limits: ServingLimits, input_example: list[str], loader_kwargs: Mapping[str, Any] | None = None,
+                       name: str = "model", registered_model_name: str | None = None):
+    """Log a SearcherModel to the active MLflow run (and register it when a name is given).
+
+    `artifacts`: artifact name -> local folder copied into the model; `artifact_args`:
+    loader argument -> artifact name. Returns mlflow's ModelInfo (with `registered_model_version`).
+    """
+    missing = [str(folder) for folder in artifacts.values() if not Path(folder).exists()]
+    if missing:
+        raise FileNotFoundError(f"model artifacts not found: {missing}")
+    unknown = sorted(set(artifact_args.values()) - set(artifacts))
+    if unknown:
+        raise ValueError(f"loader arguments refer to unknown artifacts {unknown}; known: {sorted(artifacts)}")
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=SearcherModel(),
+        artifacts={key: str(folder) for key, folder in artifacts.items()},
+        model_config={"loader": loader, "artifact_args": dict(artifact_args),
+                      "loader_kwargs": dict(loader_kwargs or {}), "limits": asdict(limits)},
+        signature=signature(limits),
+        input_example=pd.DataFrame({"query": input_example}),
+        registered_model_name=registered_model_name,
+    )
+
+
+class PyfuncSearcher:
+    """A loaded pyfunc model seen as a searcher: what the promotion check, the CLI and the benchmarks query."""
+
+    def __init__(self, model: "mlflow.pyfunc.PyFuncModel"):
+        self.model = model
+
+    def search(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
+        found = self.model.predict(pd.DataFrame({"query": list(queries)}), params={"k": k})
+        return [list(zip(ids, scores)) for ids, scores in zip(found["item_ids"], found["scores"])]
+
+
+RETRIEVER_LOADER = "sid_models.generative.retriever:load_retriever"
+# load_retriever argument -> artifact name inside the logged model
+RETRIEVER_ARGS = {"checkpoint_folder": "checkpoint", "sids_folder": "semantic_ids",
+                  "prepared_folder": "prepared_dataset", "index_folder": "sci_index"}
+
+
+def log_retriever(params: Mapping[str, Any], checkpoint: str | Path, semantic_ids: str | Path,
+                  prepared_dataset: str | Path, sci_index: str | Path, variant: str = "sarq_acrq",
+                  registered_model_name: str | None = None):
+    """Log (and register) the generative retriever with everything it needs to answer queries.
+
+    The MiniLM tokenizer files are bundled as the `tokenizer` artifact so a served model
+    carries the exact vocabulary its encoder was trained with.
+    """
+    import tempfile
+
+    from ..data.schema import PreparedDataset
+    from ..text.encoder import load_tokenizer
+
+    examples = PreparedDataset.load(prepared_dataset).queries["text"].head(2).astype(str).tolist()
+    with tempfile.TemporaryDirectory() as tokenizer_folder:
+        load_tokenizer().save_pretrained(tokenizer_folder)
+        return log_searcher_model(
+            RETRIEVER_LOADER,
+            {"checkpoint": checkpoint, "semantic_ids": semantic_ids, "prepared_dataset": prepared_dataset,
+             "sci_index": sci_index, "tokenizer": tokenizer_folder},
+            RETRIEVER_ARGS, ServingLimits.from_params(params["serving"]), examples,
+            loader_kwargs={"variant": variant}, registered_model_name=registered_model_name)
