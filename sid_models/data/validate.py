@@ -195,7 +195,7 @@ def validate_tables(items: pd.DataFrame, queries: pd.DataFrame, judgments: pd.Da
     if outside.any():
         position = int(np.argmax(outside))
         raise sources["judgments"].error(
-            f"label {relevance[position]!r} outside the scale [{scale.minimum}, {scale.maximum}]",
+            f"label {float(relevance[position])!r} outside the scale [{scale.minimum}, {scale.maximum}]",
             judgments, position, "relevance")
     for column, known, what in (("query_id", queries["query_id"], "query"), ("item_id", items["item_id"], "item")):
         unknown = ~judgments[column].isin(known).to_numpy()
