@@ -1,0 +1,175 @@
+"""SFT examples: (source text -> target SID) pairs, pre-tokenised into arrays.
+
+Two tasks (DESIGN.md Stage 3):
+- retrieval: each training query -> the SID of each of its relevant training items, with
+  weight gain(relevance) / gain(scale maximum), so a highly relevant item pulls harder;
+- indexing: each item's text -> its own SID, weight 1, for every item (cold items too:
+  their only chance to be decodable at all).
+
+`SftDataset` mixes them per epoch: all retrieval pairs, plus as many indexing pairs as make
+up `indexing_ratio` of the epoch, drawn by a seeded walk over a permutation of the items
+that continues across epochs (so every item is indexed every ~n_items / n_indexing epochs).
+Examples are addressed by (epoch, position), so the order is a pure function of the seed
+and the step: the property exact resume and DDP sharding rely on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.schema import PreparedDataset
+from .vocab import BOS, EOS, PAD, SidVocab
+
+SID_FILES = {"sarq_acrq": "sids.parquet", "tiger": "tiger_sids.parquet"}
+
+
+def read_sid_table(sids_folder: str | Path, variant: str) -> pd.DataFrame:
+    """The semantic_ids artifact's table for `variant` (columns item_id, sid, length, ...)."""
+    if variant not in SID_FILES:
+        raise ValueError(f"unknown SID variant {variant!r}; expected one of {sorted(SID_FILES)}")
+    path = Path(sids_folder) / SID_FILES[variant]
+    if not path.is_file():
+        raise FileNotFoundError(f"SID table missing: {path}")
+    table = pd.read_parquet(path)
+    missing = {"item_id", "sid"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path} lacks columns {sorted(missing)}")
+    table["item_id"] = table["item_id"].astype(str)
+    if table["item_id"].duplicated().any():
+        duplicate = table.loc[table["item_id"].duplicated(), "item_id"].iloc[0]
+        raise ValueError(f"{path}: item_id {duplicate!r} has more than one SID")
+    return table
+
+
+def vocab_for(sids_folder: str | Path, variant: str) -> SidVocab:
+    """The decoder vocabulary of a variant: `vocab.json` when it covers the variant's table,
+    else the smallest one that holds the table's codes (the TIGER table may use fewer or
+    more levels than the SARQ+ACRQ `vocab.json` describes)."""
+    table = read_sid_table(sids_folder, variant)
+    sids = [tuple(int(code) for code in sid) for sid in table["sid"]]
+    fitted = SidVocab.for_sids(sids)
+    path = Path(sids_folder) / "vocab.json"
+    if path.is_file():
+        declared = SidVocab.load(sids_folder)
+        if declared.levels >= fitted.levels and all(
+                declared.codes_per_level[level] >= fitted.codes_per_level[level] for level in range(fitted.levels)):
+            return declared
+    return fitted
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """WordPiece ids and attention mask, padded to `max_length`, int32 arrays [n, max_length]."""
+    encoded = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
+                        return_tensors="np")
+    return encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int8)
+
+
+def sid_targets(sids: Sequence[Sequence[int]], vocab: SidVocab, width: int) -> np.ndarray:
+    """Target token rows [n, width]: SID tokens, EOS, then PAD."""
+    targets = np.full((len(sids), width), PAD, dtype=np.int64)
+    for row, sid in enumerate(sids):
+        tokens = vocab.encode(sid)
+        if len(tokens) > width:
+            raise ValueError(f"SID {tuple(sid)} needs {len(tokens)} decoder positions, width is {width}")
+        targets[row, :len(tokens)] = tokens
+    return targets
+
+
+@dataclass
+class SftTables:
+    """Pre-tokenised sources and targets shared by both tasks."""
+
+    query_ids: np.ndarray          # [n_queries, S] WordPiece ids of training queries
+    query_mask: np.ndarray
+    item_ids: np.ndarray           # [n_items, S] WordPiece ids of item texts
+    item_mask: np.ndarray
+    item_targets: np.ndarray       # [n_items, T] SID tokens + EOS + PAD per item
+    pair_query: np.ndarray         # [n_pairs] retrieval pairs: query row
+    pair_item: np.ndarray          # [n_pairs] retrieval pairs: item row
+    pair_weight: np.ndarray        # [n_pairs] graded weight in (0, 1]
+
+    @classmethod
+    def build(cls, prepared: PreparedDataset, sid_table: pd.DataFrame, vocab: SidVocab, tokenizer,
+              max_enc_len: int, max_dec_len: int, split: str = "train") -> "SftTables":
+        items = prepared.items.reset_index(drop=True)
+        sid_by_item = dict(zip(sid_table["item_id"].astype(str), sid_table["sid"]))
+        missing = [item for item in items["item_id"].astype(str) if item not in sid_by_item]
+        if missing:
+            raise ValueError(f"{len(missing)} items have no SID in the table, e.g. {missing[:3]}")
+        sids = [tuple(int(code) for code in sid_by_item[item]) for item in items["item_id"].astype(str)]
+        item_ids, item_mask = tokenize(tokenizer, prepared.item_text().tolist(), max_enc_len)
+        queries = prepared.split_queries(split).reset_index(drop=True)
+        query_ids, query_mask = tokenize(tokenizer, queries["text"].astype(str).tolist(), max_enc_len)
+        relevant = prepared.relevant(split)
+        query_row = pd.Series(np.arange(len(queries)), index=queries["query_id"].astype(str))
+        item_row = pd.Series(np.arange(len(items)), index=items["item_id"].astype(str))
+        scale = prepared.scale
+        top_gain = float(scale.gain(scale.maximum))
+        if top_gain <= 0:
+            raise ValueError(f"relevance scale {scale} gives the top grade no gain")
+        weight = scale.gain(relevant["relevance"].to_numpy()) / top_gain
+        return cls(query_ids=query_ids, query_mask=query_mask, item_ids=item_ids, item_mask=item_mask,
+                   item_targets=sid_targets(sids, vocab, max_dec_len),
+                   pair_query=query_row.loc[relevant["query_id"].astype(str)].to_numpy(),
+                   pair_item=item_row.loc[relevant["item_id"].astype(str)].to_numpy(),
+                   pair_weight=weight.astype(np.float32))
+
+
+class SftDataset:
+    """The mixed retrieval + indexing example stream (see module docstring).
+
+    `set_epoch(e)` fixes which items fill the indexing slots of epoch e; `batch(indices)`
+    collates examples into model tensors.
+    """
+
+    def __init__(self, tables: SftTables, indexing_ratio: float, seed: int):
+        if not 0.0 <= indexing_ratio < 1.0:
+            raise ValueError(f"sft.indexing_ratio must be in [0, 1), got {indexing_ratio}")
+        self.tables, self.seed = tables, seed
+        n_pairs, n_items = len(tables.pair_query), len(tables.item_ids)
+        if n_pairs == 0 and indexing_ratio == 0.0:
+            raise ValueError("no retrieval pairs and indexing_ratio 0: nothing to train on")
+        self.n_pairs = n_pairs
+        self.n_indexing = (int(round(n_pairs * indexing_ratio / (1.0 - indexing_ratio))) if n_pairs
+                           else n_items)
+        self.item_order = np.random.default_rng(seed).permutation(n_items)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n_pairs + self.n_indexing
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        tables = self.tables
+        indices = np.asarray(indices, dtype=np.int64)
+        is_pair = indices < self.n_pairs
+        pair = np.where(is_pair, indices, 0)
+        slot = self.epoch * self.n_indexing + (indices - self.n_pairs)
+        item_for_index = self.item_order[np.where(is_pair, 0, slot) % len(self.item_order)]
+        item = np.where(is_pair, tables.pair_item[pair], item_for_index)
+        source = np.where(is_pair[:, None], tables.query_ids[tables.pair_query[pair]], tables.item_ids[item])
+        mask = np.where(is_pair[:, None], tables.query_mask[tables.pair_query[pair]], tables.item_mask[item])
+        weight = np.where(is_pair, tables.pair_weight[pair], 1.0)
+        return collate(source, mask, tables.item_targets[item], weight)
+
+
+def collate(source: np.ndarray, mask: np.ndarray, targets: np.ndarray, weight: np.ndarray) -> dict[str, torch.Tensor]:
+    """Model tensors; the encoder length is cut to the longest source of the batch."""
+    length = max(int(mask.sum(axis=1).max()), 1)
+    targets = torch.as_tensor(targets, dtype=torch.long)
+    decoder_input = torch.cat([torch.full((len(targets), 1), BOS, dtype=torch.long), targets[:, :-1]], dim=1)
+    decoder_input = decoder_input.masked_fill(decoder_input == EOS, PAD)
+    return {
+        "input_ids": torch.as_tensor(source[:, :length], dtype=torch.long),
+        "attention_mask": torch.as_tensor(mask[:, :length], dtype=torch.long),
+        "decoder_input_ids": decoder_input,
+        "targets": targets,
+        "weight": torch.as_tensor(weight, dtype=torch.float32),
+    }

@@ -1,0 +1,113 @@
+"""SFT examples: graded retrieval pairs, indexing of every item, a deterministic mix.
+
+Also home of `write_synthetic_sids`, the stand-in semantic_ids artifact the generative
+tests train on (variable-length SIDs: unique 3-level codes for seen items, shared 2-level
+buckets for cold ones, as SARQ produces).
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sid_models.generative.data import SftDataset, SftTables, read_sid_table, vocab_for
+from sid_models.generative.vocab import BOS, EOS, PAD, SidVocab
+from sid_models.text.encoder import load_tokenizer
+
+
+def synthetic_sids(prepared) -> pd.DataFrame:
+    items = prepared.items.reset_index(drop=True)
+    segment = dict(zip(prepared.segments["item_id"], prepared.segments["segment"]))
+    categories = {name: code for code, name in enumerate(sorted(items["category"].unique()))}
+    first = [categories[name] for name in items["category"]]
+    second = [zlib.crc32(title.split()[0].encode()) % 4 for title in items["title"]]
+    rows, rank = [], {}
+    for item, a, b in zip(items["item_id"], first, second):
+        if segment.get(item, "cold") == "cold":
+            sid = [a, b]
+        else:
+            rank[(a, b)] = rank.get((a, b), -1) + 1
+            sid = [a, b, rank[(a, b)]]
+        rows.append((item, sid))
+    table = pd.DataFrame(rows, columns=["item_id", "sid"])
+    table["length"] = table["sid"].map(len)
+    table["segment"] = [segment.get(item, "cold") for item in table["item_id"]]
+    table["bucket_size"] = table.groupby(table["sid"].map(tuple))["item_id"].transform("size")
+    return table
+
+
+def write_synthetic_sids(prepared, folder: Path) -> Path:
+    """A semantic_ids folder (sids.parquet, tiger_sids.parquet, vocab.json) for `prepared`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = synthetic_sids(prepared)
+    table.to_parquet(folder / "sids.parquet", index=False)
+    tiger = table.copy()
+    tiger["sid"] = [[sid[0], sid[1], index % 7] for index, sid in enumerate(tiger["sid"])]
+    tiger["length"] = 3
+    tiger.to_parquet(folder / "tiger_sids.parquet", index=False)
+    vocab = SidVocab.for_sids([tuple(sid) for sid in table["sid"]])
+    (folder / "vocab.json").write_text(json.dumps(vocab.to_json()))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sft_inputs(small_prepared, tmp_path_factory):
+    folder = write_synthetic_sids(small_prepared, tmp_path_factory.mktemp("sids"))
+    table = read_sid_table(folder, "sarq_acrq")
+    vocab = vocab_for(folder, "sarq_acrq")
+    return SftTables.build(small_prepared, table, vocab, load_tokenizer(), 16, vocab.levels + 1), vocab, table
+
+
+def test_retrieval_pairs_are_the_relevant_training_judgments_with_graded_weights(small_prepared, sft_inputs):
+    tables, _, _ = sft_inputs
+    relevant = small_prepared.relevant("train")
+    assert len(tables.pair_query) == len(relevant)
+    expected = (relevant["relevance"].to_numpy() - 1.0) / 2.0
+    np.testing.assert_allclose(tables.pair_weight, expected, rtol=1e-6)
+    assert tables.pair_weight.min() > 0 and tables.pair_weight.max() <= 1.0
+
+
+def test_every_item_has_its_sid_as_indexing_target(small_prepared, sft_inputs):
+    tables, vocab, table = sft_inputs
+    sid_of = dict(zip(table["item_id"], table["sid"]))
+    for row, item in enumerate(small_prepared.items["item_id"]):
+        target = [token for token in tables.item_targets[row] if token != PAD]
+        assert target == vocab.encode(tuple(sid_of[item]))
+
+
+def test_epoch_mix_follows_the_indexing_ratio_and_walks_all_items(sft_inputs):
+    tables, _, _ = sft_inputs
+    dataset = SftDataset(tables, indexing_ratio=0.5, seed=3)
+    assert dataset.n_indexing == dataset.n_pairs
+    seen = set()
+    n_items = len(tables.item_ids)
+    for epoch in range(n_items // dataset.n_indexing + 1):
+        dataset.set_epoch(epoch)
+        indices = np.arange(dataset.n_pairs, len(dataset))
+        slot = epoch * dataset.n_indexing + indices - dataset.n_pairs
+        seen.update(dataset.item_order[slot % n_items].tolist())
+    assert seen == set(range(n_items))
+
+
+def test_batches_are_teacher_forced_and_deterministic(sft_inputs):
+    tables, _, _ = sft_inputs
+    dataset = SftDataset(tables, indexing_ratio=0.3, seed=1)
+    indices = [0, 1, len(dataset) - 1]
+    first, again = dataset.batch(indices), dataset.batch(indices)
+    for key in first:
+        assert np.array_equal(first[key].numpy(), again[key].numpy())
+    assert (first["decoder_input_ids"][:, 0] == BOS).all()
+    targets = first["targets"]
+    assert np.array_equal(first["decoder_input_ids"][:, 1:].numpy(),
+                          targets[:, :-1].masked_fill(targets[:, :-1] == EOS, PAD).numpy())
+    assert first["weight"][-1] == 1.0
+
+
+def test_a_missing_sid_is_an_error_naming_the_item(small_prepared, sft_inputs):
+    _, vocab, table = sft_inputs
+    with pytest.raises(ValueError, match="no SID"):
+        SftTables.build(small_prepared, table.iloc[1:], vocab, load_tokenizer(), 16, vocab.levels + 1)

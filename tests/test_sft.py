@@ -1,0 +1,96 @@
+"""SFT trainer: learning, exact resume, schedule, and the distributed (DDP) path."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sid_models.generative.train import DistContext, lr_factor, train_sft
+from sid_models.params import REPO_ROOT, deep_merge
+from test_generative_data import write_synthetic_sids
+
+TINY_MODEL = {"d_model": 32, "n_heads": 2, "n_enc_layers": 1, "n_dec_layers": 1, "d_ff": 64,
+              "dropout": 0.1, "max_enc_len": 16}
+
+
+def tiny_params(small_params: dict, **sft) -> dict:
+    return deep_merge(small_params, {
+        "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False,
+                       "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 6, "batch_size": 16}}}},
+        "sft": {"warmup_steps": 2, "checkpoint_every": 2, "log_every": 1, **sft},
+    })
+
+
+@pytest.fixture(scope="module")
+def sids_folder(small_prepared, tmp_path_factory):
+    return write_synthetic_sids(small_prepared, tmp_path_factory.mktemp("sids"))
+
+
+def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor():
+    factors = [lr_factor(step, 4, 20, 0.1) for step in range(21)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
+    assert factors[20] == pytest.approx(0.1)
+
+
+def test_loss_falls_when_training_on_the_demo_store(small_params, small_prepared, sids_folder, tmp_path):
+    params = tiny_params(small_params, lr=0.005)
+    params = deep_merge(params, {"generative": {"presets": {"cpu": {"sft": {"steps": 60, "batch_size": 32}}}},
+                                 "sft": {"warmup_steps": 5, "checkpoint_every": 60}})
+    _, history = train_sft(params, small_prepared, sids_folder, tmp_path, dist=DistContext(), progress=False)
+    first = sum(record["loss"] for record in history[:5]) / 5
+    last = sum(record["loss"] for record in history[-5:]) / 5
+    assert last < 0.7 * first
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "train_state.pt").is_file()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 60
+
+
+def test_stop_and_resume_gives_the_parameters_of_an_uninterrupted_run(small_params, small_prepared, sids_folder,
+                                                                      tmp_path):
+    params = tiny_params(small_params)
+    straight, _ = train_sft(params, small_prepared, sids_folder, tmp_path / "straight", dist=DistContext(),
+                            progress=False)
+    train_sft(params, small_prepared, sids_folder, tmp_path / "resumed", dist=DistContext(), progress=False,
+              stop_at=3)
+    resumed, history = train_sft(params, small_prepared, sids_folder, tmp_path / "resumed", dist=DistContext(),
+                                 progress=False)
+    assert [record["step"] for record in history] == [4, 5, 6]
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def _losses(folder):
+    return [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.timeout(180)
+def test_torchrun_ddp_ranks_agree_and_match_a_single_process_run(small_params, small_prepared, sids_folder,
+                                                                 tmp_path):
+    prepared = small_prepared.save(tmp_path / "prepared")
+    overrides = {"generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "threads": 1,
+                                "presets": {"cpu": {"model": {**TINY_MODEL, "dropout": 0.0},
+                                                    "sft": {"steps": 4, "batch_size": 16}}}},
+                 "sft": {"warmup_steps": 2, "checkpoint_every": 4, "log_every": 1}, "demo": small_params["demo"]}
+    command = ["-m", "sid_models.generative.train", "--prepared", str(prepared), "--sids", str(sids_folder),
+               "--overrides", json.dumps(overrides), "--save-every-rank"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = str(REPO_ROOT / ".venv" / "bin" / "torchrun")
+    subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", *command, "--out", str(tmp_path / "ddp")],
+                   check=True, cwd=REPO_ROOT, env=env, timeout=170)
+    single_env = {key: value for key, value in env.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    subprocess.run([sys.executable, *command, "--out", str(tmp_path / "single")], check=True, cwd=REPO_ROOT,
+                   env=single_env, timeout=170)
+    rank0 = torch.load(tmp_path / "ddp" / "model_rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "ddp" / "model_rank1.pt", weights_only=True)
+    single = torch.load(tmp_path / "single" / "model_rank0.pt", weights_only=True)
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+        torch.testing.assert_close(rank0[name], single[name], atol=1e-4, rtol=1e-3)
+    ddp_losses, single_losses = _losses(tmp_path / "ddp"), _losses(tmp_path / "single")
+    assert len(ddp_losses) == len(single_losses) == 4
+    for ddp_loss, single_loss in zip(ddp_losses, single_losses):
+        assert ddp_loss == pytest.approx(single_loss, rel=1e-4)
