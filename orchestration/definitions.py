@@ -8,6 +8,8 @@ import dagster as dg
 
 from . import assets as assets_package
 from .resources import MlflowTracking, ParamsResource
+from .schedules import schedules
+from .sensors import sensors
 
 ASSET_MODULES = [importlib.import_module(f"{assets_package.__name__}.{module.name}")
                  for module in pkgutil.iter_modules(assets_package.__path__)]
@@ -23,5 +25,7 @@ defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     jobs=[pipeline_job],
+    schedules=schedules,
+    sensors=sensors,
     resources=RESOURCES,
 )
