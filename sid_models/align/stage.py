@@ -1,0 +1,138 @@
+"""Stage `dpo_checkpoint`: RAD-DPO (and the vanilla DPO baseline) from the SFT checkpoint.
+
+Inputs: prepared_dataset, sci_towers (item vectors for the `sci_item` RDRW similarity),
+sci_index, semantic_ids, sft_checkpoint. Writes, in the sft_checkpoint layout so
+`generative.retriever.load_retriever` loads it:
+
+  model.pt, config.json, vocab.json, train_state.pt, metrics.jsonl   RAD-DPO policy
+  rdrw.json              the RDRW similarity quantiles fixed by the warm-up
+  preferences.parquet    the mined preference table (query_id, sid, role, weight, rank)
+  vanilla_dpo/           the vanilla pairwise DPO baseline, same layout (when
+                         `align.train_vanilla_baseline`)
+  validation.json        validation figures of sft / rad_dpo / vanilla_dpo: ndcg@10,
+                         recall@10, recall@10_multi, valid_sid_rate (read by the asset checks)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import tracking
+from ..data.schema import PreparedDataset
+from ..eval.metrics import NDCG_K, evaluate
+from ..generative.data import read_sid_table, tokenize
+from ..generative.model import load_model
+from ..generative.train import DistContext
+from ..generative.trie import SidTrie, TrieConstraint, beam_search
+from ..generative.vocab import SidVocab
+from .mining import preference_summary
+from .trainer import SID_VARIANT, prepare_preferences, train_alignment
+
+VANILLA_FOLDER = "vanilla_dpo"
+VALIDATION_FILE = "validation.json"
+REPORTED = ("ndcg@10", "recall@10", "recall@10_multi")
+
+
+def valid_sid_rate(checkpoint: str | Path, sids_folder: str | Path, texts: list[str], params: dict) -> float:
+    """Fraction of the finished beam hypotheses whose decoded token sequence is a SID of the
+    table (decoded through the checkpoint's own vocabulary, independently of the trie's index)."""
+    from ..text.encoder import load_tokenizer
+
+    model = load_model(checkpoint).eval()
+    vocab = SidVocab.load(checkpoint)
+    table = read_sid_table(sids_folder, SID_VARIANT)
+    known = {tuple(int(c) for c in sid) for sid in table["sid"]}
+    trie = SidTrie.build(sorted(known), vocab)
+    input_ids, attention_mask = tokenize(load_tokenizer(), texts, model.config.max_enc_len)
+    decode, total, valid = params["decode"], 0, 0
+    for start in range(0, len(texts), int(decode["batch_size"])):
+        mask = torch.as_tensor(attention_mask[start:start + int(decode["batch_size"])], dtype=torch.long)
+        length = max(int(mask.sum(1).max()), 1)
+        ids = torch.as_tensor(input_ids[start:start + int(decode["batch_size"]), :length], dtype=torch.long)
+        result = beam_search(model, ids, mask[:, :length], int(decode["beam_size"]), trie.max_length + 1,
+                             TrieConstraint(trie), float(decode["length_penalty"]))
+        for rows, finished in zip(result.tokens.tolist(), result.finished.tolist()):
+            for tokens, done in zip(rows, finished):
+                if done:
+                    total += 1
+                    valid += vocab.decode(tokens) in known
+    if total == 0:
+        raise ValueError(f"checkpoint {checkpoint} finished no hypothesis on {len(texts)} validation queries")
+    return valid / total
+
+
+def validation_metrics(checkpoint: str | Path, inputs: dict[str, Path], prepared: PreparedDataset,
+                       params: dict) -> dict[str, float]:
+    """Validation ranking metrics (the shared `evaluate`) and the valid-SID rate of one checkpoint."""
+    from ..generative.retriever import load_retriever
+
+    queries = prepared.split_queries("valid")
+    queries = queries[queries["query_id"].isin(set(prepared.relevant("valid")["query_id"]))]
+    queries = queries.head(int(params["sft"]["valid_max_queries"]))
+    retriever = load_retriever(checkpoint, inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
+                               variant=SID_VARIANT)
+    texts = queries["text"].astype(str).tolist()
+    results = retriever.search(texts, NDCG_K)
+    rankings = {query_id: [item for item, _ in hits] for query_id, hits in zip(queries["query_id"], results)}
+    judged = prepared.split_judgments("valid")
+    metrics = evaluate(rankings, judged[judged["query_id"].isin(set(queries["query_id"]))], prepared.scale,
+                       dict(zip(prepared.segments["item_id"], prepared.segments["segment"])))
+    figures = {key: metrics[key] for key in REPORTED if key in metrics}
+    figures["valid_sid_rate"] = valid_sid_rate(checkpoint, inputs["semantic_ids"], texts, params)
+    return figures
+
+
+def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
+    align = params["align"]
+    torch.set_num_threads(int(params["generative"]["threads"]))
+    dist = DistContext.from_env(params["generative"]["device"])
+    prepared = PreparedDataset.load(inputs["prepared_dataset"])
+    item_vectors = None
+    if align["rdrw"]["enabled"] and align["rdrw"]["similarity"] == "sci_item":
+        item_vectors = np.load(inputs["sci_towers"] / "item_item_view.npy")
+    sft = inputs["sft_checkpoint"]
+    preferences, data = prepare_preferences(params, prepared, sft, inputs["semantic_ids"], dist.device,
+                                            item_vectors=item_vectors)
+    preferences.to_parquet(out / "preferences.parquet", index=False)
+    summary = preference_summary(preferences)
+    tracking.log_params(summary, prefix="align_mining")
+    checkpoints = {"sft": sft, "rad_dpo": out}
+    _, history = train_alignment(params, "rad_dpo", data, sft, out, dist=dist)
+    metadata = {**summary, "rad_dpo_steps": len(history), "rad_dpo_final_loss": history[-1]["loss"]}
+    if align["train_vanilla_baseline"]:
+        _, vanilla_history = train_alignment(params, "dpo", data, sft, out / VANILLA_FOLDER, dist=dist)
+        checkpoints["vanilla_dpo"] = out / VANILLA_FOLDER
+        metadata["vanilla_dpo_final_loss"] = vanilla_history[-1]["loss"]
+    validation = {name: validation_metrics(folder, inputs, prepared, params) for name, folder in checkpoints.items()}
+    (out / VALIDATION_FILE).write_text(json.dumps(validation, indent=2))
+    for name, figures in validation.items():
+        metadata.update({f"{name}_valid_{key}": value for key, value in figures.items()})
+        tracking.log_metrics({f"{name}_valid_{key}": value for key, value in figures.items()})
+    return metadata
+
+
+def read_validation(folder: str | Path) -> dict[str, dict[str, float]]:
+    path = Path(folder) / VALIDATION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"dpo_checkpoint {folder} lacks {VALIDATION_FILE}")
+    return json.loads(path.read_text())
+
+
+def check_valid_sids(validation: dict[str, dict[str, float]]) -> tuple[bool, str, dict[str, float]]:
+    """Every aligned checkpoint decodes only SIDs of the table on the validation queries."""
+    rates = {name: figures["valid_sid_rate"] for name, figures in validation.items() if name != "sft"}
+    passed = all(rate == 1.0 for rate in rates.values())
+    return passed, f"valid-SID rate on validation queries: {rates} (must be 1.0)", rates
+
+
+def check_ndcg_vs_sft(validation: dict[str, dict[str, float]], tolerance: float) -> tuple[bool, str, dict[str, float]]:
+    """RAD-DPO's validation NDCG@10 is at most `tolerance` below the SFT checkpoint's."""
+    sft, aligned = validation["sft"]["ndcg@10"], validation["rad_dpo"]["ndcg@10"]
+    figures = {"sft_ndcg@10": sft, "rad_dpo_ndcg@10": aligned, "delta": aligned - sft, "tolerance": tolerance}
+    if "vanilla_dpo" in validation:
+        figures["vanilla_dpo_ndcg@10"] = validation["vanilla_dpo"]["ndcg@10"]
+    return aligned >= sft - tolerance, (f"validation NDCG@10 rad_dpo {aligned:.4f} vs sft {sft:.4f} "
+                                        f"(allowed drop {tolerance})"), figures

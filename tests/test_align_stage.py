@@ -1,0 +1,22 @@
+"""The dpo_checkpoint checks: valid SIDs must be 100 %, NDCG@10 may not fall below SFT's beyond the tolerance."""
+from __future__ import annotations
+
+from sid_models.align.stage import check_ndcg_vs_sft, check_valid_sids
+
+
+def validation(sft=0.30, rad=0.31, rad_valid=1.0, vanilla_valid=1.0):
+    return {"sft": {"ndcg@10": sft, "valid_sid_rate": 1.0},
+            "rad_dpo": {"ndcg@10": rad, "valid_sid_rate": rad_valid},
+            "vanilla_dpo": {"ndcg@10": 0.29, "valid_sid_rate": vanilla_valid}}
+
+
+def test_valid_sid_check_needs_every_aligned_checkpoint_at_exactly_one():
+    assert check_valid_sids(validation())[0]
+    assert not check_valid_sids(validation(rad_valid=0.999))[0]
+    assert not check_valid_sids(validation(vanilla_valid=0.5))[0]
+
+
+def test_ndcg_check_allows_a_drop_up_to_the_tolerance_only():
+    assert check_ndcg_vs_sft(validation(sft=0.30, rad=0.295), tolerance=0.01)[0]
+    passed, description, figures = check_ndcg_vs_sft(validation(sft=0.30, rad=0.28), tolerance=0.01)
+    assert not passed and "0.2800" in description and abs(figures["delta"] + 0.02) < 1e-12
