@@ -24,16 +24,12 @@ from ..params import REPO_ROOT
 from ..quantize.table import VARIANT_FILES, load_sid_table, segment_summary
 from .curves import training_curves
 from .harness import measure
+from .metrics import mlflow_key
 from .report import CURVE_KEYS, EvalReport, quality_table, write_report
 from .systems import build_system
 
 TRAINING_STAGES = ("sci_towers", "sft_checkpoint", "dpo_checkpoint")
 REPORT_FILES = ("report.md", "report.html", "metrics.json")
-
-
-def mlflow_name(key: str) -> str:
-    """MLflow metric names allow no '@': recall@10 -> recall_at_10."""
-    return key.replace("@", "_at_")
 
 
 def reports_dir(eval_params: dict) -> Path:
@@ -65,7 +61,7 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
         searcher = build_system(name, params, inputs)
         result, _ = measure(name, searcher, prepared, settings["split"], settings["depth"],
                             settings["throughput_batch"], settings["latency_queries"], item_segment)
-        tracking.log_metrics({mlflow_name(f"{name}.{key}"): value for key, value in result.flat().items()})
+        tracking.log_metrics({mlflow_key(f"{name}.{key}"): value for key, value in result.flat().items()})
         results.append(result)
     sid_segments, sid_health = sid_statistics(Path(inputs["semantic_ids"]))
     curves, curve_source = training_curves({stage: inputs[stage] for stage in TRAINING_STAGES}, CURVE_KEYS)
@@ -87,7 +83,7 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     return {
         "report_html": str(published / "report.html"),
         "headline_system": settings["headline_system"],
-        **{mlflow_name(key): value for key, value in headline.items()
+        **{mlflow_key(key): value for key, value in headline.items()
            if key in ("recall@10", "ndcg@10", "mrr", "recall@10_cold", "p50_ms", "qps")},
         "quality_table": quality_table(report),
     }

@@ -7,7 +7,7 @@ same code,
   (checked when both have that metric, i.e. the split has relevant cold items).
 A first model (no champion yet) passes. Passing moves the alias to the candidate; failing
 tags the candidate `challenger`. Either way the version records the decision, its reason and
-both metric sets as tags (`candidate.<metric>`, `champion.<metric>`), so the registry alone
+both metric sets as tags (`candidate.<metric>`, `champion.<metric>`, '@' spelt `_at_`), so the registry alone
 tells why an alias points where it does.
 """
 from __future__ import annotations
@@ -19,6 +19,9 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+from .. import tracking
+from ..eval.metrics import mlflow_key
 
 RECORDED_METRICS = ("recall@1", "recall@5", "recall@10", "recall@50", "ndcg@10", "mrr",
                     "recall@10_head", "recall@10_torso", "recall@10_tail", "recall@10_cold",
@@ -79,10 +82,10 @@ def record_decision(client: MlflowClient, name: str, version: str, decision: Pro
             "promotion.reason": decision.reason,
             "promotion.primary_metric": registry["primary_metric"],
             "promotion.previous_champion": decision.champion_version or "none"}
-    tags.update({f"candidate.{key}": f"{value:.6g}" for key, value in decision.candidate.items()
+    tags.update({mlflow_key(f"candidate.{key}"): f"{value:.6g}" for key, value in decision.candidate.items()
                  if key in RECORDED_METRICS})
     if decision.champion is not None:
-        tags.update({f"champion.{key}": f"{value:.6g}" for key, value in decision.champion.items()
+        tags.update({mlflow_key(f"champion.{key}"): f"{value:.6g}" for key, value in decision.champion.items()
                      if key in RECORDED_METRICS})
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
@@ -128,6 +131,9 @@ def promote(client: MlflowClient, name: str, version: str, prepared, params: Map
 
     candidate = metrics(version)
     champion_metrics = None if champion is None else metrics(champion.version)
-    decision = decide(candidate, champion_metrics, registry, None if champion is None else champion.version)
+    decision = decide(candidate, champion_metrics, registry, None if champion is None else str(champion.version))
+    tracking.log_metrics({mlflow_key(f"candidate.{key}"): value for key, value in candidate.items()})
+    if champion_metrics is not None:
+        tracking.log_metrics({mlflow_key(f"champion.{key}"): value for key, value in champion_metrics.items()})
     record_decision(client, name, version, decision, registry)
     return decision
