@@ -46,8 +46,10 @@ class MlflowTracking(dg.ConfigurableResource):
 
     def parent_run_id(self, dagster_run_id: str, job_name: str) -> str:
         experiment_id = self.setup()
+        # Nested stage runs carry the run id tag too; only the parent carries the job tag.
         found = mlflow.search_runs(experiment_ids=[experiment_id],
-                                   filter_string=f"tags.`{DAGSTER_RUN_TAG}` = '{dagster_run_id}'",
+                                   filter_string=f"tags.`{DAGSTER_RUN_TAG}` = '{dagster_run_id}' "
+                                                 f"and tags.`dagster.job` = '{job_name}'",
                                    output_format="list")
         if found:
             return found[0].info.run_id
