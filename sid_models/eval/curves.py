@@ -2,8 +2,9 @@
 
 Inside a tracked pipeline run the training stages are sibling MLflow runs of the eval run
 (same parent, tagged `stage`), so their logged histories are read back from MLflow. Run bare
-(DVC, a notebook) there is no parent run; then the curves come from the `history.json`
-files the training stages save in their artifact folders (a list of per-epoch/step dicts).
+(DVC, a notebook) there is no parent run; then the curves come from the histories the
+training stages save in their artifact folders: `history.json` (a list of per-epoch dicts,
+SCI towers) or `metrics.jsonl` (one per-step dict a line, generative SFT and DPO).
 Only metrics whose name contains one of `keys` and that have at least two points are kept.
 """
 from __future__ import annotations
@@ -46,16 +47,27 @@ def curves_from_mlflow(stages: Sequence[str], keys: Sequence[str]) -> Curves | N
     return curves
 
 
+HISTORY_FILES = ("history.json", "metrics.jsonl")
+
+
+def read_history(path: Path) -> list[dict]:
+    """Per-step records from a history.json (a JSON list) or metrics.jsonl (a JSON object a line)."""
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    history = json.loads(path.read_text())
+    if not isinstance(history, list):
+        raise ValueError(f"{path} must hold a list of per-step records, got {type(history).__name__}")
+    return history
+
+
 def curves_from_histories(folders: Mapping[str, Path], keys: Sequence[str]) -> Curves:
-    """Curves from `<folder>/history.json` of each stage that saved one."""
+    """Curves from the history file of each stage that saved one."""
     curves: Curves = {}
     for stage, folder in folders.items():
-        path = Path(folder) / "history.json"
-        if not path.is_file():
+        path = next((Path(folder) / name for name in HISTORY_FILES if (Path(folder) / name).is_file()), None)
+        if path is None:
             continue
-        history = json.loads(path.read_text())
-        if not isinstance(history, list):
-            raise ValueError(f"{path} must hold a list of per-step records, got {type(history).__name__}")
+        history = read_history(path)
         series: dict[str, list[tuple[int, float]]] = {}
         for position, record in enumerate(history):
             step = int(record.get("step", record.get("epoch", position)))

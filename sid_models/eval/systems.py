@@ -24,7 +24,7 @@ VectorSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 # system -> (checkpoint stage, subfolder of its artifact, SID variant)
 GENERATIVE_SYSTEMS = {
-    "gr_tiger": ("sft_checkpoint", "tiger", "tiger"),
+    "gr_tiger": ("sft_checkpoint", "", "tiger"),
     "gr_sarq_acrq": ("sft_checkpoint", "", "sarq_acrq"),
     "gr_vanilla_dpo": ("dpo_checkpoint", "vanilla_dpo", "sarq_acrq"),
     "gr_rad_dpo": ("dpo_checkpoint", "", "sarq_acrq"),
@@ -47,7 +47,10 @@ def exact_search(item_vectors: np.ndarray) -> VectorSearch:
 
 
 class DenseSearcher:
-    """Query text -> vectors (`encode`) -> item rows (`vector_search`) -> item ids."""
+    """Query text -> vectors (`encode`) -> item rows (`vector_search`) -> item ids.
+
+    BM25 fits the same shape with the identity as `encode` and its (scores, rows) search.
+    """
 
     def __init__(self, item_ids: np.ndarray, encode: QueryVectors, vector_search: VectorSearch):
         self.item_ids = np.asarray(item_ids).astype(str)
@@ -61,6 +64,15 @@ class DenseSearcher:
         scores, rows = self.vector_search(self.encode(list(queries)), k)
         return [[(self.item_ids[row], float(score)) for score, row in zip(query_scores, query_rows) if row >= 0]
                 for query_scores, query_rows in zip(scores, rows)]
+
+
+def load_bm25(prepared_folder: str | Path, bm25_params: dict) -> DenseSearcher:
+    """BM25 over the item texts the encoders see (title | brand | category)."""
+    from ..sci.bm25 import BM25Retriever
+
+    prepared = PreparedDataset.load(prepared_folder)
+    bm25 = BM25Retriever.from_params(prepared.item_text().tolist(), bm25_params)
+    return DenseSearcher(prepared.items["item_id"].to_numpy(), lambda texts: texts, bm25.search)
 
 
 def load_minilm(prepared_folder: str | Path, embeddings_folder: str | Path, text_params: dict) -> DenseSearcher:
@@ -124,9 +136,7 @@ def generative_checkpoint(system: str, inputs: Mapping[str, Path]) -> tuple[Path
 def build_system(name: str, params: dict, inputs: Mapping[str, Path]):
     """The searcher of system `name` from the pipeline's artifact folders (stage name -> folder)."""
     if name == "bm25":
-        from ..sci.bm25 import load_bm25
-
-        return load_bm25(inputs["prepared_dataset"])
+        return load_bm25(inputs["prepared_dataset"], params["bm25"])
     if name == "minilm":
         return load_minilm(inputs["prepared_dataset"], inputs["text_embeddings"], params["text"])
     if name == "tower":

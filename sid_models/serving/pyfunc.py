@@ -170,6 +170,7 @@ class PyfuncSearcher:
 
 
 RETRIEVER_LOADER = "sid_models.generative.retriever:load_retriever"
+CHECKPOINT_FILES = ("model.pt", "config.json", "vocab.json")
 # load_retriever argument -> artifact name inside the logged model
 RETRIEVER_ARGS = {"checkpoint_folder": "checkpoint", "sids_folder": "semantic_ids",
                   "prepared_folder": "prepared_dataset", "index_folder": "sci_index"}
@@ -180,20 +181,30 @@ def log_retriever(params: Mapping[str, Any], checkpoint: str | Path, semantic_id
                   registered_model_name: str | None = None):
     """Log (and register) the generative retriever with everything it needs to answer queries.
 
-    The MiniLM tokenizer files are bundled as the `tokenizer` artifact so a served model
-    carries the exact vocabulary its encoder was trained with.
+    Only what serving needs of the checkpoint travels (weights, config, SID vocab and the
+    `sci/` bucket-ranking assets; no optimiser state, no baseline subfolders). The MiniLM
+    tokenizer files are bundled as the `tokenizer` artifact so a served model carries the
+    vocabulary its encoder was trained with.
     """
+    import shutil
     import tempfile
 
     from ..data.schema import PreparedDataset
+    from ..generative.retriever import copy_retriever_assets
     from ..text.encoder import load_tokenizer
 
     examples = PreparedDataset.load(prepared_dataset).queries["text"].head(2).astype(str).tolist()
-    with tempfile.TemporaryDirectory() as tokenizer_folder:
-        load_tokenizer().save_pretrained(tokenizer_folder)
+    with tempfile.TemporaryDirectory() as staging:
+        slim, tokenizer_folder = Path(staging) / "checkpoint", Path(staging) / "tokenizer"
+        slim.mkdir()
+        for name in CHECKPOINT_FILES:
+            if (Path(checkpoint) / name).is_file():
+                shutil.copy2(Path(checkpoint) / name, slim / name)
+        copy_retriever_assets(checkpoint, slim)
+        load_tokenizer().save_pretrained(str(tokenizer_folder))
         return log_searcher_model(
             RETRIEVER_LOADER,
-            {"checkpoint": checkpoint, "semantic_ids": semantic_ids, "prepared_dataset": prepared_dataset,
+            {"checkpoint": slim, "semantic_ids": semantic_ids, "prepared_dataset": prepared_dataset,
              "sci_index": sci_index, "tokenizer": tokenizer_folder},
             RETRIEVER_ARGS, ServingLimits.from_params(params["serving"]), examples,
             loader_kwargs={"variant": variant}, registered_model_name=registered_model_name)
