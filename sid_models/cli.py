@@ -80,6 +80,9 @@ def _mlflow_experiment() -> None:
 def render_dvc_yaml(params: dict, python: str = DEFAULT_PYTHON, stages_root: Path = STAGES_ROOT) -> str:
     """dvc.yaml text: one DVC stage per entry of STAGES, in pipeline order.
 
+    The command passes `--params params.yaml` so a stage reads the very file DVC tracks
+    (DVC runs it in the folder of dvc.yaml).
+
     deps: the stage's code package, its upstream folders, and for raw_dataset the dataset
     path in params (an absolute path outside the repository is an external dependency DVC
     hashes on every status). params: the sections Stage.params names, or the whole
@@ -89,7 +92,8 @@ def render_dvc_yaml(params: dict, python: str = DEFAULT_PYTHON, stages_root: Pat
              "stages:"]
     for stage in STAGES.values():
         lines += [f"  {stage.name}:",
-                  f"    cmd: {python} -m sid_models.cli run {stage.name} --out {(stages_root / stage.name).as_posix()}",
+                  f"    cmd: {python} -m sid_models.cli run {stage.name} --params params.yaml "
+                  f"--out {(stages_root / stage.name).as_posix()}",
                   "    deps:"]
         lines += [f"      - {dep}" for dep in _deps(stage, params, stages_root)]
         if stage.params is None:
