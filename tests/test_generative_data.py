@@ -49,8 +49,9 @@ def write_synthetic_sids(prepared, folder: Path) -> Path:
     tiger["sid"] = [[sid[0], sid[1], index % 7] for index, sid in enumerate(tiger["sid"])]
     tiger["length"] = 3
     tiger.to_parquet(folder / "tiger_sids.parquet", index=False)
-    vocab = SidVocab.for_sids([tuple(sid) for sid in table["sid"]])
-    (folder / "vocab.json").write_text(json.dumps(vocab.to_json()))
+    variants = {name: SidVocab.for_sids([tuple(sid) for sid in frame["sid"]]).to_json()
+                for name, frame in (("sarq_acrq", table), ("tiger", tiger))}
+    (folder / "vocab.json").write_text(json.dumps({**variants["sarq_acrq"], "variants": variants}))
     return folder
 
 

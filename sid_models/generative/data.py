@@ -23,43 +23,22 @@ import pandas as pd
 import torch
 
 from ..data.schema import PreparedDataset
+from ..quantize.table import load_sid_table, load_vocab
 from .vocab import BOS, EOS, PAD, SidVocab
 
-SID_FILES = {"sarq_acrq": "sids.parquet", "tiger": "tiger_sids.parquet"}
-
-
 def read_sid_table(sids_folder: str | Path, variant: str) -> pd.DataFrame:
-    """The semantic_ids artifact's table for `variant` (columns item_id, sid, length, ...)."""
-    if variant not in SID_FILES:
-        raise ValueError(f"unknown SID variant {variant!r}; expected one of {sorted(SID_FILES)}")
-    path = Path(sids_folder) / SID_FILES[variant]
-    if not path.is_file():
-        raise FileNotFoundError(f"SID table missing: {path}")
-    table = pd.read_parquet(path)
-    missing = {"item_id", "sid"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path} lacks columns {sorted(missing)}")
+    """The semantic_ids artifact's table for `variant`, item ids as str, one SID per item."""
+    table = load_sid_table(sids_folder, variant)
     table["item_id"] = table["item_id"].astype(str)
     if table["item_id"].duplicated().any():
         duplicate = table.loc[table["item_id"].duplicated(), "item_id"].iloc[0]
-        raise ValueError(f"{path}: item_id {duplicate!r} has more than one SID")
+        raise ValueError(f"{sids_folder} ({variant}): item_id {duplicate!r} has more than one SID")
     return table
 
 
 def vocab_for(sids_folder: str | Path, variant: str) -> SidVocab:
-    """The decoder vocabulary of a variant: `vocab.json` when it covers the variant's table,
-    else the smallest one that holds the table's codes (the TIGER table may use fewer or
-    more levels than the SARQ+ACRQ `vocab.json` describes)."""
-    table = read_sid_table(sids_folder, variant)
-    sids = [tuple(int(code) for code in sid) for sid in table["sid"]]
-    fitted = SidVocab.for_sids(sids)
-    path = Path(sids_folder) / "vocab.json"
-    if path.is_file():
-        declared = SidVocab.load(sids_folder)
-        if declared.levels >= fitted.levels and all(
-                declared.codes_per_level[level] >= fitted.codes_per_level[level] for level in range(fitted.levels)):
-            return declared
-    return fitted
+    """The decoder vocabulary of a variant: its token ranges per position from vocab.json."""
+    return SidVocab(tuple(load_vocab(sids_folder, variant)["codes_per_level"]))
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:

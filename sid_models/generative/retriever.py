@@ -1,0 +1,193 @@
+"""The generative retriever: query text -> constrained beam search over SIDs -> items.
+
+`load_retriever(checkpoint_folder, sids_folder, prepared_folder, index_folder, variant)`
+returns a `GenerativeRetriever` whose `search(queries, k)` answers
+`[[(item_id, score), ...], ...]`, best first:
+
+1. the query's WordPiece tokens go through the seq2seq model and one batched beam search
+   under the SID trie (`trie.py`) with `max(beam_size, k)` beams;
+2. each finished SID, in beam order, is resolved to its leaf bucket (every item holding
+   that SID); a bucket of several (tail/cold) items is ordered by the SCI score
+   f_q(query) · f_i(item), the dual-tower score the SIDs were quantised from;
+3. items are emitted until k; an item's score is its SID's beam score (length-normalised
+   log-probability), so items of one bucket share a score and their order is the SCI order.
+
+Bucket ranking needs the query tower and the items' item-view vectors. They travel with
+the checkpoint in `sci/` (towers.pt, towers.json, item_item_view.npy, retriever.json with
+the decode and text-encoder settings), written by `write_retriever_assets`; a model in a
+subfolder (`tiger/`, `vanilla_dpo/`) uses its parent's `sci/`. A checkpoint trained
+elsewhere from an SFT checkpoint (DPO) gets them with `copy_retriever_assets`.
+`index_folder` (the SCI index) is accepted for the interface the evaluation and serving
+code share; bucket ranking needs exact f_q·f_i over a handful of items, not an ANN search.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.schema import PreparedDataset
+from .data import read_sid_table, tokenize
+from .model import Seq2SeqRetriever, load_model
+from .trie import BeamResult, SidTrie, TrieConstraint, beam_search
+from .vocab import SidVocab
+
+ASSETS = "sci"
+SETTINGS = "retriever.json"
+TOWER_FILES = ("towers.pt", "towers.json")
+ITEM_VIEW_FILE = "item_item_view.npy"
+
+
+def write_retriever_assets(out: str | Path, towers_folder: str | Path, params: dict) -> Path:
+    """Copy the SCI query tower + item views into `out/sci/` with the decode and text settings."""
+    target = Path(out) / ASSETS
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (*TOWER_FILES, ITEM_VIEW_FILE):
+        source = Path(towers_folder) / name
+        if not source.is_file():
+            raise FileNotFoundError(f"sci_towers artifact lacks {source}")
+        shutil.copy2(source, target / name)
+    text = params["text"]
+    settings = {"decode": dict(params["decode"]),
+                "text": {key: text[key] for key in ("model_name", "max_seq_length", "batch_size")}}
+    (target / SETTINGS).write_text(json.dumps(settings, indent=2))
+    return target
+
+
+def copy_retriever_assets(source_checkpoint: str | Path, out: str | Path) -> Path:
+    """Give a checkpoint derived from `source_checkpoint` (e.g. DPO from SFT) the same `sci/`."""
+    source = _assets_folder(Path(source_checkpoint))
+    target = Path(out) / ASSETS
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    return target
+
+
+def _assets_folder(checkpoint: Path) -> Path:
+    for candidate in (checkpoint / ASSETS, checkpoint.parent / ASSETS):
+        if (candidate / SETTINGS).is_file():
+            return candidate
+    raise FileNotFoundError(f"no retriever assets ({ASSETS}/{SETTINGS}) in {checkpoint} or its parent: "
+                            "write them with generative.retriever.write_retriever_assets / copy_retriever_assets")
+
+
+@dataclass
+class Buckets:
+    """Leaf buckets in CSR form: SID i of the trie holds item rows rows[ptr[i]:ptr[i+1]]."""
+
+    ptr: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def build(cls, trie: SidTrie, item_sids: Sequence[tuple[int, ...]]) -> "Buckets":
+        sid_of_row = np.array([trie.sid_index[sid] for sid in item_sids], dtype=np.int64)
+        order = np.argsort(sid_of_row, kind="stable")
+        counts = np.bincount(sid_of_row, minlength=len(trie.sids))
+        return cls(ptr=np.concatenate([[0], np.cumsum(counts)]), rows=order)
+
+
+class GenerativeRetriever:
+    def __init__(self, model: Seq2SeqRetriever, tokenizer, trie: SidTrie, buckets: Buckets, item_ids: np.ndarray,
+                 item_vectors: np.ndarray, encode_queries: Callable[[list[str]], np.ndarray], beam_size: int,
+                 length_penalty: float, batch_size: int, device: torch.device | str = "cpu"):
+        self.model = model.to(device).eval()
+        self.tokenizer, self.trie, self.buckets = tokenizer, trie.to(device), buckets
+        self.item_ids, self.item_vectors = item_ids, item_vectors
+        self.encode_queries = encode_queries
+        self.beam_size, self.length_penalty, self.batch_size = beam_size, length_penalty, batch_size
+        self.device = torch.device(device)
+
+    def _inputs(self, queries: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids, mask = tokenize(self.tokenizer, queries, self.model.config.max_enc_len)
+        length = max(int(mask.sum(axis=1).max()), 1)
+        return (torch.as_tensor(input_ids[:, :length], dtype=torch.long, device=self.device),
+                torch.as_tensor(mask[:, :length], dtype=torch.long, device=self.device))
+
+    def decode(self, queries: list[str], beams: int, constraint=None) -> BeamResult:
+        """Beam search for one batch of queries; the trie constraint unless another is given."""
+        input_ids, mask = self._inputs(queries)
+        return beam_search(self.model, input_ids, mask, beams, self.trie.max_length + 1,
+                           constraint if constraint is not None else TrieConstraint(self.trie),
+                           self.length_penalty)
+
+    def search_sids(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(SID indices [n, W] into `trie.sids`, -1 for empty slots; scores [n, W]), best first."""
+        beams = max(self.beam_size, k)
+        sids, scores = [], []
+        for start in range(0, len(queries), self.batch_size):
+            result = self.decode(queries[start:start + self.batch_size], beams)
+            sid = torch.where(result.finished, result.state.sid.view(result.finished.shape), -1)
+            sids.append(sid.cpu().numpy())
+            scores.append(result.scores.float().cpu().numpy())
+        return np.concatenate(sids), np.concatenate(scores)
+
+    def search(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
+        queries = [str(query) for query in queries]
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not queries:
+            return []
+        sids, scores = self.search_sids(queries, k)
+        query_vectors = self.encode_queries(queries)
+        results = []
+        for query_vector, query_sids, query_scores in zip(query_vectors, sids, scores):
+            found: list[tuple[str, float]] = []
+            for sid, score in zip(query_sids, query_scores):
+                if sid < 0 or len(found) >= k:
+                    break
+                rows = self.buckets.rows[self.buckets.ptr[sid]:self.buckets.ptr[sid + 1]]
+                if len(rows) > 1:
+                    rows = rows[np.argsort(-(self.item_vectors[rows] @ query_vector), kind="stable")]
+                found.extend((str(self.item_ids[row]), float(score)) for row in rows[:k - len(found)])
+            results.append(found)
+        return results
+
+
+def model_folder(checkpoint_folder: str | Path, variant: str) -> Path:
+    """The folder holding model.pt for `variant`: the checkpoint itself, or its `tiger/`
+    subfolder when asked for the TIGER variant of an sft_checkpoint that has one."""
+    folder = Path(checkpoint_folder)
+    if variant == "tiger" and (folder / "tiger" / "model.pt").is_file():
+        return folder / "tiger"
+    return folder
+
+
+def load_retriever(checkpoint_folder: str | Path, sids_folder: str | Path, prepared_folder: str | Path,
+                   index_folder: str | Path, variant: str = "sarq_acrq",
+                   device: torch.device | str = "cpu") -> GenerativeRetriever:
+    """A ready `GenerativeRetriever` from artifact folders (see module docstring)."""
+    from ..sci.towers import load_towers
+    from ..text.encoder import TextEncoder, load_tokenizer
+
+    folder = model_folder(checkpoint_folder, variant)
+    model = load_model(folder, map_location=device)
+    vocab = SidVocab.load(folder)
+    if vocab.size != model.config.dec_vocab_size:
+        raise ValueError(f"{folder}: vocab.json has {vocab.size} tokens, model decodes {model.config.dec_vocab_size}")
+    items = PreparedDataset.load(prepared_folder).items
+    item_ids = items["item_id"].astype(str).to_numpy()
+    table = read_sid_table(sids_folder, variant)
+    sid_by_item = dict(zip(table["item_id"], table["sid"]))
+    missing = [item for item in item_ids if item not in sid_by_item]
+    if missing:
+        raise ValueError(f"{len(missing)} items of {prepared_folder} have no {variant} SID, e.g. {missing[:3]}")
+    item_sids = [tuple(int(code) for code in sid_by_item[item]) for item in item_ids]
+    trie = SidTrie.build(item_sids, vocab)
+    assets = _assets_folder(folder)
+    item_vectors = np.load(assets / ITEM_VIEW_FILE)
+    if len(item_vectors) != len(item_ids):
+        raise ValueError(f"{assets / ITEM_VIEW_FILE} has {len(item_vectors)} rows for {len(item_ids)} items")
+    settings = json.loads((assets / SETTINGS).read_text())
+    towers = load_towers(assets)
+    text = TextEncoder(settings["text"]["model_name"], None, settings["text"]["batch_size"],
+                       settings["text"]["max_seq_length"], progress=False)
+    decode = settings["decode"]
+    return GenerativeRetriever(model, load_tokenizer(), trie, Buckets.build(trie, item_sids), item_ids, item_vectors,
+                               lambda texts: towers.encode_queries(text.encode(texts)),
+                               beam_size=int(decode["beam_size"]), length_penalty=float(decode["length_penalty"]),
+                               batch_size=int(decode["batch_size"]), device=device)
+

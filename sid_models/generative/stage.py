@@ -1,0 +1,114 @@
+"""Stage `sft_checkpoint`: SFT of the generative retriever on SARQ+ACRQ SIDs (and, for the
+evaluation report, a same-size, same-budget model on TIGER SIDs).
+
+Inputs: prepared_dataset, sci_towers (query tower + item views for bucket ranking),
+sci_index, semantic_ids. Writes:
+
+  model.pt, config.json, vocab.json, train_state.pt, metrics.jsonl   SARQ+ACRQ model
+  sci/                 query tower, item views, decode/text settings (`retriever.py`)
+  tiger/               the TIGER-SID baseline, same layout (when `sft.train_tiger_baseline`)
+  validation.json      per variant: recall@10, ndcg@10, recall@10_<segment>, valid_sid_rate
+                       (constrained beam, must be 1), unconstrained_invalid_rate, train_seconds
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..data.schema import PreparedDataset
+from ..eval.metrics import evaluate
+from .retriever import GenerativeRetriever, load_retriever, write_retriever_assets
+from .train import DistContext, train_sft
+from .trie import UnconstrainedConstraint, invalid_rate
+
+VALIDATION_FILE = "validation.json"
+VARIANTS = {"sarq_acrq": "", "tiger": "tiger"}
+EVAL_K = 10
+REPORTED = ("recall@10", "ndcg@10", "mrr", "recall@10_seen", "recall@10_cold", "recall@10_multi")
+
+
+def validation_queries(prepared: PreparedDataset, max_queries: int):
+    """Validation queries with at least one relevant item, the first `max_queries` of them."""
+    relevant = set(prepared.relevant("valid")["query_id"])
+    queries = prepared.split_queries("valid")
+    queries = queries[queries["query_id"].isin(relevant)].head(max_queries)
+    if queries.empty:
+        raise ValueError("no validation query has a relevant item: cannot validate the SFT model")
+    return queries
+
+
+def sid_validity(retriever: GenerativeRetriever, texts: list[str]) -> dict[str, float]:
+    """valid_sid_rate of constrained beams (1 - invalid) and the invalid rate of free decoding."""
+    beams = retriever.beam_size
+    free = UnconstrainedConstraint(retriever.trie.vocab, retriever.trie.max_length)
+    constrained_invalid, free_invalid = [], []
+    for start in range(0, len(texts), retriever.batch_size):
+        chunk = texts[start:start + retriever.batch_size]
+        constrained_invalid.append(invalid_rate(retriever.decode(chunk, beams), retriever.trie) * len(chunk))
+        free_invalid.append(invalid_rate(retriever.decode(chunk, beams, free), retriever.trie) * len(chunk))
+    return {"valid_sid_rate": 1.0 - sum(constrained_invalid) / len(texts),
+            "unconstrained_invalid_rate": sum(free_invalid) / len(texts)}
+
+
+def validate(retriever: GenerativeRetriever, prepared: PreparedDataset, max_queries: int) -> dict[str, float]:
+    queries = validation_queries(prepared, max_queries)
+    texts = queries["text"].astype(str).tolist()
+    found = retriever.search(texts, EVAL_K)
+    rankings = {query: [item for item, _ in hits] for query, hits in zip(queries["query_id"], found)}
+    judged = prepared.split_judgments("valid")
+    metrics = evaluate(rankings, judged[judged["query_id"].isin(set(queries["query_id"]))], prepared.scale,
+                       dict(zip(prepared.segments["item_id"], prepared.segments["segment"])))
+    figures = {key: metrics[key] for key in REPORTED if key in metrics}
+    figures["n_valid_queries"] = len(texts)
+    return {**figures, **sid_validity(retriever, texts)}
+
+
+def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
+    torch.set_num_threads(int(params["generative"]["threads"]))
+    dist = DistContext.from_env(params["generative"]["device"])
+    prepared = PreparedDataset.load(inputs["prepared_dataset"])
+    write_retriever_assets(out, inputs["sci_towers"], params)
+    variants = ["sarq_acrq"] + (["tiger"] if params["sft"]["train_tiger_baseline"] else [])
+    summary: dict[str, dict[str, float]] = {}
+    for variant in variants:
+        folder = out / VARIANTS[variant] if VARIANTS[variant] else out
+        started = time.perf_counter()
+        _, history = train_sft(params, prepared, inputs["semantic_ids"], folder, variant, dist=dist)
+        seconds = time.perf_counter() - started
+        retriever = load_retriever(out, inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
+                                   variant=variant, device=dist.device)
+        summary[variant] = {**validate(retriever, prepared, int(params["sft"]["valid_max_queries"])),
+                            "train_seconds": seconds, "steps": len(history)}
+        if history:
+            tail = history[-20:]
+            summary[variant]["final_loss"] = sum(record["loss"] for record in tail) / len(tail)
+    (out / VALIDATION_FILE).write_text(json.dumps(summary, indent=2))
+    return {f"{variant}_{key}": value for variant, figures in summary.items() for key, value in figures.items()}
+
+
+def read_validation(folder: str | Path) -> dict[str, dict[str, float]]:
+    path = Path(folder) / VALIDATION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"sft_checkpoint {folder} lacks {VALIDATION_FILE}")
+    return json.loads(path.read_text())
+
+
+def check_valid_sids(validation: dict[str, dict[str, float]]) -> tuple[bool, str, dict[str, float]]:
+    """Every variant's constrained beams on the validation queries are 100 % valid SIDs."""
+    rates = {f"{variant}_valid_sid_rate": figures["valid_sid_rate"] for variant, figures in validation.items()}
+    rates.update({f"{variant}_unconstrained_invalid_rate": figures["unconstrained_invalid_rate"]
+                  for variant, figures in validation.items()})
+    bad = {variant: figures["valid_sid_rate"] for variant, figures in validation.items()
+           if figures["valid_sid_rate"] != 1.0}
+    return not bad, (f"invalid SIDs decoded: {bad}" if bad else "all decoded SIDs valid"), rates
+
+
+def check_recall_floor(validation: dict[str, dict[str, float]], floor: float) -> tuple[bool, str, dict[str, float]]:
+    """The main (SARQ+ACRQ) model's validation Recall@10 exceeds `floor`."""
+    recall = validation["sarq_acrq"]["recall@10"]
+    figures = {f"{variant}_recall@10": values["recall@10"] for variant, values in validation.items()}
+    figures["floor"] = floor
+    return recall > floor, f"validation Recall@10 {recall:.4f} vs floor {floor:.4f}", figures

@@ -1,0 +1,95 @@
+"""The sft_checkpoint stage and the retriever it feeds: valid SIDs, items out, SCI-ordered buckets."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sid_models.generative.retriever import GenerativeRetriever, load_retriever
+from sid_models.generative.stage import run
+from sid_models.params import deep_merge
+from sid_models.sci.towers import DualTower, TowerConfig
+from test_generative_data import write_synthetic_sids
+from test_sft import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def stage_inputs(small_prepared, tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    prepared = small_prepared.save(root / "prepared_dataset")
+    sids = write_synthetic_sids(small_prepared, root / "semantic_ids")
+    towers_folder = root / "sci_towers"
+    config = TowerConfig(n_blocks=1)
+    torch.manual_seed(0)
+    projection = torch.linalg.qr(torch.randn(config.in_dim, config.out_dim))[0].t().contiguous()
+    DualTower(config, projection).save(towers_folder)
+    vectors = np.random.default_rng(0).normal(size=(len(small_prepared.items), config.out_dim)).astype(np.float32)
+    np.save(towers_folder / "item_item_view.npy", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    index = root / "sci_index"
+    index.mkdir()
+    return {"prepared_dataset": prepared, "semantic_ids": sids, "sci_towers": towers_folder, "sci_index": index}
+
+
+@pytest.fixture(scope="module")
+def stage_output(small_params, stage_inputs, tmp_path_factory):
+    params = deep_merge(small_params, {
+        "generative": {"device": "cpu", "init_from_minilm": False,
+                       "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 20, "batch_size": 32}}}},
+        "sft": {"warmup_steps": 4, "checkpoint_every": 20, "log_every": 10, "lr": 0.005, "valid_max_queries": 24},
+        "decode": {"beam_size": 5, "batch_size": 16},
+    })
+    out = tmp_path_factory.mktemp("sft_checkpoint")
+    metadata = run(params, stage_inputs, out)
+    return out, metadata
+
+
+def test_stage_writes_both_models_and_validation_figures(stage_output):
+    out, metadata = stage_output
+    for folder in (out, out / "tiger"):
+        for name in ("model.pt", "config.json", "vocab.json", "train_state.pt", "metrics.jsonl"):
+            assert (folder / name).is_file(), folder / name
+    validation = json.loads((out / "validation.json").read_text())
+    assert set(validation) == {"sarq_acrq", "tiger"}
+    for figures in validation.values():
+        assert figures["valid_sid_rate"] == 1.0
+        assert 0.0 <= figures["unconstrained_invalid_rate"] <= 1.0
+        assert 0.0 <= figures["recall@10"] <= 1.0
+    assert metadata["sarq_acrq_valid_sid_rate"] == 1.0
+
+
+def test_retriever_returns_k_distinct_known_items(stage_output, stage_inputs, small_prepared):
+    out, _ = stage_output
+    retriever = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"],
+                               stage_inputs["sci_index"], variant="sarq_acrq")
+    found = retriever.search(["brass rug", "heavy duty ladder", "copper hammer"], 7)
+    known = set(small_prepared.items["item_id"])
+    assert len(found) == 3
+    for hits in found:
+        ids = [item for item, _ in hits]
+        assert len(ids) == 7 and len(set(ids)) == 7 and set(ids) <= known
+        scores = [score for _, score in hits]
+        assert scores == sorted(scores, reverse=True)
+    tiger = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"],
+                           stage_inputs["sci_index"], variant="tiger")
+    assert tiger.model.config.dec_vocab_size != retriever.model.config.dec_vocab_size or tiger.trie.sids != retriever.trie.sids
+
+
+def test_items_sharing_a_sid_are_ordered_by_sci_score(stage_output, stage_inputs):
+    out, _ = stage_output
+    base = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"],
+                          stage_inputs["sci_index"])
+    shared = next(index for index in range(len(base.trie.sids))
+                  if base.buckets.ptr[index + 1] - base.buckets.ptr[index] >= 3)
+    rows = base.buckets.rows[base.buckets.ptr[shared]:base.buckets.ptr[shared + 1]]
+    query_vector = base.item_vectors[rows[-1]]        # the bucket's last item is the query's nearest
+    retriever = GenerativeRetriever(base.model, base.tokenizer, base.trie, base.buckets, base.item_ids,
+                                    base.item_vectors, lambda texts: np.stack([query_vector] * len(texts)),
+                                    beam_size=len(base.trie.sids), length_penalty=0.0, batch_size=4)
+    hits = retriever.search(["anything"], len(base.item_ids))[0]
+    position = {item: rank for rank, (item, _) in enumerate(hits)}
+    bucket = [base.item_ids[row] for row in rows]
+    order = sorted(bucket, key=position.get)
+    expected = [base.item_ids[row] for row in rows[np.argsort(-(base.item_vectors[rows] @ query_vector), kind="stable")]]
+    assert order == expected and order[0] == base.item_ids[rows[-1]]
