@@ -1,5 +1,7 @@
 # sid-retrieval: `make run` sets everything up and runs the pipeline; `make test` runs the tests.
 PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+# torch comes from PyTorch's CPU index: PyPI's Linux wheel is the CUDA build.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 VENV := .venv
 PY := $(VENV)/bin/python
 DVC_ENV := .tools/dvc
@@ -7,14 +9,15 @@ DVC := $(DVC_ENV)/bin/dvc
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow/mlflow.db
-export PATH := $(CURDIR)/$(DVC_ENV)/bin:$(PATH)
+# Tests and scripts call DVC here; its environment stays off PATH so `python` remains the project's.
+export SIDR_DVC := $(CURDIR)/$(DVC)
 
-.PHONY: setup run test test-all ui bench clean
+.PHONY: setup run test test-all ui bench repro metrics dvc-yaml clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
-	# torch first, from the CPU wheel: anything else lets pip pull a CUDA build
-	$(PY) -m pip install --quiet torch==2.13.0
+	# torch first, pinned to the CPU build; then the project against the pinned constraints
+	$(PY) -m pip install --quiet torch==2.13.0 --extra-index-url $(TORCH_INDEX)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
@@ -28,6 +31,7 @@ setup: $(VENV)/.installed $(DVC_ENV)/.installed
 	mkdir -p $(DAGSTER_HOME) mlflow/artifacts
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
+# The whole asset graph once, in process, recorded in DAGSTER_HOME and mlflow/.
 run: setup
 	$(PY) -m orchestration.run
 
@@ -37,11 +41,23 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q
 
+# Dagster UI on http://localhost:3000 with the run history of DAGSTER_HOME.
 ui: setup
 	$(VENV)/bin/dagster dev -m orchestration.definitions
 
 bench: setup
 	for script in benchmarks/*.py; do $(PY) $$script --quick; done
+
+# The same pipeline through DVC: stages from dvc.yaml, outputs under data/stages, cached and pushable.
+repro: setup
+	$(DVC) repro
+
+metrics: setup
+	$(DVC) metrics show
+
+# Regenerate dvc.yaml after a change to sid_models/stages.py (a test checks they agree).
+dvc-yaml: setup
+	$(PY) -m sid_models.cli dvc-yaml > dvc.yaml.tmp && mv dvc.yaml.tmp dvc.yaml
 
 clean:
 	rm -rf artifacts .dagster_home reports/*.md reports/*.html
