@@ -7,15 +7,6 @@ end-to-end test.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -25,6 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from sid_models.serving import cli
 from sid_models.serving.pyfunc import ServingLimits, log_searcher_model, parse_request
+from sid_models.serving.server import post_json, scoring_server
 from sid_models.text.stage import run as text_stage
 
 MODEL_NAME = "sid-retrieval-test"
@@ -109,63 +101,18 @@ def test_parse_request_accepts_a_list_of_strings_and_rejects_other_shapes():
         parse_request({"query": "drill"}, None, LIMITS)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _post(url: str, body: str, timeout: float) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 @pytest.fixture(scope="module")
 def server(served, small_params):
     """`mlflow models serve -m models:/<name>@champion --env-manager local` on a free loopback port."""
-    port = _free_port()
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_TRACKING_URI": served["uri"], "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    log = (served["root"] / "server.log").open("w")
-    process = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + small_params["serving"]["server_start_timeout_s"]
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"scoring server exited with {process.returncode}: "
-                                   f"{(served['root'] / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"scoring server not up on {base} after "
-                                   f"{small_params['serving']['server_start_timeout_s']} s")
-            time.sleep(1)
-        yield f"{base}/invocations"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-        log.close()
+    with scoring_server(f"models:/{MODEL_NAME}@champion", served["uri"],
+                        small_params["serving"]["server_start_timeout_s"], served["root"] / "server.log") as url:
+        yield url
 
 
 @pytest.mark.slow
 def test_served_champion_answers_and_survives_bad_requests(server, served, small_params):
     timeout = small_params["serving"]["request_timeout_s"]
-    status, body = _post(server, json.dumps({"inputs": ["steel hammer", "brass lamp"], "params": {"k": 4}}), timeout)
+    status, body = post_json(server, json.dumps({"inputs": ["steel hammer", "brass lamp"], "params": {"k": 4}}), timeout)
     assert status == 200
     assert [len(row["item_ids"]) for row in body["predictions"]] == [4, 4]
     assert set(body["predictions"][0]["item_ids"]) <= served["items"]
@@ -180,10 +127,10 @@ def test_served_champion_answers_and_survives_bad_requests(server, served, small
         "not JSON": ("drill please", "valid JSON"),
     }
     for name, (body_text, message) in bad_requests.items():
-        status, body = _post(server, body_text, timeout)
+        status, body = post_json(server, body_text, timeout)
         assert 400 <= status < 500, (name, status, body)
         assert message in body["message"], (name, body["message"])
-    status, body = _post(server, json.dumps({"dataframe_records": [{"query": "oak shelf"}]}), timeout)
+    status, body = post_json(server, json.dumps({"dataframe_records": [{"query": "oak shelf"}]}), timeout)
     assert status == 200 and len(body["predictions"][0]["item_ids"]) == LIMITS.default_k
 
 
