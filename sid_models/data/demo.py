@@ -31,6 +31,7 @@ _BRANDS = [
 _MATERIALS = ["steel", "brass", "oak", "plastic", "chrome", "nickel", "bronze", "ceramic",
               "glass", "aluminum", "walnut", "copper"]
 _COLORS = ["white", "black", "gray", "red", "blue", "green", "beige", "silver"]
+_FACETS = ["material", "color", "brand", "size"]
 _SIZES = ["small", "medium", "large", "12 in", "24 in", "36 in", "compact", "heavy duty"]
 
 
@@ -64,34 +65,38 @@ def generate_demo_store(n_items: int, n_queries: int, n_categories: int, zipf_ex
     popularity = 1.0 / np.arange(1, n_items + 1) ** zipf_exponent
     popularity = popularity[rng.permutation(n_items)]
     popularity /= popularity.sum()
-    by_category = {category: group for category, group in attributes.groupby("category")}
+    # Plain arrays, not DataFrame rows: the loop below runs once per query.
+    values = {column: attributes[column].to_numpy(dtype=object) for column in ("category", *_FACETS)}
+    item_ids = attributes["item_id"].to_numpy(dtype=object)
+    by_category = {category: np.flatnonzero(values["category"] == category) for category in categories}
 
     query_rows, judgment_rows = [], []
     for query_index in range(n_queries):
-        target = attributes.iloc[int(rng.choice(n_items, p=popularity))]
+        target = int(rng.choice(n_items, p=popularity))
         # A query names the category plus one or two attributes: broad queries match many items.
-        facets = list(rng.choice(["material", "color", "brand", "size"], size=int(rng.integers(1, 3)),
-                                 replace=False))
-        words = [str(target[facet]) for facet in facets] + [str(target["category"])]
+        facets = list(rng.choice(_FACETS, size=int(rng.integers(1, 3)), replace=False))
+        words = [str(values[facet][target]) for facet in facets] + [str(values["category"][target])]
         words = [_typo(word, rng) if rng.random() < typo_rate else word for word in words]
         query_id = f"q-{query_index:06d}"
         query_rows.append((query_id, " ".join(words)))
 
-        pool = by_category[target["category"]]
+        pool = by_category[values["category"][target]]
         matches = np.ones(len(pool), dtype=bool)
         for facet in facets:
-            matches &= pool[facet].to_numpy() == target[facet]
+            matches &= values[facet][pool] == values[facet][target]
         relevant = pool[matches]
         if len(relevant) > max_relevant_per_query:
-            weights = popularity[relevant.index.to_numpy()]
+            weights = popularity[relevant]
             keep = rng.choice(len(relevant), max_relevant_per_query - 1, replace=False, p=weights / weights.sum())
-            relevant = pd.concat([relevant.loc[[target.name]], relevant.iloc[keep]]).drop_duplicates("item_id")
-        for _, item in relevant.iterrows():
-            grade = 3.0 if item["item_id"] == target["item_id"] else float(rng.choice([2.67, 3.0]))
-            judgment_rows.append((query_id, item["item_id"], grade))
+            relevant = np.concatenate([[target], relevant[keep][relevant[keep] != target]])
+        for item in relevant:
+            grade = 3.0 if item == target else float(rng.choice([2.67, 3.0]))
+            judgment_rows.append((query_id, item_ids[item], grade))
         others = pool[~matches]
-        for _, item in others.sample(min(negatives_per_query, len(others)), random_state=int(rng.integers(1 << 31))).iterrows():
-            judgment_rows.append((query_id, item["item_id"], float(rng.choice([1.0, 1.33, 1.67, 2.0]))))
+        # Negatives drawn as pandas' DataFrame.sample(random_state=int) draws them.
+        picker = np.random.RandomState(int(rng.integers(1 << 31)))
+        for item in others[picker.choice(len(others), size=min(negatives_per_query, len(others)), replace=False)]:
+            judgment_rows.append((query_id, item_ids[item], float(rng.choice([1.0, 1.33, 1.67, 2.0]))))
 
     queries = pd.DataFrame(query_rows, columns=["query_id", "text"])
     judgments = pd.DataFrame(judgment_rows, columns=["query_id", "item_id", "relevance"])
