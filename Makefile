@@ -17,7 +17,8 @@ export SIDR_DVC := $(CURDIR)/$(DVC)
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	# torch first, pinned to the CPU build; then the project against the pinned constraints
-	$(PY) -m pip install --quiet torch==2.13.0 --extra-index-url $(TORCH_INDEX)
+	# (--no-deps: one lookup on that index; torch's own dependencies come with the project below)
+	$(PY) -m pip install --quiet --no-deps torch==2.13.0 --extra-index-url $(TORCH_INDEX)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
