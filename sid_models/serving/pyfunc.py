@@ -121,6 +121,13 @@ class SearcherModel(mlflow.pyfunc.PythonModel):
         folders = {argument: context.artifacts[artifact] for argument, artifact in config["artifact_args"].items()}
         self.searcher = loader(**folders, **config.get("loader_kwargs", {}))
         self.limits = ServingLimits(**config["limits"])
+        self.artifacts = dict(context.artifacts)
+
+    def artifact(self, name: str) -> Path:
+        """Local folder of one bundled artifact (e.g. "prepared_dataset") of the loaded model."""
+        if name not in self.artifacts:
+            raise KeyError(f"model has no artifact {name!r}; it has {sorted(self.artifacts)}")
+        return Path(self.artifacts[name])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         queries, k = parse_request(model_input, (params or {}).get("k"), self.limits)

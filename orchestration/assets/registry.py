@@ -1,0 +1,43 @@
+"""Registry asset: log + register the RAD-DPO retriever, promote it to `champion` only if it beats the champion."""
+import dagster as dg
+from mlflow import MlflowClient
+
+from sid_models.data.schema import PreparedDataset
+from sid_models.serving.pyfunc import log_retriever
+from sid_models.serving.registry import decision_record, promote
+
+from ..resources import MlflowTracking, ParamsResource
+
+PROMOTION_CHECK = "beats_champion"
+
+
+@dg.asset(group_name="registry",
+          deps=["eval_report"],
+          check_specs=[dg.AssetCheckSpec(PROMOTION_CHECK, asset="registered_model", blocking=True,
+                                         description="Candidate >= champion on the primary metric (params "
+                                                     "registry) with a no-regression bound on cold items; "
+                                                     "a first model passes.")],
+          description="The RAD-DPO generative retriever as an MLflow pyfunc model, registered; the champion "
+                      "alias moves to it only when it passes the promotion check, otherwise it is tagged challenger.")
+def registered_model(context: dg.AssetExecutionContext, prepared_dataset: str, sci_index: str, semantic_ids: str,
+                     dpo_checkpoint: str, params: ParamsResource, mlflow_tracking: MlflowTracking):
+    config = params.load()
+    name = config["registry"]["model_name"]
+    with mlflow_tracking.stage_run(context, "registered_model") as run:
+        info = log_retriever(config, dpo_checkpoint, semantic_ids, prepared_dataset, sci_index,
+                             registered_model_name=name)
+        version = str(info.registered_model_version)
+        decision = promote(MlflowClient(), name, version, PreparedDataset.load(prepared_dataset), config)
+    context.log.info(f"{name} version {version}: {'champion' if decision.promote else 'challenger'} — {decision.reason}")
+    metadata = {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}",
+                "mlflow_run_id": run.info.run_id,
+                "decision": "champion" if decision.promote else config["registry"]["challenger_tag"],
+                "reason": decision.reason, "previous_champion": decision.champion_version or "none",
+                "decision_record": dg.MetadataValue.json(decision_record(decision))}
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=[dg.AssetCheckResult(check_name=PROMOTION_CHECK, passed=decision.promote,
+                                           severity=dg.AssetCheckSeverity.ERROR,
+                                           metadata={"reason": decision.reason,
+                                                     "previous_champion": decision.champion_version or "none"})],
+    )
