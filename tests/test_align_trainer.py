@@ -18,7 +18,7 @@ TINY = {
     "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False,
                    "presets": {"cpu": {"model": {"d_model": 32, "n_heads": 2, "n_enc_layers": 1, "n_dec_layers": 1,
                                                  "d_ff": 64, "max_enc_len": 16},
-                                       "sft": {"steps": 40, "batch_size": 32}}}},
+                                       "sft": {"steps": 20, "batch_size": 32}}}},
     "sft": {"warmup_steps": 5, "checkpoint_every": 1000, "log_every": 10, "lr": 0.005},
     "align": {"mining": {"beam_size": 8, "max_positives": 3, "max_judged_negatives": 2, "max_pseudo_negatives": 3},
               "rdrw": {"warmup_pairs": 256},
@@ -60,7 +60,7 @@ def test_reference_is_the_sft_model_so_training_starts_at_zero_log_ratio(setup):
     assert torch.allclose(logp, batch["reference_logp"], atol=1e-5)
 
 
-@pytest.mark.parametrize("system", ["rad_dpo", "dpo"])
+@pytest.mark.parametrize("system", ["rad_dpo", pytest.param("dpo", marks=pytest.mark.slow)])
 def test_alignment_resumes_exactly_and_writes_a_loadable_checkpoint(setup, system):
     params, root, _, data = setup
     straight, history = train_alignment(params, system, data, root / "sft", root / f"{system}_straight",

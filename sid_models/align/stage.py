@@ -5,6 +5,7 @@ sci_index, semantic_ids, sft_checkpoint. Writes, in the sft_checkpoint layout so
 `generative.retriever.load_retriever` loads it:
 
   model.pt, config.json, vocab.json, train_state.pt, metrics.jsonl   RAD-DPO policy
+  sci/                   the SFT checkpoint's retriever assets (query tower, item views, settings)
   rdrw.json              the RDRW similarity quantiles fixed by the warm-up
   preferences.parquet    the mined preference table (query_id, sid, role, weight, rank)
   vanilla_dpo/           the vanilla pairwise DPO baseline, same layout (when
@@ -22,67 +23,24 @@ import torch
 
 from .. import tracking
 from ..data.schema import PreparedDataset
-from ..eval.metrics import NDCG_K, evaluate
-from ..generative.data import read_sid_table, tokenize
-from ..generative.model import load_model
+from ..generative.retriever import copy_retriever_assets, load_retriever
+from ..generative.stage import validate
 from ..generative.train import DistContext
-from ..generative.trie import SidTrie, TrieConstraint, beam_search
-from ..generative.vocab import SidVocab
 from .mining import preference_summary
 from .trainer import SID_VARIANT, prepare_preferences, train_alignment
 
 VANILLA_FOLDER = "vanilla_dpo"
 VALIDATION_FILE = "validation.json"
-REPORTED = ("ndcg@10", "recall@10", "recall@10_multi")
-
-
-def valid_sid_rate(checkpoint: str | Path, sids_folder: str | Path, texts: list[str], params: dict) -> float:
-    """Fraction of the finished beam hypotheses whose decoded token sequence is a SID of the
-    table (decoded through the checkpoint's own vocabulary, independently of the trie's index)."""
-    from ..text.encoder import load_tokenizer
-
-    model = load_model(checkpoint).eval()
-    vocab = SidVocab.load(checkpoint)
-    table = read_sid_table(sids_folder, SID_VARIANT)
-    known = {tuple(int(c) for c in sid) for sid in table["sid"]}
-    trie = SidTrie.build(sorted(known), vocab)
-    input_ids, attention_mask = tokenize(load_tokenizer(), texts, model.config.max_enc_len)
-    decode, total, valid = params["decode"], 0, 0
-    for start in range(0, len(texts), int(decode["batch_size"])):
-        mask = torch.as_tensor(attention_mask[start:start + int(decode["batch_size"])], dtype=torch.long)
-        length = max(int(mask.sum(1).max()), 1)
-        ids = torch.as_tensor(input_ids[start:start + int(decode["batch_size"]), :length], dtype=torch.long)
-        result = beam_search(model, ids, mask[:, :length], int(decode["beam_size"]), trie.max_length + 1,
-                             TrieConstraint(trie), float(decode["length_penalty"]))
-        for rows, finished in zip(result.tokens.tolist(), result.finished.tolist()):
-            for tokens, done in zip(rows, finished):
-                if done:
-                    total += 1
-                    valid += vocab.decode(tokens) in known
-    if total == 0:
-        raise ValueError(f"checkpoint {checkpoint} finished no hypothesis on {len(texts)} validation queries")
-    return valid / total
+REPORTED = ("ndcg@10", "recall@10", "recall@10_multi", "valid_sid_rate")
 
 
 def validation_metrics(checkpoint: str | Path, inputs: dict[str, Path], prepared: PreparedDataset,
-                       params: dict) -> dict[str, float]:
-    """Validation ranking metrics (the shared `evaluate`) and the valid-SID rate of one checkpoint."""
-    from ..generative.retriever import load_retriever
-
-    queries = prepared.split_queries("valid")
-    queries = queries[queries["query_id"].isin(set(prepared.relevant("valid")["query_id"]))]
-    queries = queries.head(int(params["sft"]["valid_max_queries"]))
+                       params: dict, device: torch.device) -> dict[str, float]:
+    """Validation figures of one checkpoint, computed exactly as the SFT stage computes its own."""
     retriever = load_retriever(checkpoint, inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
-                               variant=SID_VARIANT)
-    texts = queries["text"].astype(str).tolist()
-    results = retriever.search(texts, NDCG_K)
-    rankings = {query_id: [item for item, _ in hits] for query_id, hits in zip(queries["query_id"], results)}
-    judged = prepared.split_judgments("valid")
-    metrics = evaluate(rankings, judged[judged["query_id"].isin(set(queries["query_id"]))], prepared.scale,
-                       dict(zip(prepared.segments["item_id"], prepared.segments["segment"])))
-    figures = {key: metrics[key] for key in REPORTED if key in metrics}
-    figures["valid_sid_rate"] = valid_sid_rate(checkpoint, inputs["semantic_ids"], texts, params)
-    return figures
+                               variant=SID_VARIANT, device=device)
+    figures = validate(retriever, prepared, int(params["sft"]["valid_max_queries"]))
+    return {key: figures[key] for key in REPORTED if key in figures}
 
 
 def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
@@ -101,12 +59,14 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     tracking.log_params(summary, prefix="align_mining")
     checkpoints = {"sft": sft, "rad_dpo": out}
     _, history = train_alignment(params, "rad_dpo", data, sft, out, dist=dist)
+    copy_retriever_assets(sft, out)    # vanilla_dpo/ finds them in its parent
     metadata = {**summary, "rad_dpo_steps": len(history), "rad_dpo_final_loss": history[-1]["loss"]}
     if align["train_vanilla_baseline"]:
         _, vanilla_history = train_alignment(params, "dpo", data, sft, out / VANILLA_FOLDER, dist=dist)
         checkpoints["vanilla_dpo"] = out / VANILLA_FOLDER
         metadata["vanilla_dpo_final_loss"] = vanilla_history[-1]["loss"]
-    validation = {name: validation_metrics(folder, inputs, prepared, params) for name, folder in checkpoints.items()}
+    validation = {name: validation_metrics(folder, inputs, prepared, params, dist.device)
+                  for name, folder in checkpoints.items()}
     (out / VALIDATION_FILE).write_text(json.dumps(validation, indent=2))
     for name, figures in validation.items():
         metadata.update({f"{name}_valid_{key}": value for key, value in figures.items()})

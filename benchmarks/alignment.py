@@ -1,0 +1,148 @@
+"""Alignment benchmark: SFT vs vanilla DPO vs RAD-DPO and RAD-DPO with each part switched off.
+
+Runs the pipeline's own stages (sid_models.stages) up to sft_checkpoint once, mines the
+preference table once from that SFT model (align.seed), then per seed trains every aligned
+system from the same SFT checkpoint with the same budget (align.train) and evaluates all of
+them on the test split with the shared metrics. Seeds vary what alignment training draws
+(batch order, pairwise samples, the RDRW warm-up order); the SFT model is trained once, so
+its line repeats the same figures for every seed.
+
+Output: one JSON line per (system, seed) with recall@10, ndcg@10, recall@10_multi,
+n_queries, seconds (alignment training time). Upstream stage folders are cached under
+artifacts/bench/alignment/<quick|full>/<stage>-<hash of its params sections and inputs>,
+so a rerun reuses a stage only when nothing it reads changed.
+
+  .venv/bin/python benchmarks/alignment.py --data demo --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import benchmark_params, emit, log, parse_args  # noqa: F401  (sys.path set by common)
+
+from sid_models.align.trainer import SYSTEMS, prepare_preferences, train_alignment  # noqa: E402
+from sid_models.data.schema import PreparedDataset  # noqa: E402
+from sid_models.eval.metrics import evaluate  # noqa: E402
+from sid_models.generative.retriever import copy_retriever_assets  # noqa: E402
+from sid_models.generative.train import DistContext  # noqa: E402
+from sid_models.params import REPO_ROOT  # noqa: E402
+from sid_models.stages import STAGES, run_stage  # noqa: E402
+
+BENCH = "alignment"
+ORDER = ("sft", *SYSTEMS)
+EVAL_K = 10
+WORK = REPO_ROOT / "artifacts" / "bench" / BENCH
+# The benchmark compares SARQ+ACRQ models only: the SFT stage's TIGER baseline is not needed.
+FULL = {"sft": {"train_tiger_baseline": False}}
+QUICK = {
+    **FULL,
+    "demo": {"n_items": 800, "n_queries": 900},
+    "sci": {"train": {"epochs": 3}},
+    "acrq": {"max_steps_per_phase": 100},
+    "generative": {"presets": {"cpu": {"sft": {"steps": 150, "batch_size": 128}}}},
+    "align": {"train": {"epochs": 1}},
+}
+
+
+def upstream_closure(targets: tuple[str, ...]) -> list[str]:
+    """Stage names the targets need, in the table's (topological) order."""
+    needed, stack = set(), list(targets)
+    while stack:
+        name = stack.pop()
+        if name not in needed:
+            needed.add(name)
+            stack.extend(STAGES[name].upstream)
+    return [name for name in STAGES if name in needed]
+
+
+def stage_key(name: str, params: dict, keys: dict[str, str]) -> str:
+    """Hash of the params sections a stage reads (all of them when it does not say) and of its inputs' keys."""
+    sections = STAGES[name].params
+    read = params if sections is None else {section: params.get(section) for section in sections}
+    payload = json.dumps({"params": read, "upstream": [keys[up] for up in STAGES[name].upstream]}, sort_keys=True,
+                         default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def run_chain(params: dict, work: Path) -> dict[str, Path]:
+    """Run (or reuse) every stage up to sft_checkpoint, each cached as work/<stage>-<key>;
+    a stage is written under .partial and renamed only when it succeeded."""
+    folders: dict[str, Path] = {}
+    keys: dict[str, str] = {}
+    for name in upstream_closure(("sft_checkpoint", "sci_towers")):
+        keys[name] = stage_key(name, params, keys)
+        final = work / f"{name}-{keys[name]}"
+        if final.is_dir():
+            log(f"[{BENCH}] stage {name}: reusing {final}")
+        else:
+            partial = final.with_name(final.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            log(f"[{BENCH}] stage {name} ...")
+            started = time.perf_counter()
+            run_stage(name, params, {up: folders[up] for up in STAGES[name].upstream}, partial)
+            partial.rename(final)
+            log(f"[{BENCH}] stage {name} done in {time.perf_counter() - started:.0f} s")
+        folders[name] = final
+    return folders
+
+
+def test_metrics(checkpoint: Path, folders: dict[str, Path], prepared: PreparedDataset) -> dict:
+    from sid_models.generative.retriever import load_retriever
+
+    queries = prepared.split_queries("test")
+    queries = queries[queries["query_id"].isin(set(prepared.relevant("test")["query_id"]))]
+    retriever = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"], folders["sci_index"],
+                               variant="sarq_acrq")
+    results = retriever.search(queries["text"].astype(str).tolist(), EVAL_K)
+    rankings = {query_id: [item for item, _ in hits] for query_id, hits in zip(queries["query_id"], results)}
+    metrics = evaluate(rankings, prepared.split_judgments("test"), prepared.scale,
+                       dict(zip(prepared.segments["item_id"], prepared.segments["segment"])))
+    return {key: metrics[key] for key in ("recall@10", "ndcg@10", "recall@10_multi", "n_queries")}
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    params = benchmark_params(args, QUICK if args.quick else FULL)
+    torch.set_num_threads(int(params["generative"]["threads"]))
+    work = WORK / ("quick" if args.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"[{BENCH}] data={args.data} quick={args.quick} seeds={args.seeds} work={work}")
+    folders = run_chain(params, work)
+    prepared = PreparedDataset.load(folders["prepared_dataset"])
+    dist = DistContext(device=torch.device("cpu"))
+    started = time.perf_counter()
+    _, data = prepare_preferences(params, prepared, folders["sft_checkpoint"], folders["semantic_ids"])
+    log(f"[{BENCH}] mined preferences of {data.n_queries} queries, {len(data.targets)} sequences "
+        f"in {time.perf_counter() - started:.0f} s")
+    sft_figures = test_metrics(folders["sft_checkpoint"], folders, prepared)
+    results: dict[str, list[dict]] = {system: [] for system in ORDER}
+    for seed in args.seeds:
+        emit(BENCH, "sft", seed=seed, seconds=0.0, **sft_figures)
+        results["sft"].append(sft_figures)
+        for system in SYSTEMS:
+            out = work / "aligned" / f"seed{seed}" / system
+            shutil.rmtree(out, ignore_errors=True)
+            started = time.perf_counter()
+            train_alignment(params, system, data, folders["sft_checkpoint"], out, dist=dist, progress=False,
+                            seed=seed)
+            seconds = time.perf_counter() - started
+            copy_retriever_assets(folders["sft_checkpoint"], out)
+            figures = test_metrics(out, folders, prepared)
+            emit(BENCH, system, seed=seed, seconds=round(seconds, 1), **figures)
+            results[system].append(figures)
+    for system, runs in results.items():
+        summary = {key: f"{np.mean([run[key] for run in runs]):.4f} ± {np.std([run[key] for run in runs]):.4f}"
+                   for key in ("recall@10", "ndcg@10", "recall@10_multi")}
+        log(f"[{BENCH}] {system:16s} {summary}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
