@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from sid_models.cli import main as cli_main
 from sid_models.cli import render_dvc_yaml
 from sid_models.data.loaders import load_demo, load_parquet_layout, save_parquet_layout
 from sid_models.data.schema import DataError
@@ -124,3 +125,18 @@ def test_dvc_repro_runs_the_data_stages_and_versions_the_demo_store(tmp_path, sm
     (repo / "params.yaml").write_text(yaml.safe_dump(changed))
     status = _dvc("status", "raw_dataset", cwd=repo, env=env)
     assert "changed deps" in status and "demo" in status
+
+
+def test_stage_cli_leaves_nothing_behind_on_bad_input(tmp_path, small_params, monkeypatch):
+    store = shutil.copytree(REPO_ROOT / "tests" / "fixtures" / "wands", tmp_path / "wands")
+    (store / "product.csv").write_text((store / "product.csv").read_text().replace("driftwood accent mirror", " "))
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(deep_merge(small_params, {"dataset": {"kind": "wands",
+                                                                                 "path": str(store)}})))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = tmp_path / "data" / "stages" / "raw_dataset"
+    with pytest.raises(DataError, match="empty product_name") as error:
+        cli_main(["run", "raw_dataset", "--params", str(params_file), "--out", str(out)])
+    assert (error.value.row, error.value.column) == (4, "product_name")
+    assert not out.exists() and not out.with_name("raw_dataset.partial").exists()
