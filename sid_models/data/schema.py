@@ -21,7 +21,11 @@ SEGMENTS = ("head", "torso", "tail", "cold")
 
 
 class DataError(ValueError):
-    """Input that breaks the data contract. The message names file, row and column."""
+    """Input that breaks the data contract. The message names file, row and column.
+
+    `row` is the 1-based record number in the file, the header not counted (a CSV row r is
+    on line r + 1); `column` is the column as the file names it.
+    """
 
     def __init__(self, message: str, *, file: str | Path | None = None, row: int | None = None,
                  column: str | None = None):
