@@ -1,0 +1,202 @@
+"""Generative retrieval benchmark: TIGER vs SARQ+ACRQ SIDs, tensor trie vs reference decoder.
+
+Quality (`gr_tiger`, `gr_sarq_acrq`): the pipeline's own stages up to sft_checkpoint (which
+trains both models with the same size and step budget on the same split), then the test
+queries with a relevant item through `load_retriever(...).search(texts, 10)` and the
+shared `evaluate`: recall@10, ndcg@10, recall@10_cold, recall@10_seen, plus the
+unconstrained-decoding invalid-SID rate on those queries and the SFT seconds.
+
+Speed (`decode_tensor`, `decode_reference`): the SARQ+ACRQ model's weights under the
+tensorised trie (`TrieConstraint`) and under the reference (`DictTrieConstraint`: a Python
+`prefix_allowed_tokens`-style function per hypothesis over a dict trie), both inside the
+same beam loop: qps at batch 64 / beam 20, p50/p95 ms at batch 1, and `identical` (true
+when both returned the same ranked SIDs with equal scores for every timed query, so the
+same top-K items).
+
+Stage folders are cached under artifacts/bench/generative/<quick|full>/<stage>-<key>, the
+key hashing the params a stage reads (minus the generative/sft/decode sections for the
+stages upstream of sft_checkpoint, which never read them) and its inputs' keys.
+
+  .venv/bin/python benchmarks/generative.py [--data PATH|demo] [--quick]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import benchmark_params, emit, log, parse_args  # noqa: F401  (sys.path set by common)
+
+from sid_models.data.schema import PreparedDataset  # noqa: E402
+from sid_models.eval.metrics import evaluate  # noqa: E402
+from sid_models.generative.retriever import load_retriever  # noqa: E402
+from sid_models.generative.stage import VALIDATION_FILE  # noqa: E402
+from sid_models.generative.trie import DictTrieConstraint, TrieConstraint, UnconstrainedConstraint, invalid_rate  # noqa: E402
+from sid_models.params import REPO_ROOT  # noqa: E402
+from sid_models.stages import STAGES, run_stage  # noqa: E402
+
+BENCH = "generative"
+WORK = REPO_ROOT / "artifacts" / "bench" / BENCH
+EVAL_K = 10
+SPEED_BATCH, SPEED_BEAMS = 64, 20
+QUICK = {
+    "demo": {"n_items": 800, "n_queries": 900},
+    "sci": {"train": {"epochs": 3}},
+    "generative": {"presets": {"cpu": {"sft": {"steps": 150, "batch_size": 64}}}},
+    "sft": {"warmup_steps": 15, "valid_max_queries": 100},
+}
+SYSTEMS = {"gr_tiger": "tiger", "gr_sarq_acrq": "sarq_acrq"}
+OWN_SECTIONS = ("generative", "sft", "decode")
+
+
+def stage_key(name: str, params: dict, keys: dict[str, str]) -> str:
+    sections = STAGES[name].params
+    if sections is None:
+        read = {key: value for key, value in params.items() if key not in OWN_SECTIONS}
+    else:
+        read = {section: params.get(section) for section in sections}
+    payload = json.dumps({"params": read, "upstream": [keys[up] for up in STAGES[name].upstream]}, sort_keys=True,
+                         default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def run_chain(params: dict, work: Path) -> dict[str, Path]:
+    """Run (or reuse) every stage up to sft_checkpoint; a stage is written under .partial
+    and renamed only when it succeeded."""
+    needed, stack = set(), ["sft_checkpoint"]
+    while stack:
+        name = stack.pop()
+        if name not in needed:
+            needed.add(name)
+            stack.extend(STAGES[name].upstream)
+    folders: dict[str, Path] = {}
+    keys: dict[str, str] = {}
+    for name in (name for name in STAGES if name in needed):
+        keys[name] = stage_key(name, params, keys)
+        final = work / f"{name}-{keys[name]}"
+        if not final.is_dir():
+            partial = final.with_name(final.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            log(f"[{BENCH}] stage {name} ...")
+            started = time.perf_counter()
+            run_stage(name, params, {up: folders[up] for up in STAGES[name].upstream}, partial)
+            partial.rename(final)
+            log(f"[{BENCH}] stage {name} done in {time.perf_counter() - started:.0f} s")
+        folders[name] = final
+    return folders
+
+
+def test_queries(prepared: PreparedDataset):
+    queries = prepared.split_queries("test")
+    return queries[queries["query_id"].isin(set(prepared.relevant("test")["query_id"]))]
+
+
+def quality(retriever, prepared: PreparedDataset, queries) -> dict:
+    texts = queries["text"].astype(str).tolist()
+    found = retriever.search(texts, EVAL_K)
+    rankings = {query: [item for item, _ in hits] for query, hits in zip(queries["query_id"], found)}
+    metrics = evaluate(rankings, prepared.split_judgments("test"), prepared.scale,
+                       dict(zip(prepared.segments["item_id"], prepared.segments["segment"])))
+    free = UnconstrainedConstraint(retriever.trie.vocab, retriever.trie.max_length)
+    invalid = [invalid_rate(retriever.decode(texts[start:start + retriever.batch_size], retriever.beam_size, free),
+                            retriever.trie) for start in range(0, len(texts), retriever.batch_size)]
+    figures = {key: metrics[key] for key in ("recall@10", "ndcg@10", "recall@10_cold", "recall@10_seen",
+                                             "recall@50", "mrr", "n_queries") if key in metrics}
+    figures["unconstrained_invalid_rate"] = float(np.mean(invalid))
+    return figures
+
+
+class Timed:
+    """Wraps a constraint and accumulates the seconds spent in it (mask building + state update)."""
+
+    def __init__(self, constraint):
+        self.constraint, self.seconds = constraint, 0.0
+
+    def _timed(self, method, *args):
+        started = time.perf_counter()
+        out = getattr(self.constraint, method)(*args)
+        self.seconds += time.perf_counter() - started
+        return out
+
+    def start(self, *args):
+        return self._timed("start", *args)
+
+    def allowed(self, *args):
+        return self._timed("allowed", *args)
+
+    def advance(self, *args):
+        return self._timed("advance", *args)
+
+
+def timed_decode(retriever, texts: list[str], batch: int, constraint) -> tuple[list[float], list]:
+    """Seconds per batch and the (tokens, scores) of each batch."""
+    seconds, outputs = [], []
+    for start in range(0, len(texts), batch):
+        started = time.perf_counter()
+        result = retriever.decode(texts[start:start + batch], SPEED_BEAMS, constraint)
+        seconds.append(time.perf_counter() - started)
+        outputs.append((result.tokens, result.scores))
+    return seconds, outputs
+
+
+def speed(retriever, texts: list[str], n_batches: int, n_single: int) -> None:
+    constraints = {"decode_tensor": Timed(TrieConstraint(retriever.trie)),
+                   "decode_reference": Timed(DictTrieConstraint(retriever.trie.sids, retriever.trie.vocab))}
+    batched_texts = texts[:n_batches * SPEED_BATCH]
+    single_texts = texts[:n_single]
+    retriever.decode(texts[:SPEED_BATCH], SPEED_BEAMS, constraints["decode_tensor"])     # warm-up
+    outputs, figures = {}, {}
+    for system, constraint in constraints.items():
+        constraint.seconds = 0.0
+        batch_seconds, batch_out = timed_decode(retriever, batched_texts, SPEED_BATCH, constraint)
+        constraint_ms = 1000 * constraint.seconds / len(batch_seconds)
+        single_seconds, single_out = timed_decode(retriever, single_texts, 1, constraint)
+        outputs[system] = batch_out + single_out
+        figures[system] = {"qps": len(batched_texts) / sum(batch_seconds),
+                           "p50_ms": 1000 * float(np.percentile(single_seconds, 50)),
+                           "p95_ms": 1000 * float(np.percentile(single_seconds, 95)),
+                           "constraint_ms_per_batch": constraint_ms, "n_queries": len(batched_texts)}
+        log(f"[{BENCH}] {system}: {figures[system]}")
+    identical = all(torch.equal(a_tokens, b_tokens) and torch.equal(a_scores, b_scores)
+                    for (a_tokens, a_scores), (b_tokens, b_scores)
+                    in zip(outputs["decode_tensor"], outputs["decode_reference"]))
+    speedup = figures["decode_tensor"]["qps"] / figures["decode_reference"]["qps"]
+    for system, values in figures.items():
+        emit(BENCH, system, batch=SPEED_BATCH, beams=SPEED_BEAMS, identical=identical,
+             speedup=round(speedup, 2), **{key: round(value, 3) if isinstance(value, float) else value
+                                           for key, value in values.items()})
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    params = benchmark_params(args, QUICK if args.quick else None)
+    torch.set_num_threads(int(params["generative"]["threads"]))
+    work = WORK / ("quick" if args.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"[{BENCH}] data={args.data} quick={args.quick} work={work}")
+    folders = run_chain(params, work)
+    prepared = PreparedDataset.load(folders["prepared_dataset"])
+    queries = test_queries(prepared)
+    validation = json.loads((folders["sft_checkpoint"] / VALIDATION_FILE).read_text())
+    retrievers = {}
+    for system, variant in SYSTEMS.items():
+        retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"], folders["prepared_dataset"],
+                                   folders["sci_index"], variant=variant)
+        started = time.perf_counter()
+        figures = quality(retriever, prepared, queries)
+        log(f"[{BENCH}] {system}: evaluated in {time.perf_counter() - started:.0f} s")
+        emit(BENCH, system, seed=int(params["seed"]), seconds=round(validation[variant]["train_seconds"], 1),
+             sft_steps=validation[variant]["steps"], **figures)
+        retrievers[system] = retriever
+    texts = queries["text"].astype(str).tolist()
+    speed(retrievers["gr_sarq_acrq"], texts, n_batches=2 if args.quick else 8, n_single=32 if args.quick else 128)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
