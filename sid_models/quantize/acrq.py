@@ -203,7 +203,7 @@ class _Batches:
     """Mini-batches of item rows with, where the item has any, one sampled training query."""
 
     def __init__(self, catalogue: Catalogue, rows: np.ndarray, batch_size: int, rng: np.random.Generator):
-        self.catalogue, self.rows, self.batch_size, self.rng = catalogue, rows, batch_size, rng
+        self.rows, self.batch_size, self.rng = rows, batch_size, rng
         order = np.argsort(catalogue.pair_items, kind="stable")
         self.query_of_pair = catalogue.pair_queries[order]
         self.count = np.bincount(catalogue.pair_items, minlength=len(catalogue.item_view))
