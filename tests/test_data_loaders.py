@@ -176,3 +176,22 @@ def test_home_depot_csv_in_a_raw_folder_is_found(tmp_path):
     assert dataset.queries["query_id"].tolist() == ["0", "1", "2"]
     assert dataset.judgments["query_id"].tolist() == ["0", "1", "2", "0"]
     assert len(dataset.items) == 3
+
+
+def test_parquet_layout_grades_a_behaviour_log_without_labels(tmp_path):
+    dataset = load_demo(TINY_DEMO)
+    folder = save_parquet_layout(dataset, tmp_path / "store")
+    log = dataset.judgments[["query_id", "item_id"]].iloc[:3].assign(clicks=[0, 4, 1], purchases=[0, 0, 1])
+    log.to_parquet(folder / "judgments.parquet", index=False)
+    (folder / "dataset.json").write_text(json.dumps(
+        {"name": "log", "scale": {"minimum": 0, "maximum": 2, "threshold": 1, "gain_offset": 0}}))
+    loaded = load_parquet_layout(folder)
+    assert loaded.judgments["relevance"].tolist() == [0.0, 1.0, 2.0]
+    assert loaded.judgments["clicks"].tolist() == [0, 4, 1]
+    log.assign(clicks=[0, -1, 1]).to_parquet(folder / "judgments.parquet", index=False)
+    with pytest.raises(DataError, match="clicks must be a count") as error:
+        load_parquet_layout(folder)
+    assert (error.value.row, error.value.column) == (2, "clicks")
+    log.drop(columns=["clicks", "purchases"]).to_parquet(folder / "judgments.parquet", index=False)
+    with pytest.raises(DataError, match="need `relevance` or behaviour counts"):
+        load_parquet_layout(folder)

@@ -6,7 +6,9 @@ taken from the repository root):
 - `demo`: the built-in demo store (demo.py), sized by the `demo` section; no path.
 - `parquet`: the project's own layout, a folder with `items.parquet` (item_id, title, optional
   brand, category, description), `queries.parquet` (query_id, text), `judgments.parquet`
-  (query_id, item_id, relevance) and `dataset.json` or `dataset.yaml` declaring
+  (query_id, item_id, and `relevance` and/or `clicks`, `purchases` counts: without
+  `relevance` a pair's grade is 2 if purchased, 1 if clicked, 0 if only shown) and
+  `dataset.json` or `dataset.yaml` declaring
   `{name, scale: {minimum, maximum, threshold, gain_offset}}` (or `dataset.scale` in params).
   The `raw_dataset` stage writes exactly this layout (`save_parquet_layout`).
 - `home_depot`: Kaggle "Home Depot Product Search Relevance", either the folder layout
@@ -46,6 +48,7 @@ ESCI_GRADES = {"E": 1.0, "S": 0.1, "C": 0.01, "I": 0.0}
 ESCI_SCALE = RelevanceScale(minimum=0.0, maximum=1.0, threshold=1.0, gain_offset=0.0)
 WANDS_GRADES = {"Exact": 2.0, "Partial": 1.0, "Irrelevant": 0.0}
 WANDS_SCALE = RelevanceScale(minimum=0.0, maximum=2.0, threshold=2.0, gain_offset=0.0)
+BEHAVIOUR_COLUMNS = ("clicks", "purchases")
 LAYOUT_META_FILES = ("dataset.json", "dataset.yaml", "dataset.yml")
 KINDS = ("demo", "parquet", "home_depot", "esci", "wands")
 
@@ -105,7 +108,7 @@ def load_parquet_layout(folder: str | Path, scale: dict | None = None) -> Datase
     sources = {name: Source(file) for name, file in files.items()}
     raw_items = read_table(files["items"], ("item_id", "title"))
     raw_queries = read_table(files["queries"], ("query_id", "text"))
-    raw_judgments = read_table(files["judgments"], ("query_id", "item_id", "relevance"))
+    raw_judgments = read_table(files["judgments"], ("query_id", "item_id"))
     items = pd.DataFrame({"item_id": to_ids(raw_items, "item_id", sources["items"]),
                           "title": to_text(raw_items, "title", sources["items"], required=True)})
     for column in ITEM_OPTIONAL_COLUMNS:
@@ -116,8 +119,36 @@ def load_parquet_layout(folder: str | Path, scale: dict | None = None) -> Datase
                             "text": to_text(raw_queries, "text", sources["queries"], required=True),
                             ROW: raw_queries[ROW]})
     judgments = _judgments(raw_judgments, sources["judgments"], "query_id", "item_id",
-                           to_numbers(raw_judgments, "relevance", sources["judgments"]))
+                           _layout_relevance(raw_judgments, sources["judgments"]))
+    for column in BEHAVIOUR_COLUMNS:
+        if column in raw_judgments.columns:
+            judgments[column] = _counts(raw_judgments, column, sources["judgments"])
     return _finish(meta.get("name", folder.name), str(folder), relevance_scale, items, queries, judgments, sources)
+
+
+def _layout_relevance(raw: pd.DataFrame, source: Source) -> pd.Series:
+    """Graded labels, or for a behaviour log without labels: purchased 2, clicked 1, shown only 0."""
+    if "relevance" in raw.columns:
+        return to_numbers(raw, "relevance", source)
+    present = [column for column in BEHAVIOUR_COLUMNS if column in raw.columns]
+    if not present:
+        raise DataError(f"missing column: judgments need `relevance` or behaviour counts "
+                        f"({', '.join(BEHAVIOUR_COLUMNS)})", file=source.file, column="relevance")
+    grade = pd.Series(0.0, index=raw.index)
+    if "clicks" in present:
+        grade = grade.where(_counts(raw, "clicks", source).eq(0), 1.0)
+    if "purchases" in present:
+        grade = grade.where(_counts(raw, "purchases", source).eq(0), 2.0)
+    return grade
+
+
+def _counts(raw: pd.DataFrame, column: str, source: Source) -> pd.Series:
+    counts = to_numbers(raw, column, source)
+    bad = ((counts < 0) | (counts != counts.round())).to_numpy()
+    if bad.any():
+        position = int(bad.argmax())
+        raise source.error(f"wrong type: {column} must be a count, got {counts.iloc[position]!r}", raw, position, column)
+    return counts.astype(np.int64)
 
 
 def save_parquet_layout(dataset: Dataset, folder: str | Path) -> Path:
