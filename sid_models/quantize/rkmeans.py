@@ -104,6 +104,7 @@ def balanced_assign(x: np.ndarray, centroids: np.ndarray, slack: float) -> np.nd
     distances, candidates = nearest(x, centroids, k)
     order = np.argsort(distances, axis=None, kind="stable")
     codes = np.full(n, -1, dtype=np.int64)
+    unassigned = n
     for flat in order:
         item, rank = divmod(int(flat), k)
         if codes[item] >= 0:
@@ -112,6 +113,9 @@ def balanced_assign(x: np.ndarray, centroids: np.ndarray, slack: float) -> np.nd
         if capacity[code] > 0:
             codes[item] = code
             capacity[code] -= 1
+            unassigned -= 1
+            if unassigned == 0:
+                break
     return codes
 
 
