@@ -5,7 +5,7 @@ Inside a tracked pipeline run the training stages are sibling MLflow runs of the
 (DVC, a notebook) there is no parent run; then the curves come from the histories the
 training stages save in their artifact folders: `history.json` (a list of per-epoch dicts,
 SCI towers) or `metrics.jsonl` (one per-step dict a line, generative SFT and DPO).
-Only metrics whose name contains one of `keys` and that have at least two points are kept.
+Only metrics named after one of `keys` (see `_wanted`) and that have at least two points are kept.
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ Curves = dict[str, dict[str, list[tuple[int, float]]]]
 
 
 def _wanted(metric: str, keys: Sequence[str]) -> bool:
-    return any(key in metric for key in keys)
+    """`loss`, `loss_main`, `sft/loss`, `valid_recall@10` match key loss / recall@10; `valid_recall@10_head` does not."""
+    name = metric.rsplit("/", 1)[-1]
+    return any(name == key or name.startswith(f"{key}_") or name.endswith(f"_{key}") for key in keys)
 
 
 def curves_from_mlflow(stages: Sequence[str], keys: Sequence[str]) -> Curves | None:
