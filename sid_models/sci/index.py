@@ -1,0 +1,170 @@
+"""Consistent dual-view FAISS index (SCI's "CI") and its baselines.
+
+Every item has two views: the query view u = f_q(item) and the item view v = f_i(item).
+Queries are embedded by the query tower, q = f_q(query), and the dual-tower score of an
+item is q·v.
+
+- Coarse level: spherical k-means on the items' *query view* u. A query is routed by
+  `route(q)` = argmax_c q·c, and every item is filed in the list `route(u)` of its own
+  query view, so queries and items are partitioned by one function in one space — the
+  space queries live in at inference. The semantic-ID stage uses the same `route` (and
+  these centroids) for its first level.
+- Fine level: the lists store the *item view* v (IndexIVFFlat, inner product), so within
+  the probed lists items are ranked by the true dual-tower score q·v; the finer SID levels
+  quantise item-view residuals.
+- Baseline `coarse_view="item"`: the usual IVF, k-means on v and items filed by route(v),
+  queries routed in a space they were never trained to share with those centroids.
+- `FlatIndex`: exact inner-product search over v, the reference for recall.
+
+Faiss k-means wants at least 39 training points per centroid, so the number of lists is
+`min(index.nlist, n_items // index.min_points_per_list)` (at least 1): the configured
+nlist is a ceiling that small catalogues scale down from.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import faiss
+import numpy as np
+from faiss.contrib.ivf_tools import add_preassigned
+
+INDEX_FILE = "ivf.faiss"
+CENTROIDS_FILE = "centroids.npy"
+META_FILE = "index.json"
+VIEWS = ("query", "item")
+
+
+def _matrix(vectors: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or (dim is not None and vectors.shape[1] != dim):
+        raise ValueError(f"{what} must be a [n, {dim or 'd'}] matrix, got shape {vectors.shape}")
+    return vectors
+
+
+def n_lists(n_items: int, nlist: int, min_points_per_list: int) -> int:
+    """Number of IVF lists for a catalogue of `n_items` (see the module docstring)."""
+    if nlist < 1 or min_points_per_list < 1:
+        raise ValueError(f"index.nlist ({nlist}) and index.min_points_per_list ({min_points_per_list}) must be >= 1")
+    return max(1, min(nlist, n_items // min_points_per_list))
+
+
+def spherical_kmeans(vectors: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
+    """Unit-norm centroids [k, d] of faiss spherical k-means (assignment by inner product)."""
+    vectors = _matrix(vectors, "k-means input")
+    if k > len(vectors):
+        raise ValueError(f"cannot fit {k} centroids to {len(vectors)} vectors")
+    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False)
+    kmeans.train(vectors)
+    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+
+
+class FlatIndex:
+    """Exact maximum-inner-product search over the item vectors."""
+
+    def __init__(self, item_vectors: np.ndarray):
+        item_vectors = _matrix(item_vectors, "item vectors")
+        self.index = faiss.IndexFlatIP(item_vectors.shape[1])
+        self.index.add(item_vectors)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, query_vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [n, k], item rows [n, k]); `nprobe` is accepted for interface parity and ignored."""
+        return self.index.search(_matrix(query_vectors, "query vectors", self.index.d), k)
+
+
+class DualViewIndex:
+    """IVF over item-view vectors with coarse cells from the `coarse_view` of the items."""
+
+    def __init__(self, index: faiss.IndexIVFFlat, centroids: np.ndarray, coarse_view: str, nprobe: int):
+        if coarse_view not in VIEWS:
+            raise ValueError(f"coarse_view must be one of {VIEWS}, got {coarse_view!r}")
+        self.index = index
+        self.centroids = centroids
+        self.coarse_view = coarse_view
+        self.nprobe = nprobe
+
+    @classmethod
+    def build(cls, query_view: np.ndarray, item_view: np.ndarray, nlist: int, niter: int, seed: int,
+              nprobe: int, coarse_view: str = "query") -> "DualViewIndex":
+        """Cluster the items' `coarse_view` into `nlist` cells, file each item by it, store the item view."""
+        item_view = _matrix(item_view, "item view")
+        query_view = _matrix(query_view, "item query view", item_view.shape[1])
+        if len(query_view) != len(item_view):
+            raise ValueError(f"query view has {len(query_view)} rows but item view has {len(item_view)}")
+        if coarse_view not in VIEWS:
+            raise ValueError(f"coarse_view must be one of {VIEWS}, got {coarse_view!r}")
+        coarse = query_view if coarse_view == "query" else item_view
+        centroids = spherical_kmeans(coarse, nlist, niter, seed)
+        quantizer = faiss.IndexFlatIP(item_view.shape[1])
+        quantizer.add(centroids)
+        index = faiss.IndexIVFFlat(quantizer, item_view.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        index.is_trained = True  # the quantizer already holds our centroids; faiss must not retrain it
+        built = cls(index, centroids, coarse_view, nprobe)
+        add_preassigned(index, item_view, built.route(coarse))
+        return built
+
+    @property
+    def nlist(self) -> int:
+        return int(self.index.nlist)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def route(self, query_view_vectors: np.ndarray) -> np.ndarray:
+        """Coarse cell per row, argmax_c x·c: the IVF list a query is probed first in / an item is filed in."""
+        _, cells = self.index.quantizer.search(_matrix(query_view_vectors, "vectors to route", self.index.d), 1)
+        return cells[:, 0].astype(np.int64)
+
+    def list_assignments(self) -> np.ndarray:
+        """The list each stored item row sits in, read back from faiss's inverted lists."""
+        lists = np.full(self.ntotal, -1, dtype=np.int64)
+        invlists = self.index.invlists
+        for cell in range(self.nlist):
+            size = invlists.list_size(cell)
+            if size:
+                ids = faiss.rev_swig_ptr(invlists.get_ids(cell), size).copy()
+                lists[ids] = cell
+        return lists
+
+    def search(self, query_vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [n, k], item rows [n, k]) from the `nprobe` nearest cells; rows are -1 past the probed items."""
+        nprobe = self.nprobe if nprobe is None else nprobe
+        if not 1 <= nprobe <= self.nlist:
+            raise ValueError(f"nprobe must be in [1, {self.nlist}], got {nprobe}")
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        return self.index.search(_matrix(query_vectors, "query vectors", self.index.d), k, params=params)
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(folder / INDEX_FILE))
+        np.save(folder / CENTROIDS_FILE, self.centroids)
+        (folder / META_FILE).write_text(json.dumps({
+            "coarse_view": self.coarse_view, "fine_view": "item", "nlist": self.nlist,
+            "nprobe": self.nprobe, "ntotal": self.ntotal, "dim": int(self.index.d),
+        }, indent=2))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "DualViewIndex":
+        folder = Path(folder)
+        meta = json.loads((folder / META_FILE).read_text())
+        index = faiss.read_index(str(folder / INDEX_FILE))
+        return cls(index, np.load(folder / CENTROIDS_FILE), meta["coarse_view"], meta["nprobe"])
+
+
+def rankings(item_rows: np.ndarray, query_ids: Sequence[str], item_ids: Sequence[str]) -> dict[str, list[str]]:
+    """query_id -> ranked item ids from a search result's row matrix (−1 padding dropped)."""
+    item_ids = np.asarray(item_ids)
+    return {query: item_ids[rows[rows >= 0]].tolist() for query, rows in zip(query_ids, item_rows)}
+
+
+def dense_rankings(query_vectors: np.ndarray, index: FlatIndex | DualViewIndex, k: int,
+                   query_ids: Sequence[str], item_ids: Sequence[str], nprobe: int | None = None) -> Mapping[str, list[str]]:
+    _, rows = index.search(query_vectors, k, nprobe)
+    return rankings(rows, query_ids, item_ids)

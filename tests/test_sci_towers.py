@@ -1,0 +1,191 @@
+"""SCI dual towers: shapes, near-identity start, losses (masking, swap, consistency), determinism, stage."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sid_models.params import deep_merge
+from sid_models.sci.losses import consistency, info_nce
+from sid_models.sci.stage import train_towers as run_towers_stage
+from sid_models.sci.towers import DualTower, TowerConfig, initial_projection, load_towers
+from sid_models.sci.train import TrainConfig, TrainingData, objective, train_towers
+from sid_models.text.encoder import TextEncoder
+
+FAST_TRAIN = {"epochs": 2, "batch_size": 64, "patience": 1, "preserve_sample": 32}
+
+
+@pytest.fixture(scope="module")
+def small_base(small_params, small_prepared):
+    """MiniLM features of the reduced demo store (through the repository's text cache)."""
+    encoder = TextEncoder.from_params(small_params["text"], progress=False)
+    return (encoder.encode(small_prepared.item_text().tolist(), "items"),
+            encoder.encode(small_prepared.queries["text"].tolist(), "queries"))
+
+
+def _unit(rows: int, dim: int, seed: int) -> torch.Tensor:
+    return F.normalize(torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def _towers(seed: int = 0, **overrides) -> DualTower:
+    config = TowerConfig(in_dim=32, out_dim=16, hidden_dim=24, **overrides)
+    return DualTower(config, initial_projection(_unit(64, 32, seed).numpy(), 16, "orthogonal", seed))
+
+
+def test_towers_output_unit_vectors_of_the_configured_size():
+    towers = _towers()
+    base = _unit(10, 32, 1).numpy()
+    for encode in (towers.encode_queries, towers.encode_items):
+        out = encode(base)
+        assert out.shape == (10, 16) and out.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="base features"):
+        towers.encode_queries(np.zeros((3, 31), dtype=np.float32))
+
+
+def test_untrained_towers_are_the_projected_base_features():
+    base = _unit(100, 32, 2)
+    projection = initial_projection(base.numpy(), 16, "pca", seed=0)
+    towers = DualTower(TowerConfig(in_dim=32, out_dim=16, hidden_dim=24, n_blocks=2), projection)
+    expected = F.normalize(base @ projection.T, dim=1).numpy()
+    np.testing.assert_allclose(towers.encode_queries(base.numpy()), expected, atol=1e-6)
+    np.testing.assert_allclose(towers.encode_items(base.numpy()), expected, atol=1e-6)
+
+
+def test_pca_projection_preserves_inner_products_better_than_a_random_one():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((500, 32)) @ np.diag(np.linspace(3, 0.1, 32))  # most energy in few directions
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    gram = base @ base.T
+    errors = {}
+    for kind in ("pca", "orthogonal"):
+        projected = base @ initial_projection(base, 16, kind, seed=0).numpy().T
+        errors[kind] = np.abs(projected @ projected.T - gram).mean()
+    assert errors["pca"] < errors["orthogonal"]
+
+
+def test_accidental_hit_is_not_a_negative():
+    anchors = _unit(3, 8, 3)
+    anchors[1] = anchors[0]  # pairs 0 and 1: one query, two relevant items
+    positives = _unit(3, 8, 4)
+    weights = torch.ones(3)
+    accidental = torch.tensor([[False, True, False], [True, False, False], [False, False, False]])
+    masked = info_nce(anchors, positives, weights, 0.1, accidental)
+    s = anchors @ positives.T / 0.1
+    by_hand = torch.stack([
+        torch.logsumexp(s[0, [0, 2]], 0) - s[0, 0],  # item 1 left out of query 0's denominator
+        torch.logsumexp(s[1, [1, 2]], 0) - s[1, 1],
+        torch.logsumexp(s[2], 0) - s[2, 2],
+    ]).mean()
+    torch.testing.assert_close(masked, by_hand)
+    assert info_nce(anchors, positives, weights, 0.1) > masked  # unmasked, it would push a positive away
+
+
+def test_training_batches_flag_other_positives_of_the_same_query(small_prepared):
+    data = TrainingData.build(small_prepared, TrainConfig())
+    counts = np.bincount(data.pair_queries)
+    query = int(np.flatnonzero(counts >= 2)[0])
+    same = np.flatnonzero(data.pair_queries == query)[:2]
+    other = int(np.flatnonzero(data.pair_queries != query)[0])
+    rows = np.array([same[0], same[1], other])
+    hits = data.accidental_hits(data.pair_queries[rows], data.pair_items[rows])
+    assert hits[0, 1] and hits[1, 0]
+    assert hits[0, 0] and hits[2, 2]  # own positives (the diagonal, ignored by the loss)
+    other_relevant = data.pair_items[other] in data.pair_items[data.pair_queries == query]
+    assert hits[0, 2] == other_relevant
+
+
+def test_hard_negatives_are_judged_items_below_the_threshold(small_prepared):
+    data = TrainingData.build(small_prepared, TrainConfig())
+    train = small_prepared.split_judgments("train")
+    query = int(data.pair_queries[0])
+    query_id = small_prepared.queries["query_id"].iloc[query]
+    rows, mask = data.sample_negatives(np.array([query]), 8, np.random.default_rng(0))
+    item_ids = set(small_prepared.items["item_id"].to_numpy()[rows[0][mask[0]]])
+    judged = train[train["query_id"] == query_id]
+    pool = set(judged.loc[~judged["relevant"], "item_id"])
+    assert item_ids <= pool and len(item_ids) == min(8, len(pool))
+
+
+def test_weighted_loss_counts_high_grades_more():
+    anchors, positives = _unit(2, 8, 5), _unit(2, 8, 6)
+    s = anchors @ positives.T / 0.1
+    per_pair = torch.logsumexp(s, 1) - s.diagonal()
+    weighted = info_nce(anchors, positives, torch.tensor([3.0, 1.0]), 0.1)
+    torch.testing.assert_close(weighted, (3 * per_pair[0] + per_pair[1]) / 4)
+
+
+def _objective_terms(towers: DualTower, lambda_swap: float, lambda_cons: float = 0.0):
+    config = TrainConfig(lambda_swap=lambda_swap, lambda_cons=lambda_cons, temperature=0.1)
+    queries, items, negatives = _unit(6, 32, 7), _unit(6, 32, 8), _unit(12, 32, 9).reshape(6, 2, 32)
+    return objective(towers, towers.query_tower.projection.weight.detach(), queries, items, negatives,
+                     torch.ones(6, 2, dtype=torch.bool), torch.zeros(6, 6, dtype=torch.bool), torch.ones(6), None,
+                     config)
+
+
+def test_swap_loss_adds_no_parameters_and_mirrors_the_main_loss_for_identical_towers():
+    towers = _towers(n_blocks=1)
+    for block in towers.query_tower.blocks:
+        torch.nn.init.normal_(block.down.weight, std=0.1)  # leave the identity start
+    towers.item_tower.load_state_dict(towers.query_tower.state_dict())
+    parameters = sum(p.numel() for p in towers.parameters())
+    terms = _objective_terms(towers, lambda_swap=1.0)
+    torch.testing.assert_close(terms["swap"], terms["main"])
+    assert sum(p.numel() for p in towers.parameters()) == parameters
+    terms["swap"].backward()
+    assert all(p.grad is not None for p in towers.query_tower.parameters() if p.requires_grad)
+
+
+def test_swap_loss_trains_the_query_tower_on_items_and_the_item_tower_on_queries():
+    towers = _towers()
+    terms = _objective_terms(towers, lambda_swap=1.0)
+    assert "swap" in terms and "swap" not in _objective_terms(_towers(), lambda_swap=0.0)
+    towers.zero_grad()
+    terms["swap"].backward()
+    assert towers.item_tower.projection.weight.grad.abs().sum() > 0
+    assert towers.query_tower.projection.weight.grad.abs().sum() > 0
+
+
+def test_consistency_is_zero_for_identical_towers_and_positive_otherwise():
+    x = _unit(5, 16, 10)
+    assert consistency(x, x) == 0
+    assert consistency(x, _unit(5, 16, 11)) > 0
+
+
+def test_training_is_deterministic_under_a_seed(small_prepared, small_base):
+    items, queries = small_base
+    config = dataclasses.replace(TrainConfig(), **FAST_TRAIN, lambda_preserve=0.1, seed=3)
+    tower_config = TowerConfig(hidden_dim=64)
+    first = train_towers(small_prepared, items, queries, tower_config, config)
+    second = train_towers(small_prepared, items, queries, tower_config, config)
+    for name, tensor in first.towers.state_dict().items():
+        torch.testing.assert_close(tensor, second.towers.state_dict()[name], rtol=0, atol=0)
+    assert [h["loss_total"] for h in first.history[1:]] == [h["loss_total"] for h in second.history[1:]]
+    other = train_towers(small_prepared, items, queries, tower_config, dataclasses.replace(config, seed=4))
+    assert other.history[1]["loss_total"] != first.history[1]["loss_total"]
+
+
+def test_towers_stage_writes_normalised_views_and_loadable_towers(small_params, small_prepared, small_base, tmp_path):
+    items, queries = small_base
+    prepared_folder = small_prepared.save(tmp_path / "prepared")
+    text_folder = tmp_path / "text"
+    text_folder.mkdir()
+    np.save(text_folder / "items.npy", items)
+    np.save(text_folder / "queries.npy", queries)
+    params = deep_merge(small_params, {"sci": {"train": FAST_TRAIN, "tower": {"hidden_dim": 64}}})
+    out = tmp_path / "towers"
+    out.mkdir()
+    metadata = run_towers_stage(params, {"prepared_dataset": prepared_folder, "text_embeddings": text_folder}, out)
+    towers = load_towers(out)
+    out_dim = params["sci"]["tower"]["out_dim"]
+    for name, expected in (("item_query_view.npy", towers.encode_queries(items)),
+                           ("item_item_view.npy", towers.encode_items(items)),
+                           ("queries.npy", towers.encode_queries(queries))):
+        saved = np.load(out / name)
+        assert saved.shape == (len(expected), out_dim)
+        np.testing.assert_allclose(np.linalg.norm(saved, axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(saved, expected, atol=1e-6)
+    assert metadata["valid_recall@10"] >= 0 and "valid_recall@10_minilm" in metadata
