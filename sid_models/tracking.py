@@ -12,6 +12,11 @@ from typing import Any, Mapping
 import mlflow
 
 
+def mlflow_key(key: str) -> str:
+    """A metric/param/tag name as MLflow accepts it: '@' is not allowed, so recall@10 -> recall_at_10."""
+    return key.replace("@", "_at_")
+
+
 def active() -> bool:
     return mlflow.active_run() is not None
 
@@ -19,12 +24,12 @@ def active() -> bool:
 def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
     if active():
         flat = _flatten(params, prefix)
-        mlflow.log_params({key: str(value)[:500] for key, value in flat.items()})
+        mlflow.log_params({mlflow_key(key): str(value)[:500] for key, value in flat.items()})
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     if active():
-        mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+        mlflow.log_metrics({mlflow_key(key): float(value) for key, value in metrics.items()}, step=step)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:

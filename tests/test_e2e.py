@@ -69,7 +69,7 @@ def pipeline(tmp_path_factory, small_params):
 @pytest.mark.slow
 def test_every_asset_materialises_and_every_check_passes(pipeline):
     result = pipeline["result"]
-    failures = [event.event_specific_data.error.message for event in result.all_events if event.is_step_failure]
+    failures = [event.event_specific_data.error.to_string() for event in result.all_events if event.is_step_failure]
     assert result.success, failures
     materialised = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
     assert {"prepared_dataset", "text_embeddings", "sci_towers", "sci_index", "semantic_ids", "sft_checkpoint",

@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 import mlflow
 from mlflow import MlflowClient
 
+from ..tracking import mlflow_key
+
 PARENT_TAG = "mlflow.parentRunId"
 
 Curves = dict[str, dict[str, list[tuple[int, float]]]]
@@ -24,7 +26,8 @@ Curves = dict[str, dict[str, list[tuple[int, float]]]]
 def _wanted(metric: str, keys: Sequence[str]) -> bool:
     """`loss`, `loss_main`, `sft/loss`, `valid_recall@10` match key loss / recall@10; `valid_recall@10_head` does not."""
     name = metric.rsplit("/", 1)[-1]
-    return any(name == key or name.startswith(f"{key}_") or name.endswith(f"_{key}") for key in keys)
+    spellings = {spelling for key in keys for spelling in (key, mlflow_key(key))}  # MLflow stores recall_at_10
+    return any(name == key or name.startswith(f"{key}_") or name.endswith(f"_{key}") for key in spellings)
 
 
 def curves_from_mlflow(stages: Sequence[str], keys: Sequence[str]) -> Curves | None:

@@ -81,7 +81,3 @@ def evaluate(rankings: Mapping[str, Sequence[str]], judgments: pd.DataFrame, sca
         result[f"n_pairs_{segment}"] = len(hits)
     return result
 
-
-def mlflow_key(key: str) -> str:
-    """A metric name as MLflow accepts it (no '@' in metric or tag names): recall@10 -> recall_at_10."""
-    return key.replace("@", "_at_")

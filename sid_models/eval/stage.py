@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 
 from .. import tracking
+from ..tracking import mlflow_key
 from ..data.schema import PreparedDataset
 from ..params import REPO_ROOT
 from ..quantize.table import VARIANT_FILES, load_sid_table, segment_summary
 from .curves import training_curves
 from .harness import measure
-from .metrics import mlflow_key
 from .report import CURVE_KEYS, EvalReport, quality_table, write_report
 from .systems import build_system
 

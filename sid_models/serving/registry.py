@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from .. import tracking
-from ..eval.metrics import mlflow_key
+from ..tracking import mlflow_key
 
 RECORDED_METRICS = ("recall@1", "recall@5", "recall@10", "recall@50", "ndcg@10", "mrr",
                     "recall@10_head", "recall@10_torso", "recall@10_tail", "recall@10_cold",
