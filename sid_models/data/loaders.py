@@ -67,8 +67,7 @@ def load_dataset(params: dict) -> Dataset:
     if kind == "home_depot":
         return load_home_depot(path)
     if kind == "esci":
-        esci = config.get("esci") or {}
-        return load_esci(path, locale=esci.get("locale", "us"), small_version_only=esci.get("small_version_only", True))
+        return load_esci(path, **config["esci"])
     return load_wands(path)
 
 
@@ -123,7 +122,9 @@ def load_parquet_layout(folder: str | Path, scale: dict | None = None) -> Datase
     for column in BEHAVIOUR_COLUMNS:
         if column in raw_judgments.columns:
             judgments[column] = _counts(raw_judgments, column, sources["judgments"])
-    return _finish(meta.get("name", folder.name), str(folder), relevance_scale, items, queries, judgments, sources)
+    # `source` in the description keeps the origin of a dataset the raw_dataset stage wrote
+    return _finish(meta.get("name", folder.name), meta.get("source", str(folder)), relevance_scale,
+                   items, queries, judgments, sources)
 
 
 def _layout_relevance(raw: pd.DataFrame, source: Source) -> pd.Series:
