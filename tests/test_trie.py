@@ -110,9 +110,13 @@ def test_eos_is_allowed_exactly_where_a_sid_ends():
     root = constraint.allowed(state, torch.tensor([[BOS]]))[0]
     assert root.nonzero().flatten().tolist() == [vocab.token(0, 0), vocab.token(0, 2)]
     after_zero = constraint.advance(state, torch.tensor([0]), torch.tensor([vocab.token(0, 0)]))
-    assert constraint.allowed(after_zero, None)[0].nonzero().flatten().tolist() == [EOS, vocab.token(1, 1)]
+    one_code = torch.tensor([[BOS, vocab.token(0, 0)]])
+    assert constraint.allowed(after_zero, one_code)[0].nonzero().flatten().tolist() == [EOS, vocab.token(1, 1)]
     after_two = constraint.advance(state, torch.tensor([0]), torch.tensor([vocab.token(0, 2)]))
-    assert constraint.allowed(after_two, None)[0].nonzero().flatten().tolist() == [vocab.token(1, 2)]
+    assert constraint.allowed(after_two, one_code)[0].nonzero().flatten().tolist() == [vocab.token(1, 2)]
+    at_leaf = constraint.advance(after_zero, torch.tensor([0]), torch.tensor([vocab.token(1, 1)]))
+    two_codes = torch.tensor([[BOS, vocab.token(0, 0), vocab.token(1, 1)]])
+    assert constraint.allowed(at_leaf, two_codes)[0].nonzero().flatten().tolist() == [EOS]
 
 
 def test_unconstrained_decoding_can_invent_sids_and_the_rate_counts_them():

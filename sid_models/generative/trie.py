@@ -1,15 +1,17 @@
 """Constrained decoding: a prefix trie over all valid SIDs compiled to tensors, and one
 batched beam search over every hypothesis of every query at once.
 
-Trie tensors (CSR over edges sorted by (parent node, token)):
-- `edge_ptr` [n_nodes + 1]: node n's outgoing edges are edge_ptr[n] .. edge_ptr[n+1]-1;
-- `edge_token` [E]: the decoder token of each edge (a level code, or EOS);
-- `edge_key` [E] = parent * V + token, sorted, so the child of (node, token) is one
-  `searchsorted` for the whole batch;
-- `edge_child` [E]: the child node; an EOS edge leads to FINISHED and `edge_sid` [E] gives
-  the index of the SID that ends there (-1 on code edges).
-EOS is an edge only of nodes where a valid SID ends, so SIDs of different lengths (and a
-SID that is a prefix of another) are handled alike.
+Trie tensors:
+- `child_mask` [n_nodes, K_max] bool: code c is allowed after node n. Every open hypothesis
+  at decoding step t has spelled exactly t codes, so all of them sit at depth t and their
+  allowed codes lie in one token range (level t's): the allowed-token mask of the whole
+  batch is one row gather from this table into that range, no ragged work at all;
+- `terminal` [n_nodes] bool: a valid SID ends at n, so EOS is allowed there and only there
+  (SIDs of different lengths, and a SID that is a prefix of another, are handled alike);
+- `edge_key` [E] = parent * V + token over all code and EOS edges, sorted, with
+  `edge_child` [E] (the child node; FINISHED after EOS) and `edge_sid` [E] (the SID that
+  ends on an EOS edge, -1 on code edges): the next node of every hypothesis is one
+  `searchsorted`.
 
 Beam search (`beam_search`): hypotheses live in [B, W] tensors; each step the model scores
 all B*W hypotheses in one call, the constraint turns its state into an allowed-token mask
@@ -50,12 +52,11 @@ class Constraint(Protocol):
 class SidTrie:
     """The tensorised prefix trie (see module docstring); build with `SidTrie.build`."""
 
-    def __init__(self, vocab: SidVocab, sids: list[tuple[int, ...]], edge_ptr: torch.Tensor,
-                 edge_token: torch.Tensor, edge_key: torch.Tensor, edge_child: torch.Tensor,
-                 edge_sid: torch.Tensor):
+    def __init__(self, vocab: SidVocab, sids: list[tuple[int, ...]], child_mask: torch.Tensor,
+                 terminal: torch.Tensor, edge_key: torch.Tensor, edge_child: torch.Tensor, edge_sid: torch.Tensor):
         self.vocab, self.sids = vocab, sids
-        self.edge_ptr, self.edge_token, self.edge_key = edge_ptr, edge_token, edge_key
-        self.edge_child, self.edge_sid = edge_child, edge_sid
+        self.child_mask, self.terminal = child_mask, terminal
+        self.edge_key, self.edge_child, self.edge_sid = edge_key, edge_child, edge_sid
         self.sid_index = {sid: index for index, sid in enumerate(sids)}
 
     @classmethod
@@ -69,37 +70,40 @@ class SidTrie:
         for index, sid in enumerate(unique):
             node = 0
             for level, code in enumerate(sid):
-                token = vocab.token(level, code)
-                child = children[node].get(token)
+                vocab.token(level, code)            # raises on a code outside its level
+                child = children[node].get(code)
                 if child is None:
                     child = len(children)
-                    children[node][token] = child
+                    children[node][code] = child
                     children.append({})
                     ends.append(-1)
                 node = child
             ends[node] = index
-        pointers, tokens, child_ids, sid_ids = [0], [], [], []
-        keys = []
+        child_mask = torch.zeros(len(children), max(vocab.codes_per_level), dtype=torch.bool)
+        keys, child_ids, sid_ids = [], [], []
+        depth = [0] * len(children)
         for node, edges in enumerate(children):
-            outgoing = sorted(edges.items())
-            if ends[node] >= 0:
-                outgoing = sorted(outgoing + [(EOS, FINISHED)])
-            for token, child in outgoing:
-                tokens.append(token)
+            for code, child in edges.items():
+                depth[child] = depth[node] + 1
+                child_mask[node, code] = True
+                keys.append(node * vocab.size + vocab.token(depth[node], code))
                 child_ids.append(child)
-                sid_ids.append(ends[node] if token == EOS else -1)
-                keys.append(node * vocab.size + token)
-            pointers.append(len(tokens))
+                sid_ids.append(-1)
+            if ends[node] >= 0:
+                keys.append(node * vocab.size + EOS)
+                child_ids.append(FINISHED)
+                sid_ids.append(ends[node])
+        order = sorted(range(len(keys)), key=keys.__getitem__)
 
         def as_long(values):
-            return torch.tensor(values, dtype=torch.long)
+            return torch.tensor([values[i] for i in order], dtype=torch.long)
 
-        return cls(vocab, unique, as_long(pointers), as_long(tokens), as_long(keys), as_long(child_ids),
-                   as_long(sid_ids))
+        terminal = torch.tensor([end >= 0 for end in ends], dtype=torch.bool)
+        return cls(vocab, unique, child_mask, terminal, as_long(keys), as_long(child_ids), as_long(sid_ids))
 
     @property
     def n_nodes(self) -> int:
-        return self.edge_ptr.numel() - 1
+        return self.terminal.numel()
 
     @property
     def max_length(self) -> int:
@@ -107,7 +111,7 @@ class SidTrie:
 
     def to(self, device: torch.device | str) -> "SidTrie":
         return SidTrie(self.vocab, self.sids, *(tensor.to(device) for tensor in (
-            self.edge_ptr, self.edge_token, self.edge_key, self.edge_child, self.edge_sid)))
+            self.child_mask, self.terminal, self.edge_key, self.edge_child, self.edge_sid)))
 
     def __contains__(self, sid) -> bool:
         return tuple(sid) in self.sid_index
@@ -131,16 +135,16 @@ class TrieConstraint:
 
     def allowed(self, state: TrieState, prefixes: torch.Tensor) -> torch.Tensor:
         trie, node = self.trie, state.node
-        n_rows = node.numel()
+        vocab = trie.vocab
+        depth = prefixes.shape[1] - 1
         open_rows = node >= 0
         safe = node.clamp(min=0)
-        counts = torch.where(open_rows, trie.edge_ptr[safe + 1] - trie.edge_ptr[safe], 0)
-        rows = torch.repeat_interleave(torch.arange(n_rows, device=node.device), counts)
-        first = torch.repeat_interleave(trie.edge_ptr[safe], counts)
-        row_start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        edges = first + torch.arange(rows.numel(), device=node.device) - row_start
-        mask = torch.zeros(n_rows, trie.vocab.size, dtype=torch.bool, device=node.device)
-        mask[rows, trie.edge_token[edges]] = True
+        mask = torch.zeros(node.numel(), vocab.size, dtype=torch.bool, device=node.device)
+        if depth < vocab.levels:
+            width = vocab.codes_per_level[depth]
+            offset = vocab.offset(depth)
+            mask[:, offset:offset + width] = trie.child_mask[safe, :width] & open_rows[:, None]
+        mask[:, EOS] = trie.terminal[safe] & open_rows
         return mask
 
     def advance(self, state: TrieState, parent: torch.Tensor, token: torch.Tensor) -> TrieState:
