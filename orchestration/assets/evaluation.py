@@ -21,8 +21,9 @@ def eval_report(context: dg.AssetExecutionContext, prepared_dataset: str, text_e
     output = materialize_stage(context, "eval_report", inputs, params, mlflow_tracking)
     folder = Path(output.value)
     metadata = dict(output.metadata)
-    metadata["quality_table"] = dg.MetadataValue.md(metadata["quality_table"])
-    metadata["report_html"] = dg.MetadataValue.path(metadata["report_html"])
+    # materialize_stage's metadata values arrive wrapped (TextMetadataValue); re-type them for the UI
+    metadata["quality_table"] = dg.MetadataValue.md(metadata["quality_table"].value)
+    metadata["report_html"] = dg.MetadataValue.path(metadata["report_html"].value)
     png = base64.b64encode((folder / "plots" / "recall_by_segment.png").read_bytes()).decode()
     metadata["recall_by_segment"] = dg.MetadataValue.md(f"![Recall@10 by segment](data:image/png;base64,{png})")
     return dg.Output(output.value, metadata=metadata)
