@@ -1,6 +1,7 @@
-"""SCI benchmark: BM25, MiniLM zero-shot, dual tower (λ_swap = 0) and dual tower + swap, each
-searched exactly and through IVF with item-view centroids and with the consistent dual-view
-index at several nprobe, on the test split. One JSON line per (system, index, nprobe):
+"""SCI benchmark: BM25, MiniLM zero-shot, dual tower (λ_swap = 0), dual tower + swap, and
+swap + consistency term (`tower_swap_cons`), each searched exactly (`exact`), through IVF
+with item-view centroids (`ivf_item`) and through the consistent dual-view IVF (`ivf_dual`,
+centroids on the query view) at several nprobe, on the test split. One JSON line per (system, index, nprobe):
 recall@K, ndcg@10, mrr, recall@10_cold / _seen, qps of the index at batch 256.
 
 MiniLM has a single view (item = query view), so its `ivf_dual` equals `ivf_item` and is not
@@ -21,6 +22,7 @@ from common import benchmark_params, emit, log, parse_args, prepared_dataset
 from sid_models.eval.metrics import evaluate
 from sid_models.sci.bm25 import BM25Retriever
 from sid_models.sci.index import DualViewIndex, FlatIndex, n_lists, rankings
+from sid_models.sci.stage import zero_shot_metrics
 from sid_models.sci.towers import TowerConfig
 from sid_models.sci.train import TrainConfig, limit_threads, train_towers
 from sid_models.text.encoder import TextEncoder
@@ -28,12 +30,15 @@ from sid_models.text.encoder import TextEncoder
 BENCH = "sci"
 K = 50
 NPROBES = (1, 4, 16)
+INDEX_NAMES = {"item": "ivf_item", "query": "ivf_dual"}  # coarse_view -> reported index name
 QPS_BATCH = 256
 QPS_MIN_QUERIES = 2048
 REPORTED = ("recall@1", "recall@5", "recall@10", "recall@50", "ndcg@10", "mrr", "recall@10_cold",
             "recall@10_seen", "recall@10_head", "recall@10_torso", "recall@10_tail", "recall@10_multi",
             "n_queries")
 QUICK = {"sci": {"train": {"epochs": 2}}}
+SWAP_LAMBDA = 1.0          # tower_swap when params set lambda_swap to 0
+CONSISTENCY_LAMBDA = 1.0   # extra system tower_swap_cons (swap + consistency) when params leave lambda_cons at 0
 
 
 def throughput(index, query_vectors: np.ndarray, nprobe: int | None) -> float:
@@ -87,22 +92,31 @@ def main() -> None:
             build_seconds = time.perf_counter() - built
             for nprobe in NPROBES:
                 _, rows = index.search(query_vectors, K, nprobe)
-                emit(BENCH, system, index=f"ivf_{view}", nprobe=nprobe, nlist=nlist, **score(rows),
+                emit(BENCH, system, index=INDEX_NAMES[view], nprobe=nprobe, nlist=nlist, **score(rows),
                      qps=throughput(index, query_vectors, nprobe), build_seconds=build_seconds, seed=seed, **extra)
 
-    search_all("minilm", query_base[test_rows], item_base, item_base, params["seed"], ("item",))
+    search_all("minilm", query_base[test_rows], item_base, item_base, params["seed"], ("item",),
+               valid_recall_at_10=zero_shot_metrics(prepared, item_base, query_base, "valid", 10)["recall@10"])
 
     tower_config = TowerConfig(in_dim=int(item_base.shape[1]), **params["sci"]["tower"])
     for seed in args.seeds:
         base_config = TrainConfig.from_params(params["sci"], seed)
-        for system, lambda_swap in (("tower", 0.0), ("tower_swap", base_config.lambda_swap or 1.0)):
-            config = dataclasses.replace(base_config, lambda_swap=lambda_swap)
+        lambda_swap = base_config.lambda_swap or SWAP_LAMBDA
+        variants = [("tower", {"lambda_swap": 0.0, "lambda_cons": 0.0}),
+                    ("tower_swap", {"lambda_swap": lambda_swap})]
+        if base_config.lambda_cons == 0:
+            variants.append(("tower_swap_cons", {"lambda_swap": lambda_swap, "lambda_cons": CONSISTENCY_LAMBDA}))
+        for system, overrides in variants:
+            config = dataclasses.replace(base_config, **overrides)
             result = train_towers(prepared, item_base, query_base, tower_config, config, log=log)
             towers = result.towers
             log(f"{system} seed {seed}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
             search_all(system, towers.encode_queries(query_base[test_rows]), towers.encode_queries(item_base),
                        towers.encode_items(item_base), seed, ("item", "query"),
-                       train_seconds=result.seconds, best_epoch=result.best_epoch, lambda_swap=lambda_swap)
+                       train_seconds=result.seconds, best_epoch=result.best_epoch,
+                       lambda_swap=config.lambda_swap, lambda_cons=config.lambda_cons,
+                       valid_recall_at_10=result.best_valid["recall@10"],
+                       valid_recall_at_10_untrained=result.history[0]["valid_recall@10"])
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 A training example is one relevant (query, item) judgment of the training split, weighted
 by its graded gain (gain(r) / gain(max) when `graded_weights`, else 1). Each batch holds B
 such pairs; for every pair up to H judged items of the same query graded below
-`hard_negative_max_relevance` (default: the dataset's relevance threshold) are added as
-hard negatives; in-batch items relevant to another pair's query are masked as accidental
-hits. The objective is documented in `losses.py`. After every epoch, Recall@K of exact
+`hard_negative_max_relevance` (capped at, and by default equal to, the dataset's relevance
+threshold) are added as hard negatives; in-batch items relevant to another pair's query are
+masked as accidental hits. The objective is documented in `losses.py`. After every epoch, Recall@K of exact
 search f_q(valid query)·f_i(item) over the whole catalogue decides early stopping; the
 best epoch's weights are kept (epoch 0 = the untrained towers ≈ MiniLM).
 """
@@ -84,7 +84,9 @@ class TrainingData:
         scale = prepared.scale
         weights = (scale.gain(relevance[relevant]) / scale.gain(scale.maximum) if config.graded_weights
                    else np.ones(int(relevant.sum())))
-        cutoff = scale.threshold if config.hard_negative_max_relevance is None else config.hard_negative_max_relevance
+        # Never above the threshold: a relevant item must not become a negative on any scale.
+        cutoff = (scale.threshold if config.hard_negative_max_relevance is None
+                  else min(config.hard_negative_max_relevance, scale.threshold))
         negative = relevance < cutoff
         order = np.argsort(queries[negative], kind="stable")
         negative_queries, negative_items = queries[negative][order], items[negative][order]
