@@ -189,3 +189,10 @@ def test_towers_stage_writes_normalised_views_and_loadable_towers(small_params, 
         np.testing.assert_allclose(np.linalg.norm(saved, axis=1), 1.0, atol=1e-5)
         np.testing.assert_allclose(saved, expected, atol=1e-6)
     assert metadata["valid_recall@10"] >= 0 and "valid_recall@10_minilm" in metadata
+
+
+def test_hard_negative_cutoff_never_exceeds_the_relevance_threshold(small_prepared):
+    data = TrainingData.build(small_prepared, TrainConfig(hard_negative_max_relevance=99.0))
+    negative_keys = np.repeat(np.arange(len(data.negative_offsets) - 1), np.diff(data.negative_offsets)) * data.n_items
+    assert not np.isin(negative_keys + data.negative_items, data.positive_keys).any()
+    assert len(data.negative_items) > 0
