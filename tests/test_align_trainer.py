@@ -1,8 +1,6 @@
 """The alignment trainer on a real (tiny) SFT checkpoint: start point, exact resume, folder layout."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +11,7 @@ from sid_models.align.trainer import prepare_preferences, train_alignment
 from sid_models.generative.model import load_model
 from sid_models.generative.train import DistContext, train_sft
 from sid_models.params import deep_merge
+from sid_models.quantize.table import save_sids
 
 TINY = {
     "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False,
@@ -33,9 +32,10 @@ def write_sid_folder(prepared, folder, codes=6):
     for row in range(len(prepared.items)):
         key = row // 2 if row % 4 < 2 else row
         sids.append([(key // codes ** level) % codes for level in range(3)])
-    pd.DataFrame({"item_id": prepared.items["item_id"].astype(str), "sid": sids, "length": 3}).to_parquet(
-        folder / "sids.parquet", index=False)
-    (folder / "vocab.json").write_text(json.dumps({"levels": 3, "codes_per_level": [codes] * 3}))
+    table = pd.DataFrame({"item_id": prepared.items["item_id"].astype(str), "sid": sids, "length": 3,
+                          "segment": prepared.segments["segment"].to_numpy()})
+    table["bucket_size"] = table.groupby(table["sid"].map(tuple))["item_id"].transform("size")
+    save_sids(folder, {"sarq_acrq": table}, {"sarq_acrq": [codes] * 3}, health={})
     return folder
 
 
