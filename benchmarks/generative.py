@@ -180,22 +180,25 @@ def main() -> None:
     work = WORK / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     log(f"[{BENCH}] data={args.data} quick={args.quick} work={work}")
-    folders = run_chain(params, work)
-    prepared = PreparedDataset.load(folders["prepared_dataset"])
-    queries = test_queries(prepared)
-    validation = json.loads((folders["sft_checkpoint"] / VALIDATION_FILE).read_text())
     retrievers = {}
-    for system, variant in SYSTEMS.items():
-        retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"], folders["prepared_dataset"],
-                                   folders["sci_index"], variant=variant)
-        started = time.perf_counter()
-        figures = quality(retriever, prepared, queries)
-        log(f"[{BENCH}] {system}: evaluated in {time.perf_counter() - started:.0f} s")
-        emit(BENCH, system, seed=int(params["seed"]), seconds=round(validation[variant]["train_seconds"], 1),
-             sft_steps=validation[variant]["steps"], **figures)
-        retrievers[system] = retriever
-    texts = queries["text"].astype(str).tolist()
-    speed(retrievers["gr_sarq_acrq"], texts, n_batches=2 if args.quick else 8, n_single=32 if args.quick else 128)
+    for seed in args.seeds:
+        seeded = {**params, "seed": seed}
+        folders = run_chain(seeded, work)
+        prepared = PreparedDataset.load(folders["prepared_dataset"])
+        queries = test_queries(prepared)
+        validation = json.loads((folders["sft_checkpoint"] / VALIDATION_FILE).read_text())
+        for system, variant in SYSTEMS.items():
+            retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"],
+                                       folders["prepared_dataset"], folders["sci_index"], variant=variant)
+            started = time.perf_counter()
+            figures = quality(retriever, prepared, queries)
+            log(f"[{BENCH}] {system} seed {seed}: evaluated in {time.perf_counter() - started:.0f} s")
+            emit(BENCH, system, seed=seed, seconds=round(validation[variant]["train_seconds"], 1),
+                 sft_steps=validation[variant]["steps"], **figures)
+            if seed == args.seeds[0]:
+                retrievers[system] = (retriever, queries["text"].astype(str).tolist())
+    retriever, texts = retrievers["gr_sarq_acrq"]
+    speed(retriever, texts, n_batches=2 if args.quick else 8, n_single=32 if args.quick else 128)
 
 
 if __name__ == "__main__":
