@@ -64,9 +64,12 @@ def upstream_closure(targets: tuple[str, ...]) -> list[str]:
 
 
 def stage_key(name: str, params: dict, keys: dict[str, str]) -> str:
-    """Hash of the params sections a stage reads (all of them when it does not say) and of its inputs' keys."""
+    """Hash of the params sections a stage reads and of its inputs' keys. A stage that does not
+    declare its sections is hashed over all of them except `align`, which only dpo_checkpoint
+    (downstream of the whole chain) reads."""
     sections = STAGES[name].params
-    read = params if sections is None else {section: params.get(section) for section in sections}
+    read = ({key: value for key, value in params.items() if key != "align"} if sections is None
+            else {section: params.get(section) for section in sections})
     payload = json.dumps({"params": read, "upstream": [keys[up] for up in STAGES[name].upstream]}, sort_keys=True,
                          default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
@@ -94,16 +97,16 @@ def run_chain(params: dict, work: Path) -> dict[str, Path]:
     return folders
 
 
-def test_metrics(checkpoint: Path, folders: dict[str, Path], prepared: PreparedDataset) -> dict:
+def split_metrics(checkpoint: Path, folders: dict[str, Path], prepared: PreparedDataset, split: str = "test") -> dict:
     from sid_models.generative.retriever import load_retriever
 
-    queries = prepared.split_queries("test")
-    queries = queries[queries["query_id"].isin(set(prepared.relevant("test")["query_id"]))]
+    queries = prepared.split_queries(split)
+    queries = queries[queries["query_id"].isin(set(prepared.relevant(split)["query_id"]))]
     retriever = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"], folders["sci_index"],
                                variant="sarq_acrq")
     results = retriever.search(queries["text"].astype(str).tolist(), EVAL_K)
     rankings = {query_id: [item for item, _ in hits] for query_id, hits in zip(queries["query_id"], results)}
-    metrics = evaluate(rankings, prepared.split_judgments("test"), prepared.scale,
+    metrics = evaluate(rankings, prepared.split_judgments(split), prepared.scale,
                        dict(zip(prepared.segments["item_id"], prepared.segments["segment"])))
     return {key: metrics[key] for key in ("recall@10", "ndcg@10", "recall@10_multi", "n_queries")}
 
@@ -117,12 +120,13 @@ def main() -> None:
     log(f"[{BENCH}] data={args.data} quick={args.quick} seeds={args.seeds} work={work}")
     folders = run_chain(params, work)
     prepared = PreparedDataset.load(folders["prepared_dataset"])
+    torch.set_num_threads(int(params["align"]["threads"]))
     dist = DistContext(device=torch.device("cpu"))
     started = time.perf_counter()
     _, data = prepare_preferences(params, prepared, folders["sft_checkpoint"], folders["semantic_ids"])
     log(f"[{BENCH}] mined preferences of {data.n_queries} queries, {len(data.targets)} sequences "
         f"in {time.perf_counter() - started:.0f} s")
-    sft_figures = test_metrics(folders["sft_checkpoint"], folders, prepared)
+    sft_figures = split_metrics(folders["sft_checkpoint"], folders, prepared)
     results: dict[str, list[dict]] = {system: [] for system in ORDER}
     for seed in args.seeds:
         emit(BENCH, "sft", seed=seed, seconds=0.0, **sft_figures)
@@ -135,7 +139,7 @@ def main() -> None:
                             seed=seed)
             seconds = time.perf_counter() - started
             copy_retriever_assets(folders["sft_checkpoint"], out)
-            figures = test_metrics(out, folders, prepared)
+            figures = split_metrics(out, folders, prepared)
             emit(BENCH, system, seed=seed, seconds=round(seconds, 1), **figures)
             results[system].append(figures)
     for system, runs in results.items():

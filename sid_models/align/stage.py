@@ -45,7 +45,7 @@ def validation_metrics(checkpoint: str | Path, inputs: dict[str, Path], prepared
 
 def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     align = params["align"]
-    torch.set_num_threads(int(params["generative"]["threads"]))
+    torch.set_num_threads(int(align["threads"]))
     dist = DistContext.from_env(params["generative"]["device"])
     prepared = PreparedDataset.load(inputs["prepared_dataset"])
     item_vectors = None

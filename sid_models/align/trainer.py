@@ -29,7 +29,7 @@ from ..generative.train import DistContext, LoopConfig, train_loop
 from ..generative.trie import SidTrie
 from ..generative.vocab import PAD, SidVocab
 from .batches import (PreferenceDataset, PreferenceTensors, SequenceScorer, batch_similarity,
-                      build_preference_tensors, make_batch, pair_mask, reference_logprobs, score_batch,
+                      build_preference_tensors, pair_mask, reference_logprobs, score_batch,
                       with_reference)
 from .losses import PreferenceLossConfig, RewardWeighter, preference_loss
 from .mining import beam_sids, mine_preferences
