@@ -138,3 +138,8 @@ def test_too_few_anchor_items_is_a_clear_error(catalogue):
     big = ResidualKMeansConfig(**{**QUANTIZER.__dict__, "codes_per_level": 10_000})
     with pytest.raises(ValueError, match="cannot fit 10000 codes per level"):
         fit_anchor_codebooks(catalogue, big, ACRQ)
+
+
+def test_curriculum_may_not_repeat_an_anchor_segment():
+    with pytest.raises(ValueError, match="repeats anchor segments"):
+        AcrqConfig(**{**ACRQ.__dict__, "anchor_segments": ("head", "torso")})

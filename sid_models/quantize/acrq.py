@@ -45,6 +45,12 @@ class AcrqConfig:
     plateau_tolerance: float
     seed: int
 
+    def __post_init__(self):
+        overlap = set(self.anchor_segments) & set(self.curriculum)
+        if overlap:
+            raise ValueError(f"acrq.curriculum {list(self.curriculum)} repeats anchor segments {sorted(overlap)}: "
+                             f"anchor items are encoded as Q(x) and take no part in stage B")
+
     @classmethod
     def from_params(cls, section: dict, seed: int) -> "AcrqConfig":
         return cls(anchor_segments=tuple(section["anchor_segments"]), curriculum=tuple(section["curriculum"]),
