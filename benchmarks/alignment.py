@@ -48,7 +48,6 @@ QUICK = {
     "sci": {"train": {"epochs": 3}},
     "acrq": {"max_steps_per_phase": 100},
     "generative": {"presets": {"cpu": {"sft": {"steps": 150, "batch_size": 128}}}},
-    "align": {"train": {"epochs": 1}},
 }
 
 
