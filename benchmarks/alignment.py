@@ -12,7 +12,11 @@ n_queries, seconds (alignment training time). Upstream stage folders are cached 
 artifacts/bench/alignment/<quick|full>/<stage>-<hash of its params sections and inputs>,
 so a rerun reuses a stage only when nothing it reads changed.
 
-  .venv/bin/python benchmarks/alignment.py --data demo --seeds 0 1 2
+--quick shrinks the upstream chain only (demo store of 800 items / 900 queries, 3 SCI
+epochs, 100 ACRQ steps per phase, 150 SFT steps of 128, no TIGER model); the alignment
+budget stays align.train's.
+
+  .venv/bin/python benchmarks/alignment.py --data demo --quick --seeds 0 1 2 3 4
 """
 from __future__ import annotations
 
