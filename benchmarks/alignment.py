@@ -20,8 +20,6 @@ budget stays align.train's.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import sys
 import time
@@ -30,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import benchmark_params, emit, log, parse_args  # noqa: F401  (sys.path set by common)
+from common import benchmark_params, emit, log, parse_args, run_chain  # sets sys.path for sid_models
 
 from sid_models.align.trainer import SYSTEMS, prepare_preferences, train_alignment  # noqa: E402
 from sid_models.data.schema import PreparedDataset  # noqa: E402
@@ -38,7 +36,6 @@ from sid_models.eval.metrics import evaluate  # noqa: E402
 from sid_models.generative.retriever import copy_retriever_assets  # noqa: E402
 from sid_models.generative.train import DistContext  # noqa: E402
 from sid_models.params import REPO_ROOT  # noqa: E402
-from sid_models.stages import STAGES, run_stage  # noqa: E402
 
 BENCH = "alignment"
 ORDER = ("sft", *SYSTEMS)
@@ -53,51 +50,6 @@ QUICK = {
     "acrq": {"max_steps_per_phase": 100},
     "generative": {"presets": {"cpu": {"sft": {"steps": 150, "batch_size": 128}}}},
 }
-
-
-def upstream_closure(targets: tuple[str, ...]) -> list[str]:
-    """Stage names the targets need, in the table's (topological) order."""
-    needed, stack = set(), list(targets)
-    while stack:
-        name = stack.pop()
-        if name not in needed:
-            needed.add(name)
-            stack.extend(STAGES[name].upstream)
-    return [name for name in STAGES if name in needed]
-
-
-def stage_key(name: str, params: dict, keys: dict[str, str]) -> str:
-    """Hash of the params sections a stage reads and of its inputs' keys. A stage that does not
-    declare its sections is hashed over all of them except `align`, which only dpo_checkpoint
-    (downstream of the whole chain) reads."""
-    sections = STAGES[name].params
-    read = ({key: value for key, value in params.items() if key != "align"} if sections is None
-            else {section: params.get(section) for section in sections})
-    payload = json.dumps({"params": read, "upstream": [keys[up] for up in STAGES[name].upstream]}, sort_keys=True,
-                         default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def run_chain(params: dict, work: Path) -> dict[str, Path]:
-    """Run (or reuse) every stage up to sft_checkpoint, each cached as work/<stage>-<key>;
-    a stage is written under .partial and renamed only when it succeeded."""
-    folders: dict[str, Path] = {}
-    keys: dict[str, str] = {}
-    for name in upstream_closure(("sft_checkpoint", "sci_towers")):
-        keys[name] = stage_key(name, params, keys)
-        final = work / f"{name}-{keys[name]}"
-        if final.is_dir():
-            log(f"[{BENCH}] stage {name}: reusing {final}")
-        else:
-            partial = final.with_name(final.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            log(f"[{BENCH}] stage {name} ...")
-            started = time.perf_counter()
-            run_stage(name, params, {up: folders[up] for up in STAGES[name].upstream}, partial)
-            partial.rename(final)
-            log(f"[{BENCH}] stage {name} done in {time.perf_counter() - started:.0f} s")
-        folders[name] = final
-    return folders
 
 
 def split_metrics(checkpoint: Path, folders: dict[str, Path], prepared: PreparedDataset, split: str = "test") -> dict:
@@ -121,7 +73,7 @@ def main() -> None:
     work = WORK / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     log(f"[{BENCH}] data={args.data} quick={args.quick} seeds={args.seeds} work={work}")
-    folders = run_chain(params, work)
+    folders = run_chain(params, work, ("sft_checkpoint", "sci_towers"), ("align",), BENCH)
     prepared = PreparedDataset.load(folders["prepared_dataset"])
     torch.set_num_threads(int(params["align"]["threads"]))
     dist = DistContext(device=torch.device("cpu"))

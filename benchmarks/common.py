@@ -43,3 +43,54 @@ def emit(bench: str, system: str, **fields) -> None:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def stage_key(name: str, params: dict, keys: dict[str, str], unread_sections: tuple[str, ...]) -> str:
+    """Hash of the params sections a stage reads and of its inputs' keys. A stage that does not
+    declare its sections is hashed over all of them except `unread_sections` (those of stages
+    downstream of it, which it never reads)."""
+    import hashlib
+    import json
+
+    from sid_models.stages import STAGES
+
+    sections = STAGES[name].params
+    read = ({key: value for key, value in params.items() if key not in unread_sections} if sections is None
+            else {section: params.get(section) for section in sections})
+    payload = json.dumps({"params": read, "upstream": [keys[up] for up in STAGES[name].upstream]}, sort_keys=True,
+                         default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def run_chain(params: dict, work: Path, targets: tuple[str, ...], unread_sections: tuple[str, ...],
+              bench: str) -> dict[str, Path]:
+    """Run (or reuse) every stage `targets` need, each cached as work/<stage>-<key>; a stage is
+    written under .partial and renamed only when it succeeded, so a cached folder is complete."""
+    import shutil
+    import time
+
+    from sid_models.stages import STAGES, run_stage
+
+    needed, stack = set(), list(targets)
+    while stack:
+        name = stack.pop()
+        if name not in needed:
+            needed.add(name)
+            stack.extend(STAGES[name].upstream)
+    folders: dict[str, Path] = {}
+    keys: dict[str, str] = {}
+    for name in (name for name in STAGES if name in needed):
+        keys[name] = stage_key(name, params, keys, unread_sections)
+        final = work / f"{name}-{keys[name]}"
+        if final.is_dir():
+            log(f"[{bench}] stage {name}: reusing {final}")
+        else:
+            partial = final.with_name(final.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            log(f"[{bench}] stage {name} ...")
+            started = time.perf_counter()
+            run_stage(name, params, {up: folders[up] for up in STAGES[name].upstream}, partial)
+            partial.rename(final)
+            log(f"[{bench}] stage {name} done in {time.perf_counter() - started:.0f} s")
+        folders[name] = final
+    return folders

@@ -21,17 +21,14 @@ stages upstream of sft_checkpoint, which never read them) and its inputs' keys.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import benchmark_params, emit, log, parse_args  # noqa: F401  (sys.path set by common)
+from common import benchmark_params, emit, log, parse_args, run_chain  # sets sys.path for sid_models
 
 from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.eval.metrics import evaluate  # noqa: E402
@@ -39,7 +36,6 @@ from sid_models.generative.retriever import load_retriever  # noqa: E402
 from sid_models.generative.stage import VALIDATION_FILE  # noqa: E402
 from sid_models.generative.trie import DictTrieConstraint, TrieConstraint, UnconstrainedConstraint, invalid_rate  # noqa: E402
 from sid_models.params import REPO_ROOT  # noqa: E402
-from sid_models.stages import STAGES, run_stage  # noqa: E402
 
 BENCH = "generative"
 WORK = REPO_ROOT / "artifacts" / "bench" / BENCH
@@ -53,43 +49,6 @@ QUICK = {
 }
 SYSTEMS = {"gr_tiger": "tiger", "gr_sarq_acrq": "sarq_acrq"}
 OWN_SECTIONS = ("generative", "sft", "decode")
-
-
-def stage_key(name: str, params: dict, keys: dict[str, str]) -> str:
-    sections = STAGES[name].params
-    if sections is None:
-        read = {key: value for key, value in params.items() if key not in OWN_SECTIONS}
-    else:
-        read = {section: params.get(section) for section in sections}
-    payload = json.dumps({"params": read, "upstream": [keys[up] for up in STAGES[name].upstream]}, sort_keys=True,
-                         default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def run_chain(params: dict, work: Path) -> dict[str, Path]:
-    """Run (or reuse) every stage up to sft_checkpoint; a stage is written under .partial
-    and renamed only when it succeeded."""
-    needed, stack = set(), ["sft_checkpoint"]
-    while stack:
-        name = stack.pop()
-        if name not in needed:
-            needed.add(name)
-            stack.extend(STAGES[name].upstream)
-    folders: dict[str, Path] = {}
-    keys: dict[str, str] = {}
-    for name in (name for name in STAGES if name in needed):
-        keys[name] = stage_key(name, params, keys)
-        final = work / f"{name}-{keys[name]}"
-        if not final.is_dir():
-            partial = final.with_name(final.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            log(f"[{BENCH}] stage {name} ...")
-            started = time.perf_counter()
-            run_stage(name, params, {up: folders[up] for up in STAGES[name].upstream}, partial)
-            partial.rename(final)
-            log(f"[{BENCH}] stage {name} done in {time.perf_counter() - started:.0f} s")
-        folders[name] = final
-    return folders
 
 
 def test_queries(prepared: PreparedDataset):
@@ -183,7 +142,7 @@ def main() -> None:
     retrievers = {}
     for seed in args.seeds:
         seeded = {**params, "seed": seed}
-        folders = run_chain(seeded, work)
+        folders = run_chain(seeded, work, ("sft_checkpoint",), OWN_SECTIONS, BENCH)
         prepared = PreparedDataset.load(folders["prepared_dataset"])
         queries = test_queries(prepared)
         validation = json.loads((folders["sft_checkpoint"] / VALIDATION_FILE).read_text())
