@@ -1,7 +1,9 @@
 # sid-retrieval: `make run` sets everything up and runs the pipeline; `make test` runs the tests.
 PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
-# torch comes from PyTorch's CPU index: PyPI's Linux wheel is the CUDA build.
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# torch must be the CPU build: PyPI's Linux wheel is the CUDA one (several GB). Here the CPU
+# wheel lies in /opt/wheels; elsewhere run `make TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX ?=
+TORCH_SOURCES := $(if $(wildcard /opt/wheels),--find-links /opt/wheels) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 VENV := .venv
 PY := $(VENV)/bin/python
 DVC_ENV := .tools/dvc
@@ -17,8 +19,8 @@ export SIDR_DVC := $(CURDIR)/$(DVC)
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	# torch first, pinned to the CPU build; then the project against the pinned constraints
-	# (--no-deps: one lookup on that index; torch's own dependencies come with the project below)
-	$(PY) -m pip install --quiet --no-deps torch==2.13.0 --extra-index-url $(TORCH_INDEX)
+	# (--no-deps: torch's own dependencies come with the project below, from PyPI)
+	$(PY) -m pip install --quiet --no-deps torch==2.13.0 $(TORCH_SOURCES)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
