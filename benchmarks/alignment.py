@@ -48,7 +48,7 @@ QUICK = {
     "demo": {"n_items": 800, "n_queries": 900},
     "sci": {"train": {"epochs": 3}},
     "acrq": {"max_steps_per_phase": 100},
-    "generative": {"presets": {"cpu": {"sft": {"steps": 150, "batch_size": 128}}}},
+    "generative": {"preset": "cpu", "presets": {"cpu": {"sft": {"steps": 150, "batch_size": 128}}}},
 }
 
 

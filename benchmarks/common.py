@@ -28,7 +28,9 @@ def parse_args(description: str) -> argparse.Namespace:
 def benchmark_params(args: argparse.Namespace, overrides: dict | None = None) -> dict:
     params = load_params()
     if args.data != "demo":
-        params = deep_merge(params, {"dataset": {"kind": "home_depot", "path": args.data}})
+        # a real catalogue trains with the CPU preset's budget, not the demo store's
+        params = deep_merge(params, {"dataset": {"kind": "home_depot", "path": args.data},
+                                     "generative": {"preset": "cpu"}})
     return deep_merge(params, overrides or {})
 
 

@@ -44,7 +44,7 @@ SPEED_BATCH, SPEED_BEAMS = 64, 20
 QUICK = {
     "demo": {"n_items": 800, "n_queries": 900},
     "sci": {"train": {"epochs": 3}},
-    "generative": {"presets": {"cpu": {"sft": {"steps": 150, "batch_size": 64}}}},
+    "generative": {"preset": "cpu", "presets": {"cpu": {"sft": {"steps": 150, "batch_size": 64}}}},
     "sft": {"warmup_steps": 15, "valid_max_queries": 100},
 }
 SYSTEMS = {"gr_tiger": "tiger", "gr_sarq_acrq": "sarq_acrq"}

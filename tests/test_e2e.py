@@ -1,4 +1,4 @@
-"""End to end: the whole Dagster graph on a reduced demo store, a champion promoted, the served model answering.
+"""End to end (in `make test`, so in CI): the whole Dagster graph on a reduced demo store, a champion promoted, the served model answering.
 
 Everything runs for real (every stage, every check, MLflow registry, the scoring server) with
 tiny model sizes from a params override file, a temporary MLflow store, temporary artifact
@@ -33,7 +33,7 @@ E2E_OVERRIDES = {
     "sarq": {"tau": None, "target_mean_length": 2.0},
     "acrq": {"max_steps_per_phase": 60, "batch_size": 64},
     "tiger": {"levels": 2, "codes_per_level": 16},
-    "generative": {"device": "cpu", "init_from_minilm": False,
+    "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False,
                    "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 60, "batch_size": 32}}}},
     "sft": {"warmup_steps": 6, "checkpoint_every": 60, "log_every": 10, "lr": 0.005, "valid_max_queries": 24,
             "valid_recall_floor": 0.0},
@@ -66,7 +66,6 @@ def pipeline(tmp_path_factory, small_params):
         mlflow.set_tracking_uri(previous_uri)
 
 
-@pytest.mark.slow
 def test_every_asset_materialises_and_every_check_passes(pipeline):
     result = pipeline["result"]
     failures = [event.event_specific_data.error.to_string() for event in result.all_events if event.is_step_failure]
@@ -79,7 +78,6 @@ def test_every_asset_materialises_and_every_check_passes(pipeline):
     assert [f"{e.asset_key.to_user_string()}:{e.check_name}" for e in evaluations if not e.passed] == []
 
 
-@pytest.mark.slow
 def test_report_compares_every_system_and_lands_in_reports(pipeline):
     reports = pipeline["root"] / "reports"
     metrics = json.loads((reports / "metrics.json").read_text())
@@ -92,7 +90,6 @@ def test_report_compares_every_system_and_lands_in_reports(pipeline):
     assert lines[-1].endswith("= version 1")
 
 
-@pytest.mark.slow
 def test_first_model_is_champion_and_the_served_champion_answers(pipeline, small_params):
     registry = pipeline["params"]["registry"]
     client = MlflowClient(tracking_uri=pipeline["tracking_uri"])

@@ -35,7 +35,7 @@ def stage_inputs(small_prepared, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stage_output(small_params, stage_inputs, tmp_path_factory):
     params = deep_merge(small_params, {
-        "generative": {"device": "cpu", "init_from_minilm": False,
+        "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False,
                        "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 20, "batch_size": 32}}}},
         "sft": {"warmup_steps": 4, "checkpoint_every": 20, "log_every": 10, "lr": 0.005, "valid_max_queries": 24},
         "decode": {"beam_size": 5, "batch_size": 16},
