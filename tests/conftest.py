@@ -33,3 +33,16 @@ def home_depot_path() -> Path:
     if not (HOME_DEPOT / "products.parquet").exists():
         pytest.skip(f"real data not present at {HOME_DEPOT}")
     return HOME_DEPOT
+
+
+@pytest.fixture(scope="session")
+def small_stage_folders(tmp_path_factory, small_params, small_prepared) -> dict[str, Path]:
+    """The prepared_dataset and text_embeddings stage folders of the reduced demo store."""
+    from sid_models.text.stage import run as text_stage
+
+    root = tmp_path_factory.mktemp("small_stages")
+    prepared = small_prepared.save(root / "prepared_dataset")
+    embeddings = root / "text_embeddings"
+    embeddings.mkdir()
+    text_stage(small_params, {"prepared_dataset": prepared}, embeddings)
+    return {"prepared_dataset": prepared, "text_embeddings": embeddings}

@@ -17,17 +17,11 @@ from sid_models.eval.systems import build_system
 from sid_models.quantize.health import codebook_health
 from sid_models.quantize.sids import ABSENT, Sids
 from sid_models.quantize.table import save_sids, sid_table
-from sid_models.text.stage import run as text_stage
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory, small_params, small_prepared):
-    root = tmp_path_factory.mktemp("eval")
-    prepared = small_prepared.save(root / "prepared")
-    embeddings = root / "embeddings"
-    embeddings.mkdir()
-    text_stage(small_params, {"prepared_dataset": prepared}, embeddings)
-    return {"prepared_dataset": prepared, "text_embeddings": embeddings, "root": root}
+def folders(tmp_path_factory, small_stage_folders):
+    return {**small_stage_folders, "root": tmp_path_factory.mktemp("eval")}
 
 
 @pytest.fixture(scope="module")

@@ -17,20 +17,15 @@ from mlflow.exceptions import MlflowException
 from sid_models.serving import cli
 from sid_models.serving.pyfunc import ServingLimits, log_searcher_model, parse_request
 from sid_models.serving.server import post_json, scoring_server
-from sid_models.text.stage import run as text_stage
 
 MODEL_NAME = "sid-retrieval-test"
 LIMITS = ServingLimits(default_k=5, max_k=20, max_query_chars=64, max_batch=8)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, small_params, small_prepared):
+def served(tmp_path_factory, small_params, small_prepared, small_stage_folders):
     """A MiniLM searcher logged as a pyfunc, registered, aliased champion, in a temporary MLflow store."""
     root = tmp_path_factory.mktemp("serving")
-    prepared_folder = small_prepared.save(root / "prepared")
-    embeddings = root / "embeddings"
-    embeddings.mkdir()
-    text_stage(small_params, {"prepared_dataset": prepared_folder}, embeddings)
     params = {**small_params, "registry": {**small_params["registry"], "model_name": MODEL_NAME},
               "serving": {**small_params["serving"], **{key: getattr(LIMITS, key) for key in
                                                          ("default_k", "max_k", "max_query_chars", "max_batch")}}}
@@ -42,7 +37,7 @@ def served(tmp_path_factory, small_params, small_prepared):
     experiment = mlflow.create_experiment("serving-test", artifact_location=(root / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
         info = log_searcher_model("sid_models.eval.systems:load_minilm",
-                                  {"prepared_dataset": prepared_folder, "text_embeddings": embeddings},
+                                  small_stage_folders,
                                   {"prepared_folder": "prepared_dataset", "embeddings_folder": "text_embeddings"},
                                   LIMITS, ["cordless drill"], loader_kwargs={"text_params": params["text"]},
                                   registered_model_name=MODEL_NAME)

@@ -154,11 +154,7 @@ def _counts(raw: pd.DataFrame, column: str, source: Source) -> pd.Series:
 
 def save_parquet_layout(dataset: Dataset, folder: str | Path) -> Path:
     """Write `dataset` in the layout `load_parquet_layout` reads."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    dataset.items.to_parquet(folder / "items.parquet", index=False)
-    dataset.queries.to_parquet(folder / "queries.parquet", index=False)
-    dataset.judgments.to_parquet(folder / "judgments.parquet", index=False)
+    folder = dataset.write_tables(folder)
     meta = {"name": dataset.name, "source": dataset.source, "scale": vars(dataset.scale)}
     (folder / "dataset.json").write_text(json.dumps(meta, indent=2))
     return folder

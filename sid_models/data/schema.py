@@ -78,6 +78,16 @@ class Dataset:
         return pd.Series(text.to_numpy(), index=self.items["item_id"].to_numpy(), name="text")
 
 
+    def write_tables(self, folder: str | Path) -> Path:
+        """Write items, queries and judgments as parquet files into `folder` (created if needed)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.items.to_parquet(folder / "items.parquet", index=False)
+        self.queries.to_parquet(folder / "queries.parquet", index=False)
+        self.judgments.to_parquet(folder / "judgments.parquet", index=False)
+        return folder
+
+
 @dataclass
 class PreparedDataset(Dataset):
     """A validated dataset with its split and popularity segments.
@@ -99,11 +109,7 @@ class PreparedDataset(Dataset):
         return self.queries[self.queries["split"] == split]
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.items.to_parquet(folder / "items.parquet", index=False)
-        self.queries.to_parquet(folder / "queries.parquet", index=False)
-        self.judgments.to_parquet(folder / "judgments.parquet", index=False)
+        folder = self.write_tables(folder)
         self.segments.to_parquet(folder / "segments.parquet", index=False)
         meta = {"name": self.name, "source": self.source, "scale": asdict(self.scale)}
         (folder / "meta.json").write_text(json.dumps(meta, indent=2))
