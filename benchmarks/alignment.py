@@ -9,8 +9,9 @@ its line repeats the same figures for every seed.
 
 Output: one JSON line per (system, seed) with recall@10, ndcg@10, recall@10_multi,
 n_queries, seconds (alignment training time). Upstream stage folders are cached under
-artifacts/bench/alignment/<quick|full>/<stage>-<hash of its params sections and inputs>,
-so a rerun reuses a stage only when nothing it reads changed.
+artifacts/bench/chain/<quick|full>/<stage>-<hash of its params sections and inputs>, shared
+with the generative benchmark (so its SFT model is reused), and a rerun reuses a stage only
+when nothing it reads changed; aligned models go to artifacts/bench/alignment/.
 
 --quick shrinks the upstream chain only (demo store of 800 items / 900 queries, 3 SCI
 epochs, 100 ACRQ steps per phase, 150 SFT steps of 128, no TIGER model); the alignment
@@ -41,10 +42,8 @@ BENCH = "alignment"
 ORDER = ("sft", *SYSTEMS)
 EVAL_K = 10
 WORK = REPO_ROOT / "artifacts" / "bench" / BENCH
-# The benchmark compares SARQ+ACRQ models only: the SFT stage's TIGER baseline is not needed.
-FULL = {"sft": {"train_tiger_baseline": False}}
 QUICK = {
-    **FULL,
+    "sft": {"train_tiger_baseline": False},
     "demo": {"n_items": 800, "n_queries": 900},
     "sci": {"train": {"epochs": 3}},
     "acrq": {"max_steps_per_phase": 100},
@@ -68,12 +67,11 @@ def split_metrics(checkpoint: Path, folders: dict[str, Path], prepared: Prepared
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    params = benchmark_params(args, QUICK if args.quick else FULL)
+    params = benchmark_params(args, QUICK if args.quick else None)
     torch.set_num_threads(int(params["generative"]["threads"]))
     work = WORK / ("quick" if args.quick else "full")
-    work.mkdir(parents=True, exist_ok=True)
     log(f"[{BENCH}] data={args.data} quick={args.quick} seeds={args.seeds} work={work}")
-    folders = run_chain(params, work, ("sft_checkpoint", "sci_towers"), ("align",), BENCH)
+    folders = run_chain(params, args.quick, ("sft_checkpoint", "sci_towers"), BENCH)
     prepared = PreparedDataset.load(folders["prepared_dataset"])
     torch.set_num_threads(int(params["align"]["threads"]))
     dist = DistContext(device=torch.device("cpu"))

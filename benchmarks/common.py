@@ -14,6 +14,12 @@ from sid_models.data.split import prepare  # noqa: E402
 from sid_models.params import REPO_ROOT, deep_merge, load_params  # noqa: E402
 
 HOME_DEPOT = REPO_ROOT.parent / "shared" / "data" / "home_depot"
+# One stage cache for every benchmark: a folder's key hashes what the stage reads, so the
+# generative and alignment benchmarks share the upstream chain and the SFT model.
+CHAIN_CACHE = REPO_ROOT / "artifacts" / "bench" / "chain"
+# Sections read only by sft_checkpoint and the stages after it: left out of the key of a
+# stage that does not declare its sections (everything upstream of sft_checkpoint).
+DOWNSTREAM_SECTIONS = ("generative", "sft", "decode", "align")
 
 
 def parse_args(description: str) -> argparse.Namespace:
@@ -47,27 +53,26 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def stage_key(name: str, params: dict, keys: dict[str, str], unread_sections: tuple[str, ...]) -> str:
+def stage_key(name: str, params: dict, keys: dict[str, str]) -> str:
     """Hash of the params sections a stage reads and of its inputs' keys. A stage that does not
-    declare its sections is hashed over all of them except `unread_sections` (those of stages
-    downstream of it, which it never reads)."""
+    declare its sections is hashed over all of them except DOWNSTREAM_SECTIONS."""
     import hashlib
     import json
 
     from sid_models.stages import STAGES
 
     sections = STAGES[name].params
-    read = ({key: value for key, value in params.items() if key not in unread_sections} if sections is None
+    read = ({key: value for key, value in params.items() if key not in DOWNSTREAM_SECTIONS} if sections is None
             else {section: params.get(section) for section in sections})
     payload = json.dumps({"params": read, "upstream": [keys[up] for up in STAGES[name].upstream]}, sort_keys=True,
                          default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def run_chain(params: dict, work: Path, targets: tuple[str, ...], unread_sections: tuple[str, ...],
-              bench: str) -> dict[str, Path]:
-    """Run (or reuse) every stage `targets` need, each cached as work/<stage>-<key>; a stage is
-    written under .partial and renamed only when it succeeded, so a cached folder is complete."""
+def run_chain(params: dict, quick: bool, targets: tuple[str, ...], bench: str, build: bool = True) -> dict[str, Path]:
+    """Run (or reuse) every stage `targets` need, each cached as CHAIN_CACHE/<quick|full>/<stage>-<key>;
+    a stage is written under .partial and renamed only when it succeeded, so a cached folder is complete.
+    `build=False`: reuse only, and raise for a stage that is not cached."""
     import shutil
     import time
 
@@ -79,13 +84,17 @@ def run_chain(params: dict, work: Path, targets: tuple[str, ...], unread_section
         if name not in needed:
             needed.add(name)
             stack.extend(STAGES[name].upstream)
+    work = CHAIN_CACHE / ("quick" if quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
     folders: dict[str, Path] = {}
     keys: dict[str, str] = {}
     for name in (name for name in STAGES if name in needed):
-        keys[name] = stage_key(name, params, keys, unread_sections)
+        keys[name] = stage_key(name, params, keys)
         final = work / f"{name}-{keys[name]}"
         if final.is_dir():
             log(f"[{bench}] stage {name}: reusing {final}")
+        elif not build:
+            raise FileNotFoundError(f"stage {name} is not cached at {final}: run the benchmark that builds it first")
         else:
             partial = final.with_name(final.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)

@@ -13,9 +13,8 @@ same beam loop: qps at batch 64 / beam 20, p50/p95 ms at batch 1, and `identical
 when both returned the same ranked SIDs with equal scores for every timed query, so the
 same top-K items).
 
-Stage folders are cached under artifacts/bench/generative/<quick|full>/<stage>-<key>, the
-key hashing the params a stage reads (minus the generative/sft/decode sections for the
-stages upstream of sft_checkpoint, which never read them) and its inputs' keys.
+Stage folders are cached under artifacts/bench/chain/<quick|full>/<stage>-<key> (shared with
+the alignment benchmark), the key hashing the params a stage reads and its inputs' keys.
 
   .venv/bin/python benchmarks/generative.py [--data PATH|demo] [--quick]
 """
@@ -35,10 +34,8 @@ from sid_models.eval.metrics import evaluate  # noqa: E402
 from sid_models.generative.retriever import load_retriever  # noqa: E402
 from sid_models.generative.stage import VALIDATION_FILE  # noqa: E402
 from sid_models.generative.trie import DictTrieConstraint, TrieConstraint, UnconstrainedConstraint, invalid_rate  # noqa: E402
-from sid_models.params import REPO_ROOT  # noqa: E402
 
 BENCH = "generative"
-WORK = REPO_ROOT / "artifacts" / "bench" / BENCH
 EVAL_K = 10
 SPEED_BATCH, SPEED_BEAMS = 64, 20
 QUICK = {
@@ -48,7 +45,6 @@ QUICK = {
     "sft": {"warmup_steps": 15, "valid_max_queries": 100},
 }
 SYSTEMS = {"gr_tiger": "tiger", "gr_sarq_acrq": "sarq_acrq"}
-OWN_SECTIONS = ("generative", "sft", "decode")
 
 
 def test_queries(prepared: PreparedDataset):
@@ -99,6 +95,8 @@ def timed_decode(retriever, texts: list[str], batch: int, constraint) -> tuple[l
     for start in range(0, len(texts), batch):
         started = time.perf_counter()
         result = retriever.decode(texts[start:start + batch], SPEED_BEAMS, constraint)
+        if result.tokens.is_cuda:
+            torch.cuda.synchronize(result.tokens.device)
         seconds.append(time.perf_counter() - started)
         outputs.append((result.tokens, result.scores))
     return seconds, outputs
@@ -136,13 +134,11 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     params = benchmark_params(args, QUICK if args.quick else None)
     torch.set_num_threads(int(params["generative"]["threads"]))
-    work = WORK / ("quick" if args.quick else "full")
-    work.mkdir(parents=True, exist_ok=True)
-    log(f"[{BENCH}] data={args.data} quick={args.quick} work={work}")
+    log(f"[{BENCH}] data={args.data} quick={args.quick}")
     retrievers = {}
     for seed in args.seeds:
         seeded = {**params, "seed": seed}
-        folders = run_chain(seeded, work, ("sft_checkpoint",), OWN_SECTIONS, BENCH)
+        folders = run_chain(seeded, args.quick, ("sft_checkpoint",), BENCH)
         prepared = PreparedDataset.load(folders["prepared_dataset"])
         queries = test_queries(prepared)
         validation = json.loads((folders["sft_checkpoint"] / VALIDATION_FILE).read_text())

@@ -2,14 +2,15 @@
 
 Library functions log to the caller's active MLflow run when there is one (Dagster's
 MLflow resource or the DVC stage CLI opens it) and log nothing when called bare, e.g.
-from a notebook or a unit test.
+from a notebook or a unit test. mlflow is never imported here: a run can only be active
+once the caller has imported mlflow, so the library also runs where MLflow is not
+installed (a slim GPU or serving image).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Mapping
-
-import mlflow
 
 
 def mlflow_key(key: str) -> str:
@@ -18,22 +19,29 @@ def mlflow_key(key: str) -> str:
 
 
 def active() -> bool:
-    return mlflow.active_run() is not None
+    mlflow = sys.modules.get("mlflow")
+    return mlflow is not None and mlflow.active_run() is not None
 
 
 def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
     if active():
+        import mlflow
+
         flat = _flatten(params, prefix)
         mlflow.log_params({mlflow_key(key): str(value)[:500] for key, value in flat.items()})
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     if active():
+        import mlflow
+
         mlflow.log_metrics({mlflow_key(key): float(value) for key, value in metrics.items()}, step=step)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     if active():
+        import mlflow
+
         path = Path(path)
         if path.is_dir():
             mlflow.log_artifacts(str(path), artifact_path)

@@ -90,14 +90,14 @@ class Buckets:
         return cls(ptr=np.concatenate([[0], np.cumsum(counts)]), rows=order)
 
 
-class GenerativeRetriever:
-    def __init__(self, model: Seq2SeqRetriever, tokenizer, trie: SidTrie, buckets: Buckets, item_ids: np.ndarray,
-                 item_vectors: np.ndarray, encode_queries: Callable[[list[str]], np.ndarray], beam_size: int,
-                 length_penalty: float, batch_size: int, device: torch.device | str = "cpu"):
+class SidDecoder:
+    """Query text -> ranked SIDs: the model and the trie, no item catalogue (step 1 of the module
+    docstring). What a GPU worker needs; `GenerativeRetriever` adds the items."""
+
+    def __init__(self, model: Seq2SeqRetriever, tokenizer, trie: SidTrie, beam_size: int, length_penalty: float,
+                 batch_size: int, device: torch.device | str = "cpu"):
         self.model = model.to(device).eval()
-        self.tokenizer, self.trie, self.buckets = tokenizer, trie.to(device), buckets
-        self.item_ids, self.item_vectors = item_ids, item_vectors
-        self.encode_queries = encode_queries
+        self.tokenizer, self.trie = tokenizer, trie.to(device)
         self.beam_size, self.length_penalty, self.batch_size = beam_size, length_penalty, batch_size
         self.device = torch.device(device)
 
@@ -125,6 +125,17 @@ class GenerativeRetriever:
             scores.append(result.scores.float().cpu().numpy())
         return np.concatenate(sids), np.concatenate(scores)
 
+
+class GenerativeRetriever(SidDecoder):
+    """A `SidDecoder` plus the catalogue: SIDs resolved to leaf buckets, buckets ordered by SCI score."""
+
+    def __init__(self, model: Seq2SeqRetriever, tokenizer, trie: SidTrie, buckets: Buckets, item_ids: np.ndarray,
+                 item_vectors: np.ndarray, encode_queries: Callable[[list[str]], np.ndarray], beam_size: int,
+                 length_penalty: float, batch_size: int, device: torch.device | str = "cpu"):
+        super().__init__(model, tokenizer, trie, beam_size, length_penalty, batch_size, device)
+        self.buckets, self.item_ids, self.item_vectors = buckets, item_ids, item_vectors
+        self.encode_queries = encode_queries
+
     def search(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
         queries = [str(query) for query in queries]
         if k < 1:
@@ -132,6 +143,14 @@ class GenerativeRetriever:
         if not queries:
             return []
         sids, scores = self.search_sids(queries, k)
+        return self.resolve(queries, sids, scores, k)
+
+    def resolve(self, queries: list[str], sids: np.ndarray, scores: np.ndarray,
+                k: int) -> list[list[tuple[str, float]]]:
+        """Top-k items per query from `search_sids` output (which may come from another machine
+        decoding with the same trie): each SID's bucket in beam order, SCI-ordered inside."""
+        if len(sids) != len(queries) or len(scores) != len(queries):
+            raise ValueError(f"{len(queries)} queries but SIDs for {len(sids)} and scores for {len(scores)}")
         query_vectors = self.encode_queries(queries)
         results = []
         for query_vector, query_sids, query_scores in zip(query_vectors, sids, scores):
@@ -156,6 +175,18 @@ def model_folder(checkpoint_folder: str | Path, variant: str) -> Path:
     return folder
 
 
+def catalogue_sids(sids_folder: str | Path, prepared_folder: str | Path,
+                   variant: str) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """(item ids in catalogue order, the `variant` SID of each): what the trie and buckets are built from."""
+    item_ids = PreparedDataset.load(prepared_folder).items["item_id"].astype(str).to_numpy()
+    table = read_sid_table(sids_folder, variant)
+    sid_by_item = dict(zip(table["item_id"], table["sid"]))
+    missing = [item for item in item_ids if item not in sid_by_item]
+    if missing:
+        raise ValueError(f"{len(missing)} items of {prepared_folder} have no {variant} SID, e.g. {missing[:3]}")
+    return item_ids, [tuple(int(code) for code in sid_by_item[item]) for item in item_ids]
+
+
 def load_retriever(checkpoint_folder: str | Path, sids_folder: str | Path, prepared_folder: str | Path,
                    index_folder: str | Path, variant: str = "sarq_acrq",
                    device: torch.device | str = "cpu") -> GenerativeRetriever:
@@ -168,14 +199,7 @@ def load_retriever(checkpoint_folder: str | Path, sids_folder: str | Path, prepa
     vocab = SidVocab.load(folder)
     if vocab.size != model.config.dec_vocab_size:
         raise ValueError(f"{folder}: vocab.json has {vocab.size} tokens, model decodes {model.config.dec_vocab_size}")
-    items = PreparedDataset.load(prepared_folder).items
-    item_ids = items["item_id"].astype(str).to_numpy()
-    table = read_sid_table(sids_folder, variant)
-    sid_by_item = dict(zip(table["item_id"], table["sid"]))
-    missing = [item for item in item_ids if item not in sid_by_item]
-    if missing:
-        raise ValueError(f"{len(missing)} items of {prepared_folder} have no {variant} SID, e.g. {missing[:3]}")
-    item_sids = [tuple(int(code) for code in sid_by_item[item]) for item in item_ids]
+    item_ids, item_sids = catalogue_sids(sids_folder, prepared_folder, variant)
     trie = SidTrie.build(item_sids, vocab)
     assets = _assets_folder(folder)
     item_vectors = np.load(assets / ITEM_VIEW_FILE)

@@ -196,7 +196,7 @@ def train_loop(model: torch.nn.Module, dataset, loss_fn: LossFn, config: LoopCon
     """Train `model` for `config.steps` steps of `loss_fn`; resume from `folder/train_state.pt`.
 
     `dataset`: has `__len__`, `set_epoch(e)` and `batch(indices) -> dict of tensors`.
-    `loss_fn(model, batch) -> (scalar loss, {name: float})`, a mean over the batch's examples.
+    `loss_fn(model, batch) -> (scalar loss, {name: float or 0-d tensor})`, a mean over the batch's examples.
     `stop_at`: leave after this many steps (checkpointed), as a preempted job would; a later
     call continues. Returns the per-step metrics of this call (rank 0's view, loss averaged
     over ranks).
@@ -223,6 +223,8 @@ def train_loop(model: torch.nn.Module, dataset, loss_fn: LossFn, config: LoopCon
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda" else nullcontext())
     last = config.steps if stop_at is None else min(stop_at, config.steps)
     history: list[dict] = []
+    pending: list[dict] = []
+    first_step = step
     epoch, order = None, None
     bar = tqdm(total=last, initial=step, desc=metric_prefix, disable=not (progress and dist.is_main),
                mininterval=5.0)
@@ -246,16 +248,23 @@ def train_loop(model: torch.nn.Module, dataset, loss_fn: LossFn, config: LoopCon
             optimizer.step()
             scheduler.step()
             step += 1
-            record = {"loss": float(dist.mean(loss.detach().float())), "grad_norm": float(grad_norm),
-                      "lr": scheduler.get_last_lr()[0], "epoch": epoch, **metrics}
-            history.append({"step": step, **record})
+            # Metrics stay on the device until the next log step: a host copy per step would
+            # stall a GPU on every step.
+            pending.append({"step": step, "loss": dist.mean(loss.detach().float()), "grad_norm": grad_norm.detach(),
+                            "lr": scheduler.get_last_lr()[0], "epoch": epoch, **metrics})
             if dist.is_main:
                 bar.update(1)
-                if step % config.log_every == 0 or step == last:
-                    elapsed = time.perf_counter() - started
-                    record["examples_per_s"] = len(history) * config.batch_size / elapsed
+            if step % config.log_every == 0 or step == last or step % config.checkpoint_every == 0:
+                history.extend({key: float(value) if torch.is_tensor(value) else value for key, value in record.items()}
+                               for record in pending)
+                pending.clear()
+                if dist.is_main:
+                    record = dict(history[-1])
+                    record["examples_per_s"] = (step - first_step) * config.batch_size / (time.perf_counter() - started)
+                    history[-1]["examples_per_s"] = record["examples_per_s"]
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
-                    tracking.log_metrics({f"{metric_prefix}/{key}": value for key, value in record.items()}, step=step)
+                    tracking.log_metrics({f"{metric_prefix}/{key}": value for key, value in record.items()
+                                          if key != "step"}, step=step)
             if step % config.checkpoint_every == 0 or step == last:
                 if dist.is_main:
                     save_train_state(state_path, model, optimizer, scheduler, step)
@@ -280,7 +289,7 @@ def sft_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     loss = (batch["weight"] * token_nll.sum(dim=1)).mean()
     real = targets != PAD
     accuracy = ((logits.argmax(dim=-1) == targets) & real).sum().float() / real.sum().clamp(min=1)
-    return loss, {"token_accuracy": float(accuracy)}
+    return loss, {"token_accuracy": accuracy.detach()}
 
 
 def model_config(params: dict, vocab_size: int, max_dec_len: int) -> GenerativeConfig:
