@@ -128,7 +128,7 @@ def train(args: argparse.Namespace, steps: int, probe_steps_per_s: float) -> Non
     found_sids, found_scores = decoder.search_sids(texts, EVAL_K)
     synchronize(dist.device)
     search_seconds = time.perf_counter() - started
-    np.savez(out / "test_sids.npz", query_id=queries["query_id"].astype(str).to_numpy(), sids=found_sids,
+    np.savez(out / "test_sids.npz", query_id=queries["query_id"].to_numpy(dtype=str), sids=found_sids,
              scores=found_scores, sids_folder=np.array(Path(args.sids).resolve().name))
     emit(BENCH, "search_sids_gpu", n_queries=len(texts), batch=decoder.batch_size, beams=decoder.beam_size,
          qps=round(len(texts) / search_seconds, 1),
@@ -174,9 +174,9 @@ def resolve(args: argparse.Namespace) -> None:
     params = benchmark_params(argparse.Namespace(data=str(HOME_DEPOT)))
     folders = run_chain(params, False, ("sft_checkpoint",), BENCH, build=False)
     saved = np.load(args.npz)
-    if str(saved["sids_folder"]) != folders["semantic_ids"].name:
+    if str(saved["sids_folder"]) != folders["semantic_ids"].resolve().name:
         raise ValueError(f"{args.npz} indexes the trie of {saved['sids_folder']}, this chain's SIDs are "
-                         f"{folders['semantic_ids'].name}: decode again with this chain's folders")
+                         f"{folders['semantic_ids'].resolve().name}: decode again with this chain's folders")
     prepared = PreparedDataset.load(folders["prepared_dataset"])
     queries = test_queries(prepared).set_index("query_id").loc[saved["query_id"]].reset_index()
     retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"], folders["prepared_dataset"],
