@@ -22,22 +22,28 @@ CHAIN_CACHE = REPO_ROOT / "artifacts" / "bench" / "chain"
 DOWNSTREAM_SECTIONS = ("generative", "sft", "decode", "align")
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, speed_only: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
+    if speed_only:
+        parser.add_argument("--speed-only", action="store_true", help="time the decoders, skip the quality runs")
     parser.add_argument("--data", default=str(HOME_DEPOT) if HOME_DEPOT.exists() else "demo",
                         help="Home Depot folder, or 'demo' for the built-in demo store")
     parser.add_argument("--quick", action="store_true", help="shrink the run to a few minutes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--overrides", default="{}",
+                        help='JSON merged over params.yaml, e.g. \'{"acrq": {"anchor_segments": ["head", "torso"]}}\'')
     return parser.parse_args()
 
 
 def benchmark_params(args: argparse.Namespace, overrides: dict | None = None) -> dict:
+    """params.yaml, the dataset of --data, a script's own `overrides`, then the user's --overrides."""
     params = load_params()
     if args.data != "demo":
         # a real catalogue trains with the CPU preset's budget, not the demo store's
         params = deep_merge(params, {"dataset": {"kind": "home_depot", "path": args.data},
                                      "generative": {"preset": "cpu"}})
-    return deep_merge(params, overrides or {})
+    params = deep_merge(params, overrides or {})
+    return deep_merge(params, json.loads(getattr(args, "overrides", "{}")))
 
 
 def prepared_dataset(params: dict) -> PreparedDataset:

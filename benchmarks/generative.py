@@ -16,7 +16,7 @@ same top-K items).
 Stage folders are cached under artifacts/bench/chain/<quick|full>/<stage>-<key> (shared with
 the alignment benchmark), the key hashing the params a stage reads and its inputs' keys.
 
-  .venv/bin/python benchmarks/generative.py [--data PATH|demo] [--quick]
+  .venv/bin/python benchmarks/generative.py [--data PATH|demo] [--quick] [--speed-only]
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def speed(retriever, texts: list[str], n_batches: int, n_single: int) -> None:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], speed_only=True)
     params = benchmark_params(args, QUICK if args.quick else None)
     torch.set_num_threads(int(params["generative"]["threads"]))
     log(f"[{BENCH}] data={args.data} quick={args.quick}")
@@ -145,13 +145,15 @@ def main() -> None:
         for system, variant in SYSTEMS.items():
             retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"],
                                        folders["prepared_dataset"], folders["sci_index"], variant=variant)
+            if seed == args.seeds[0]:
+                retrievers[system] = (retriever, queries["text"].astype(str).tolist())
+            if args.speed_only:
+                continue
             started = time.perf_counter()
             figures = quality(retriever, prepared, queries)
             log(f"[{BENCH}] {system} seed {seed}: evaluated in {time.perf_counter() - started:.0f} s")
             emit(BENCH, system, seed=seed, seconds=round(validation[variant]["train_seconds"], 1),
                  sft_steps=validation[variant]["steps"], **figures)
-            if seed == args.seeds[0]:
-                retrievers[system] = (retriever, queries["text"].astype(str).tolist())
     retriever, texts = retrievers["gr_sarq_acrq"]
     speed(retriever, texts, n_batches=2 if args.quick else 8, n_single=32 if args.quick else 128)
 

@@ -16,9 +16,13 @@ splits in two:
      `train_loop` records are summarised.
 `resolve` (on the CPU machine): the saved SIDs through the CPU chain's retriever buckets
 (SCI-ordered) and the shared `evaluate`: recall@10, ndcg@10, cold/seen recall.
+`evaluate` (on the CPU machine): a whole model trained on the GPU machine with
+`python -m sid_models.generative.train` (any preset, SIDs of any chain), through the standard
+retriever, as generative.py evaluates its own models.
 
   python benchmarks/generative_gpu.py train --prepared P --sids S --out O --train-seconds 300 [--mlflow-uri U]
   .venv/bin/python benchmarks/generative_gpu.py resolve --npz O/test_sids.npz
+  .venv/bin/python benchmarks/generative_gpu.py evaluate --checkpoint C --name N [--variant tiger] [--overrides J]
 
 The GPU machine needs torch (CUDA), transformers, pandas, pyarrow and PyYAML, plus MLflow for
 --mlflow-uri; of the MiniLM package only the tokenizer files and the word-embedding matrix are
@@ -37,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, log  # noqa: E402  (sets sys.path for sid_models)
-from generative import EVAL_K, speed, test_queries  # noqa: E402
+from generative import EVAL_K, quality, speed, test_queries  # noqa: E402
 
 from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.generative.model import load_model  # noqa: E402
@@ -190,6 +194,25 @@ def resolve(args: argparse.Namespace) -> None:
                                                 "n_queries") if key in metrics})
 
 
+def evaluate_model(args: argparse.Namespace) -> None:
+    """Test quality of a model trained elsewhere (e.g. `python -m sid_models.generative.train` on a GPU
+    machine) on this machine's benchmark chain, the chain picked by --overrides (same JSON as the
+    other benchmarks). The checkpoint folder gets the chain's retriever assets (sci/)."""
+    from common import HOME_DEPOT, benchmark_params, run_chain
+
+    from sid_models.generative.retriever import load_retriever, write_retriever_assets
+
+    params = benchmark_params(argparse.Namespace(data=str(HOME_DEPOT), overrides=args.overrides))
+    folders = run_chain(params, False, ("semantic_ids",), BENCH, build=False)
+    checkpoint = Path(args.checkpoint)
+    write_retriever_assets(checkpoint, folders["sci_towers"], params)
+    prepared = PreparedDataset.load(folders["prepared_dataset"])
+    retriever = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"], folders["sci_index"],
+                               variant=args.variant)
+    emit(BENCH, args.name, variant=args.variant, overrides=json.loads(args.overrides),
+         **quality(retriever, prepared, test_queries(prepared)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -204,9 +227,16 @@ def main() -> None:
     run.add_argument("--mlflow-uri", default=None, help="track the run (and its GPU system metrics) here")
     back = commands.add_parser("resolve", help="on the CPU machine that built the benchmark chain")
     back.add_argument("--npz", required=True, help="test_sids.npz written by `train`")
+    model = commands.add_parser("evaluate", help="on the CPU machine: a model trained elsewhere, on this chain")
+    model.add_argument("--checkpoint", required=True, help="folder with model.pt, config.json, vocab.json")
+    model.add_argument("--variant", default=VARIANT, choices=["sarq_acrq", "tiger"])
+    model.add_argument("--name", required=True, help="system name in the JSON line")
+    model.add_argument("--overrides", default="{}", help="JSON over params.yaml that picks the chain")
     args = parser.parse_args()
     if args.command == "resolve":
         resolve(args)
+    elif args.command == "evaluate":
+        evaluate_model(args)
     elif args.mlflow_uri:
         train_tracked(args)
     else:
