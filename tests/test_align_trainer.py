@@ -1,16 +1,22 @@
 """The alignment trainer on a real (tiny) SFT checkpoint: start point, exact resume, folder layout."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from sid_models.align.batches import SequenceScorer, make_batch, score_batch
 from sid_models.align.trainer import prepare_preferences, train_alignment
 from sid_models.generative.model import load_model
 from sid_models.generative.train import DistContext, train_sft
-from sid_models.params import deep_merge
+from sid_models.params import REPO_ROOT, deep_merge
 from sid_models.quantize.table import save_sids
 
 TINY = {
@@ -78,3 +84,31 @@ def test_alignment_resumes_exactly_and_writes_a_loadable_checkpoint(setup, syste
     for name in ("model.pt", "config.json", "vocab.json", "train_state.pt", "metrics.jsonl"):
         assert (root / f"{system}_straight" / name).is_file()
     assert (root / f"{system}_straight" / "rdrw.json").is_file() == (system == "rad_dpo")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_torchrun_ddp_ranks_agree_and_match_a_single_process_run(setup, small_prepared, tmp_path):
+    params, root, _, _ = setup
+    params = deep_merge(params, {"generative": {"device": "cpu"}, "align": {"threads": 1}})
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    command = ["-m", "sid_models.align.trainer", "--prepared", str(small_prepared.save(tmp_path / "prepared")),
+               "--sids", str(root / "semantic_ids"), "--sft", str(root / "sft"), "--system", "rad_dpo",
+               "--params", str(params_file), "--save-every-rank"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = str(REPO_ROOT / ".venv" / "bin" / "torchrun")
+    subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", *command, "--out", str(tmp_path / "ddp")],
+                   check=True, cwd=REPO_ROOT, env=env, timeout=300)
+    subprocess.run([sys.executable, *command, "--out", str(tmp_path / "single")], check=True, cwd=REPO_ROOT,
+                   env=env, timeout=300)
+    rank0 = torch.load(tmp_path / "ddp" / "model_rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "ddp" / "model_rank1.pt", weights_only=True)
+    single = torch.load(tmp_path / "single" / "model_rank0.pt", weights_only=True)
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+        torch.testing.assert_close(rank0[name], single[name], atol=1e-4, rtol=1e-3)
+    losses = {run: [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("ddp", "single")}
+    assert len(losses["ddp"]) == len(losses["single"]) >= 4
+    assert losses["ddp"] == pytest.approx(losses["single"], rel=1e-4)

@@ -9,9 +9,14 @@ The reference policy is a frozen copy of the SFT model; since it never changes, 
 log-probabilities of every mined sequence are computed once before training. Dropout is
 off in the policy during alignment (as TRL's DPO does by default): with it on, the log
 ratio log π − log π_ref is noise at step 0 instead of exactly 0.
+
+Command line (the same under torchrun; every rank mines the same seeded preferences):
+  python -m sid_models.align.trainer --prepared P --sids S --sft C --out O [--system rad_dpo]
+         [--towers T] [--overrides '{"align": {"train": {"epochs": 1}}}']
 """
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -215,3 +220,41 @@ def train_alignment(params: dict, system: str, data: PreferenceTensors, sft_fold
     if dist.is_main:
         save_model(policy, out)
     return policy, history
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ..params import deep_merge, load_params
+
+    parser = argparse.ArgumentParser(description="Preference alignment of an SFT checkpoint (runs under torchrun too)")
+    parser.add_argument("--prepared", required=True, help="prepared_dataset folder")
+    parser.add_argument("--sids", required=True, help="semantic_ids folder")
+    parser.add_argument("--sft", required=True, help="sft_checkpoint folder (the starting and reference policy)")
+    parser.add_argument("--out", required=True, help="checkpoint folder (resumed when it holds train_state.pt)")
+    parser.add_argument("--system", default="rad_dpo", choices=sorted(SYSTEMS))
+    parser.add_argument("--towers", default=None, help="sci_towers folder: item vectors for the sci_item similarity")
+    parser.add_argument("--params", default=None, help="params.yaml (default: the repository's)")
+    parser.add_argument("--overrides", default="{}", help="JSON merged over the params")
+    parser.add_argument("--save-every-rank", action="store_true",
+                        help="each rank also writes its final state_dict to model_rank<r>.pt (DDP consistency check)")
+    args = parser.parse_args(argv)
+    params = deep_merge(load_params(args.params), json.loads(args.overrides))
+    rdrw = params["align"]["rdrw"]
+    item_vectors = None
+    if rdrw["enabled"] and rdrw["similarity"] == "sci_item":
+        if args.towers is None:
+            raise SystemExit("align.rdrw.similarity is sci_item: pass --towers (the sci_towers folder)")
+        item_vectors = np.load(Path(args.towers) / "item_item_view.npy")
+    dist = DistContext.from_env(params["generative"]["device"])
+    torch.set_num_threads(int(params["align"]["threads"]))
+    try:
+        _, data = prepare_preferences(params, PreparedDataset.load(args.prepared), args.sft, args.sids, dist.device,
+                                      item_vectors=item_vectors)
+        policy, _ = train_alignment(params, args.system, data, args.sft, args.out, dist=dist)
+        if args.save_every_rank:
+            torch.save(policy.state_dict(), Path(args.out) / f"model_rank{dist.rank}.pt")
+    finally:
+        dist.close()
+
+
+if __name__ == "__main__":
+    main()
