@@ -51,13 +51,14 @@ QUICK = {
 }
 
 
-def split_metrics(checkpoint: Path, folders: dict[str, Path], prepared: PreparedDataset, split: str = "test") -> dict:
+def split_metrics(checkpoint: Path, folders: dict[str, Path], prepared: PreparedDataset, bucket_pool: int,
+                  split: str = "test") -> dict:
     from sid_models.generative.retriever import load_retriever
 
     queries = prepared.split_queries(split)
     queries = queries[queries["query_id"].isin(set(prepared.relevant(split)["query_id"]))]
     retriever = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"], folders["sci_index"],
-                               variant="sarq_acrq")
+                               variant="sarq_acrq", bucket_pool=bucket_pool)
     results = retriever.search(queries["text"].astype(str).tolist(), EVAL_K)
     rankings = {query_id: [item for item, _ in hits] for query_id, hits in zip(queries["query_id"], results)}
     metrics = evaluate(rankings, prepared.split_judgments(split), prepared.scale,
@@ -73,16 +74,17 @@ def main() -> None:
     log(f"[{BENCH}] data={args.data} quick={args.quick} seeds={args.seeds} work={work}")
     folders = run_chain(params, args.quick, ("sft_checkpoint", "sci_towers"), BENCH)
     prepared = PreparedDataset.load(folders["prepared_dataset"])
+    pool = int(params["decode"]["bucket_pool"])
     torch.set_num_threads(int(params["align"]["threads"]))
     dist = DistContext(device=torch.device("cpu"))
     started = time.perf_counter()
     _, data = prepare_preferences(params, prepared, folders["sft_checkpoint"], folders["semantic_ids"])
     log(f"[{BENCH}] mined preferences of {data.n_queries} queries, {len(data.targets)} sequences "
         f"in {time.perf_counter() - started:.0f} s")
-    sft_figures = split_metrics(folders["sft_checkpoint"], folders, prepared)
+    sft_figures = split_metrics(folders["sft_checkpoint"], folders, prepared, pool)
     results: dict[str, list[dict]] = {system: [] for system in ORDER}
     for seed in args.seeds:
-        emit(BENCH, "sft", seed=seed, seconds=0.0, **sft_figures)
+        emit(BENCH, "sft", seed=seed, bucket_pool=pool, seconds=0.0, **sft_figures)
         results["sft"].append(sft_figures)
         for system in SYSTEMS:
             out = work / "aligned" / f"seed{seed}" / system
@@ -92,8 +94,8 @@ def main() -> None:
                             seed=seed)
             seconds = time.perf_counter() - started
             copy_retriever_assets(folders["sft_checkpoint"], out)
-            figures = split_metrics(out, folders, prepared)
-            emit(BENCH, system, seed=seed, seconds=round(seconds, 1), **figures)
+            figures = split_metrics(out, folders, prepared, pool)
+            emit(BENCH, system, seed=seed, bucket_pool=pool, seconds=round(seconds, 1), **figures)
             results[system].append(figures)
     for system, runs in results.items():
         summary = {key: f"{np.mean([run[key] for run in runs]):.4f} ± {np.std([run[key] for run in runs]):.4f}"

@@ -144,7 +144,8 @@ def main() -> None:
         validation = json.loads((folders["sft_checkpoint"] / VALIDATION_FILE).read_text())
         for system, variant in SYSTEMS.items():
             retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"],
-                                       folders["prepared_dataset"], folders["sci_index"], variant=variant)
+                                       folders["prepared_dataset"], folders["sci_index"], variant=variant,
+                                       bucket_pool=int(params["decode"]["bucket_pool"]))
             if seed == args.seeds[0]:
                 retrievers[system] = (retriever, queries["text"].astype(str).tolist())
             if args.speed_only:
@@ -152,7 +153,8 @@ def main() -> None:
             started = time.perf_counter()
             figures = quality(retriever, prepared, queries)
             log(f"[{BENCH}] {system} seed {seed}: evaluated in {time.perf_counter() - started:.0f} s")
-            emit(BENCH, system, seed=seed, seconds=round(validation[variant]["train_seconds"], 1),
+            emit(BENCH, system, seed=seed, bucket_pool=retriever.bucket_pool,
+                 seconds=round(validation[variant]["train_seconds"], 1),
                  sft_steps=validation[variant]["steps"], **figures)
     retriever, texts = retrievers["gr_sarq_acrq"]
     speed(retriever, texts, n_batches=2 if args.quick else 8, n_single=32 if args.quick else 128)

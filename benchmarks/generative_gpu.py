@@ -184,7 +184,7 @@ def resolve(args: argparse.Namespace) -> None:
     prepared = PreparedDataset.load(folders["prepared_dataset"])
     queries = test_queries(prepared).set_index("query_id").loc[saved["query_id"]].reset_index()
     retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"], folders["prepared_dataset"],
-                               folders["sci_index"], variant=VARIANT)
+                               folders["sci_index"], variant=VARIANT, bucket_pool=int(params["decode"]["bucket_pool"]))
     found = retriever.resolve(queries["text"].astype(str).tolist(), saved["sids"], saved["scores"], EVAL_K)
     rankings = {query: [item for item, _ in hits] for query, hits in zip(queries["query_id"], found)}
     metrics = evaluate(rankings, prepared.split_judgments("test"), prepared.scale,
@@ -208,7 +208,7 @@ def evaluate_model(args: argparse.Namespace) -> None:
     write_retriever_assets(checkpoint, folders["sci_towers"], params)
     prepared = PreparedDataset.load(folders["prepared_dataset"])
     retriever = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"], folders["sci_index"],
-                               variant=args.variant)
+                               variant=args.variant, bucket_pool=int(params["decode"]["bucket_pool"]))
     emit(BENCH, args.name, variant=args.variant, overrides=json.loads(args.overrides),
          **quality(retriever, prepared, test_queries(prepared)))
 

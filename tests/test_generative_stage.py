@@ -93,3 +93,26 @@ def test_items_sharing_a_sid_are_ordered_by_sci_score(stage_output, stage_inputs
     order = sorted(bucket, key=position.get)
     expected = [base.item_ids[row] for row in rows[np.argsort(-(base.item_vectors[rows] @ query_vector), kind="stable")]]
     assert order == expected and order[0] == base.item_ids[rows[-1]]
+
+
+@pytest.mark.parametrize("pool", [1, 2, 3])
+def test_bucket_pool_orders_the_items_of_each_group_of_top_sids_by_sci_score(stage_output, stage_inputs, pool):
+    out, _ = stage_output
+    base = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"],
+                          stage_inputs["sci_index"])
+    rng = np.random.default_rng(pool)
+    query_vector = rng.normal(size=base.item_vectors.shape[1]).astype(np.float32)
+    retriever = GenerativeRetriever(base.model, base.tokenizer, base.trie, base.buckets, base.item_ids,
+                                    base.item_vectors, lambda texts: np.stack([query_vector] * len(texts)),
+                                    beam_size=4, length_penalty=0.0, batch_size=4, bucket_pool=pool)
+    beam = [2, 0, 1, 3]                                           # SID indices in beam order, then an empty slot
+    sids, scores = np.array([beam + [-1]]), np.array([[-0.1, -0.5, -0.9, -1.3, -np.inf]])
+    hits = retriever.resolve(["anything"], sids, scores, len(base.item_ids))[0]
+    expected = []
+    for start in range(0, len(beam), pool):
+        rows = np.concatenate([base.buckets.rows[base.buckets.ptr[sid]:base.buckets.ptr[sid + 1]]
+                               for sid in beam[start:start + pool]])
+        rows = rows[np.argsort(-(base.item_vectors[rows] @ query_vector), kind="stable")]
+        expected += [(str(base.item_ids[row]), float(scores[0, start])) for row in rows]
+    assert hits == expected
+    assert [score for _, score in hits] == sorted((score for _, score in hits), reverse=True)
