@@ -23,7 +23,8 @@ def test_logs_into_the_active_run(tmp_path):
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
-        with mlflow.start_run() as run:
+        # an explicit experiment: the fluent API's active experiment may be another store's
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("tracking")) as run:
             assert tracking.active()
             tracking.log_params({"sft": {"lr": 0.002}})
             tracking.log_metrics({"recall@10": 0.25}, step=3)
