@@ -1,11 +1,6 @@
 """The alignment trainer on a real (tiny) SFT checkpoint: start point, exact resume, folder layout."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,8 +11,10 @@ from sid_models.align.batches import SequenceScorer, make_batch, score_batch
 from sid_models.align.trainer import prepare_preferences, train_alignment
 from sid_models.generative.model import load_model
 from sid_models.generative.train import DistContext, train_sft
-from sid_models.params import REPO_ROOT, deep_merge
+from sid_models.params import deep_merge
 from sid_models.quantize.table import save_sids
+
+from ddp_check import assert_ddp_matches_single_process
 
 TINY = {
     "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False,
@@ -96,19 +93,4 @@ def test_torchrun_ddp_ranks_agree_and_match_a_single_process_run(setup, small_pr
     command = ["-m", "sid_models.align.trainer", "--prepared", str(small_prepared.save(tmp_path / "prepared")),
                "--sids", str(root / "semantic_ids"), "--sft", str(root / "sft"), "--system", "rad_dpo",
                "--params", str(params_file), "--save-every-rank"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = str(REPO_ROOT / ".venv" / "bin" / "torchrun")
-    subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", *command, "--out", str(tmp_path / "ddp")],
-                   check=True, cwd=REPO_ROOT, env=env, timeout=300)
-    subprocess.run([sys.executable, *command, "--out", str(tmp_path / "single")], check=True, cwd=REPO_ROOT,
-                   env=env, timeout=300)
-    rank0 = torch.load(tmp_path / "ddp" / "model_rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "ddp" / "model_rank1.pt", weights_only=True)
-    single = torch.load(tmp_path / "single" / "model_rank0.pt", weights_only=True)
-    for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]), name
-        torch.testing.assert_close(rank0[name], single[name], atol=1e-4, rtol=1e-3)
-    losses = {run: [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-              for run in ("ddp", "single")}
-    assert len(losses["ddp"]) == len(losses["single"]) >= 4
-    assert losses["ddp"] == pytest.approx(losses["single"], rel=1e-4)
+    assert_ddp_matches_single_process(command, tmp_path, timeout=300)

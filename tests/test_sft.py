@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from sid_models.generative.train import DistContext, lr_factor, train_sft
-from sid_models.params import REPO_ROOT, deep_merge
+from sid_models.params import deep_merge
+from ddp_check import assert_ddp_matches_single_process
 from test_generative_data import write_synthetic_sids
 
 TINY_MODEL = {"d_model": 32, "n_heads": 2, "n_enc_layers": 1, "n_dec_layers": 1, "d_ff": 64,
@@ -63,10 +61,6 @@ def test_stop_and_resume_gives_the_parameters_of_an_uninterrupted_run(small_para
         assert torch.equal(a, b), name
 
 
-def _losses(folder):
-    return [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_torchrun_ddp_ranks_agree_and_match_a_single_process_run(small_params, small_prepared, sids_folder,
@@ -78,20 +72,4 @@ def test_torchrun_ddp_ranks_agree_and_match_a_single_process_run(small_params, s
                  "sft": {"warmup_steps": 2, "checkpoint_every": 4, "log_every": 1}, "demo": small_params["demo"]}
     command = ["-m", "sid_models.generative.train", "--prepared", str(prepared), "--sids", str(sids_folder),
                "--overrides", json.dumps(overrides), "--save-every-rank"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = str(REPO_ROOT / ".venv" / "bin" / "torchrun")
-    subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", *command, "--out", str(tmp_path / "ddp")],
-                   check=True, cwd=REPO_ROOT, env=env, timeout=170)
-    single_env = {key: value for key, value in env.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    subprocess.run([sys.executable, *command, "--out", str(tmp_path / "single")], check=True, cwd=REPO_ROOT,
-                   env=single_env, timeout=170)
-    rank0 = torch.load(tmp_path / "ddp" / "model_rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "ddp" / "model_rank1.pt", weights_only=True)
-    single = torch.load(tmp_path / "single" / "model_rank0.pt", weights_only=True)
-    for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]), name
-        torch.testing.assert_close(rank0[name], single[name], atol=1e-4, rtol=1e-3)
-    ddp_losses, single_losses = _losses(tmp_path / "ddp"), _losses(tmp_path / "single")
-    assert len(ddp_losses) == len(single_losses) == 4
-    for ddp_loss, single_loss in zip(ddp_losses, single_losses):
-        assert ddp_loss == pytest.approx(single_loss, rel=1e-4)
+    assert_ddp_matches_single_process(command, tmp_path, timeout=170, steps=4)

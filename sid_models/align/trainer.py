@@ -16,7 +16,6 @@ Command line (the same under torchrun; every rank mines the same seeded preferen
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +29,7 @@ from .. import tracking
 from ..data.schema import PreparedDataset
 from ..generative.data import read_sid_table, tokenize
 from ..generative.model import GenerativeConfig, Seq2SeqRetriever, save_model
-from ..generative.train import DistContext, LoopConfig, train_loop
+from ..generative.train import DistContext, LoopConfig, cli_params, run_distributed, train_loop, training_cli
 from ..generative.trie import SidTrie
 from ..generative.vocab import PAD, SidVocab
 from .batches import (PreferenceDataset, PreferenceTensors, SequenceScorer, batch_similarity,
@@ -223,37 +222,25 @@ def train_alignment(params: dict, system: str, data: PreferenceTensors, sft_fold
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..params import deep_merge, load_params
-
-    parser = argparse.ArgumentParser(description="Preference alignment of an SFT checkpoint (runs under torchrun too)")
-    parser.add_argument("--prepared", required=True, help="prepared_dataset folder")
-    parser.add_argument("--sids", required=True, help="semantic_ids folder")
+    parser = training_cli("Preference alignment of an SFT checkpoint")
     parser.add_argument("--sft", required=True, help="sft_checkpoint folder (the starting and reference policy)")
-    parser.add_argument("--out", required=True, help="checkpoint folder (resumed when it holds train_state.pt)")
     parser.add_argument("--system", default="rad_dpo", choices=sorted(SYSTEMS))
     parser.add_argument("--towers", default=None, help="sci_towers folder: item vectors for the sci_item similarity")
-    parser.add_argument("--params", default=None, help="params.yaml (default: the repository's)")
-    parser.add_argument("--overrides", default="{}", help="JSON merged over the params")
-    parser.add_argument("--save-every-rank", action="store_true",
-                        help="each rank also writes its final state_dict to model_rank<r>.pt (DDP consistency check)")
     args = parser.parse_args(argv)
-    params = deep_merge(load_params(args.params), json.loads(args.overrides))
+    params = cli_params(args)
     rdrw = params["align"]["rdrw"]
     item_vectors = None
     if rdrw["enabled"] and rdrw["similarity"] == "sci_item":
         if args.towers is None:
             raise SystemExit("align.rdrw.similarity is sci_item: pass --towers (the sci_towers folder)")
         item_vectors = np.load(Path(args.towers) / "item_item_view.npy")
-    dist = DistContext.from_env(params["generative"]["device"])
-    torch.set_num_threads(int(params["align"]["threads"]))
-    try:
+
+    def train(dist: DistContext) -> Seq2SeqRetriever:
         _, data = prepare_preferences(params, PreparedDataset.load(args.prepared), args.sft, args.sids, dist.device,
                                       item_vectors=item_vectors)
-        policy, _ = train_alignment(params, args.system, data, args.sft, args.out, dist=dist)
-        if args.save_every_rank:
-            torch.save(policy.state_dict(), Path(args.out) / f"model_rank{dist.rank}.pt")
-    finally:
-        dist.close()
+        return train_alignment(params, args.system, data, args.sft, args.out, dist=dist)[0]
+
+    run_distributed(params, args, int(params["align"]["threads"]), train)
 
 
 if __name__ == "__main__":

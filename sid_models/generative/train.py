@@ -341,29 +341,49 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     return model, history
 
 
-def main(argv: list[str] | None = None) -> None:
-    from ..params import deep_merge, load_params
+# ----------------------------------------------------------------------------- command line
 
-    parser = argparse.ArgumentParser(description="SFT of the generative retriever (runs under torchrun too)")
+def training_cli(description: str) -> argparse.ArgumentParser:
+    """The arguments every trainer's command line shares (SFT here, alignment in sid_models.align)."""
+    parser = argparse.ArgumentParser(description=f"{description} (runs under torchrun too)")
     parser.add_argument("--prepared", required=True, help="prepared_dataset folder")
     parser.add_argument("--sids", required=True, help="semantic_ids folder")
     parser.add_argument("--out", required=True, help="checkpoint folder (resumed when it holds train_state.pt)")
-    parser.add_argument("--variant", default="sarq_acrq", choices=["sarq_acrq", "tiger"])
     parser.add_argument("--params", default=None, help="params.yaml (default: the repository's)")
     parser.add_argument("--overrides", default="{}", help="JSON merged over the params")
     parser.add_argument("--save-every-rank", action="store_true",
                         help="each rank also writes its final state_dict to model_rank<r>.pt (DDP consistency check)")
-    args = parser.parse_args(argv)
-    params = deep_merge(load_params(args.params), json.loads(args.overrides))
+    return parser
+
+
+def cli_params(args: argparse.Namespace) -> dict:
+    from ..params import deep_merge, load_params
+
+    return deep_merge(load_params(args.params), json.loads(args.overrides))
+
+
+def run_distributed(params: dict, args: argparse.Namespace, threads: int,
+                    train: Callable[[DistContext], torch.nn.Module]) -> None:
+    """Join the torchrun process group (when launched so), train, write each rank's final
+    state_dict when asked, and leave the group even on failure."""
     dist = DistContext.from_env(params["generative"]["device"])
-    torch.set_num_threads(int(params["generative"]["threads"]))
+    torch.set_num_threads(threads)
     try:
-        model, _ = train_sft(params, PreparedDataset.load(args.prepared), args.sids, args.out, args.variant,
-                             dist=dist)
+        model = train(dist)
         if args.save_every_rank:
             torch.save(model.state_dict(), Path(args.out) / f"model_rank{dist.rank}.pt")
     finally:
         dist.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = training_cli("SFT of the generative retriever")
+    parser.add_argument("--variant", default="sarq_acrq", choices=["sarq_acrq", "tiger"])
+    args = parser.parse_args(argv)
+    params = cli_params(args)
+    run_distributed(params, args, int(params["generative"]["threads"]),
+                    lambda dist: train_sft(params, PreparedDataset.load(args.prepared), args.sids, args.out,
+                                           args.variant, dist=dist)[0])
 
 
 if __name__ == "__main__":
