@@ -1,7 +1,11 @@
 """The dpo_checkpoint checks: valid SIDs must be 100 %, NDCG@10 may not fall below SFT's beyond the tolerance."""
 from __future__ import annotations
 
-from sid_models.align.stage import check_ndcg_vs_sft, check_valid_sids
+import json
+
+import pytest
+
+from sid_models.align.stage import VALIDATION_FILE, check_ndcg_vs_sft, check_valid_sids, deployable_checkpoint
 
 
 def validation(sft=0.30, rad=0.31, rad_valid=1.0, vanilla_valid=1.0):
@@ -20,3 +24,15 @@ def test_ndcg_check_allows_a_drop_up_to_the_tolerance_only():
     assert check_ndcg_vs_sft(validation(sft=0.30, rad=0.295), tolerance=0.01)[0]
     passed, description, figures = check_ndcg_vs_sft(validation(sft=0.30, rad=0.28), tolerance=0.01)
     assert not passed and "0.2800" in description and abs(figures["delta"] + 0.02) < 1e-12
+
+
+@pytest.mark.parametrize("sft_ndcg, expected", [(0.30, "sft"), (0.20, "rad_dpo"), (0.25, "rad_dpo")])
+def test_the_registered_checkpoint_is_sft_only_when_alignment_lowered_validation_ndcg(tmp_path, sft_ndcg, expected):
+    dpo = tmp_path / "dpo"
+    dpo.mkdir()
+    (dpo / VALIDATION_FILE).write_text(json.dumps({"sft": {"ndcg@10": sft_ndcg}, "rad_dpo": {"ndcg@10": 0.25}}))
+    name, folder, figures = deployable_checkpoint(tmp_path / "sft", dpo, "ndcg@10")
+    assert name == expected and folder == {"sft": tmp_path / "sft", "rad_dpo": dpo}[expected]
+    assert figures == {"sft_valid_ndcg@10": sft_ndcg, "rad_dpo_valid_ndcg@10": 0.25}
+    with pytest.raises(KeyError, match="recall@10"):
+        deployable_checkpoint(tmp_path / "sft", dpo, "recall@10")

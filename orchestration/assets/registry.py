@@ -1,7 +1,10 @@
-"""Registry asset: log + register the RAD-DPO retriever, promote it to `champion` only if it beats the champion."""
+"""Registry asset: log + register the generative retriever (RAD-DPO, or SFT when alignment lowered the
+validation primary metric), promote it to `champion` only if it beats the champion."""
 import dagster as dg
+import mlflow
 from mlflow import MlflowClient
 
+from sid_models.align.stage import deployable_checkpoint
 from sid_models.data.schema import PreparedDataset
 from sid_models.serving.pyfunc import log_retriever
 from sid_models.serving.registry import decision_record, promote
@@ -17,19 +20,26 @@ PROMOTION_CHECK = "beats_champion"
                                          description="Candidate >= champion on the primary metric (params "
                                                      "registry) with a no-regression bound on cold items; "
                                                      "a first model passes.")],
-          description="The RAD-DPO generative retriever as an MLflow pyfunc model, registered; the champion "
+          description="The generative retriever as an MLflow pyfunc model, registered: the RAD-DPO checkpoint, "
+                      "or the SFT one when it scored higher on the validation primary metric. The champion "
                       "alias moves to it only when it passes the promotion check, otherwise it is tagged challenger.")
 def registered_model(context: dg.AssetExecutionContext, prepared_dataset: str, sci_index: str, semantic_ids: str,
-                     dpo_checkpoint: str, params: ParamsResource, mlflow_tracking: MlflowTracking):
+                     sft_checkpoint: str, dpo_checkpoint: str, params: ParamsResource,
+                     mlflow_tracking: MlflowTracking):
     config = params.load()
     name = config["registry"]["model_name"]
+    chosen, checkpoint, validation = deployable_checkpoint(sft_checkpoint, dpo_checkpoint,
+                                                           config["registry"]["primary_metric"])
+    context.log.info(f"registering the {chosen} checkpoint ({validation})")
     with mlflow_tracking.stage_run(context, "registered_model") as run:
-        info = log_retriever(config, dpo_checkpoint, semantic_ids, prepared_dataset, sci_index,
+        mlflow.log_params({"checkpoint": chosen, "checkpoint_path": str(checkpoint)})
+        info = log_retriever(config, checkpoint, semantic_ids, prepared_dataset, sci_index,
                              registered_model_name=name)
         version = str(info.registered_model_version)
         decision = promote(MlflowClient(), name, version, PreparedDataset.load(prepared_dataset), config)
     context.log.info(f"{name} version {version}: {'champion' if decision.promote else 'challenger'} — {decision.reason}")
     metadata = {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}",
+                "checkpoint": chosen, **{key.replace("@", "_at_"): value for key, value in validation.items()},
                 "mlflow_run_id": run.info.run_id,
                 "decision": "champion" if decision.promote else config["registry"]["challenger_tag"],
                 "reason": decision.reason, "previous_champion": decision.champion_version or "none",
