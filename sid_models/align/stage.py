@@ -24,13 +24,14 @@ import torch
 from .. import tracking
 from ..data.schema import PreparedDataset
 from ..generative.retriever import copy_retriever_assets, load_retriever
+from ..generative.stage import VALIDATION_FILE
+from ..generative.stage import read_validation as read_checkpoint_validation
 from ..generative.stage import validate
 from ..generative.train import DistContext
 from .mining import preference_summary
 from .trainer import SID_VARIANT, prepare_preferences, train_alignment
 
 VANILLA_FOLDER = "vanilla_dpo"
-VALIDATION_FILE = "validation.json"
 REPORTED = ("ndcg@10", "recall@10", "recall@10_multi", "valid_sid_rate")
 
 
@@ -75,10 +76,7 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
 
 
 def read_validation(folder: str | Path) -> dict[str, dict[str, float]]:
-    path = Path(folder) / VALIDATION_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"dpo_checkpoint {folder} lacks {VALIDATION_FILE}")
-    return json.loads(path.read_text())
+    return read_checkpoint_validation(folder, "dpo_checkpoint")
 
 
 def check_valid_sids(validation: dict[str, dict[str, float]]) -> tuple[bool, str, dict[str, float]]:

@@ -89,10 +89,11 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     return {f"{variant}_{key}": value for variant, figures in summary.items() for key, value in figures.items()}
 
 
-def read_validation(folder: str | Path) -> dict[str, dict[str, float]]:
+def read_validation(folder: str | Path, stage: str = "sft_checkpoint") -> dict[str, dict[str, float]]:
+    """The validation.json a checkpoint stage (this one, or dpo_checkpoint) wrote."""
     path = Path(folder) / VALIDATION_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"sft_checkpoint {folder} lacks {VALIDATION_FILE}")
+        raise FileNotFoundError(f"{stage} {folder} lacks {VALIDATION_FILE}")
     return json.loads(path.read_text())
 
 
