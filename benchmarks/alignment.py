@@ -18,6 +18,9 @@ epochs, 100 ACRQ steps per phase, 150 SFT steps of 128, no TIGER model); the ali
 budget stays align.train's.
 
   .venv/bin/python benchmarks/alignment.py --data demo --quick --seeds 0 1 2 3 4
+  .venv/bin/python benchmarks/alignment.py --seeds 0 1 2 --eval-only --bucket-pool 1
+
+The summary on stderr is mean ± sample standard deviation over the seeds.
 """
 from __future__ import annotations
 
@@ -66,21 +69,29 @@ def split_metrics(checkpoint: Path, folders: dict[str, Path], prepared: Prepared
     return {key: metrics[key] for key in ("recall@10", "ndcg@10", "recall@10_multi", "n_queries")}
 
 
+def own_arguments(parser) -> None:
+    parser.add_argument("--eval-only", action="store_true",
+                        help="score the aligned checkpoints a previous run left; train nothing")
+    parser.add_argument("--bucket-pool", type=int, default=None,
+                        help="decode.bucket_pool to score with (default: params); not part of any stage's cache key")
+
+
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], own_arguments)
     params = benchmark_params(args, QUICK if args.quick else None)
     torch.set_num_threads(int(params["generative"]["threads"]))
     work = WORK / ("quick" if args.quick else "full")
     log(f"[{BENCH}] data={args.data} quick={args.quick} seeds={args.seeds} work={work}")
     folders = run_chain(params, args.quick, ("sft_checkpoint", "sci_towers"), BENCH)
     prepared = PreparedDataset.load(folders["prepared_dataset"])
-    pool = int(params["decode"]["bucket_pool"])
+    pool = int(args.bucket_pool if args.bucket_pool is not None else params["decode"]["bucket_pool"])
     torch.set_num_threads(int(params["align"]["threads"]))
     dist = DistContext(device=torch.device("cpu"))
-    started = time.perf_counter()
-    _, data = prepare_preferences(params, prepared, folders["sft_checkpoint"], folders["semantic_ids"])
-    log(f"[{BENCH}] mined preferences of {data.n_queries} queries, {len(data.targets)} sequences "
-        f"in {time.perf_counter() - started:.0f} s")
+    if not args.eval_only:
+        started = time.perf_counter()
+        _, data = prepare_preferences(params, prepared, folders["sft_checkpoint"], folders["semantic_ids"])
+        log(f"[{BENCH}] mined preferences of {data.n_queries} queries, {len(data.targets)} sequences "
+            f"in {time.perf_counter() - started:.0f} s")
     sft_figures = split_metrics(folders["sft_checkpoint"], folders, prepared, pool)
     results: dict[str, list[dict]] = {system: [] for system in ORDER}
     for seed in args.seeds:
@@ -88,17 +99,23 @@ def main() -> None:
         results["sft"].append(sft_figures)
         for system in SYSTEMS:
             out = work / "aligned" / f"seed{seed}" / system
-            shutil.rmtree(out, ignore_errors=True)
-            started = time.perf_counter()
-            train_alignment(params, system, data, folders["sft_checkpoint"], out, dist=dist, progress=False,
-                            seed=seed)
-            seconds = time.perf_counter() - started
-            copy_retriever_assets(folders["sft_checkpoint"], out)
+            timing = {}
+            if args.eval_only:
+                if not (out / "model.pt").is_file():
+                    raise FileNotFoundError(f"--eval-only: no aligned checkpoint at {out}; run without it first")
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+                started = time.perf_counter()
+                train_alignment(params, system, data, folders["sft_checkpoint"], out, dist=dist, progress=False,
+                                seed=seed)
+                timing["seconds"] = round(time.perf_counter() - started, 1)
+                copy_retriever_assets(folders["sft_checkpoint"], out)
             figures = split_metrics(out, folders, prepared, pool)
-            emit(BENCH, system, seed=seed, bucket_pool=pool, seconds=round(seconds, 1), **figures)
+            emit(BENCH, system, seed=seed, bucket_pool=pool, **timing, **figures)
             results[system].append(figures)
     for system, runs in results.items():
-        summary = {key: f"{np.mean([run[key] for run in runs]):.4f} ± {np.std([run[key] for run in runs]):.4f}"
+        summary = {key: f"{np.mean([run[key] for run in runs]):.4f} ± "
+                        f"{np.std([run[key] for run in runs], ddof=1 if len(runs) > 1 else 0):.4f}"
                    for key in ("recall@10", "ndcg@10", "recall@10_multi")}
         log(f"[{BENCH}] {system:16s} {summary}")
 

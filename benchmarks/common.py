@@ -22,10 +22,11 @@ CHAIN_CACHE = REPO_ROOT / "artifacts" / "bench" / "chain"
 DOWNSTREAM_SECTIONS = ("generative", "sft", "decode", "align")
 
 
-def parse_args(description: str, speed_only: bool = False) -> argparse.Namespace:
+def parse_args(description: str, own_arguments=None) -> argparse.Namespace:
+    """The arguments every benchmark takes; `own_arguments(parser)` adds a script's own."""
     parser = argparse.ArgumentParser(description=description)
-    if speed_only:
-        parser.add_argument("--speed-only", action="store_true", help="time the decoders, skip the quality runs")
+    if own_arguments is not None:
+        own_arguments(parser)
     parser.add_argument("--data", default=str(HOME_DEPOT) if HOME_DEPOT.exists() else "demo",
                         help="Home Depot folder, or 'demo' for the built-in demo store")
     parser.add_argument("--quick", action="store_true", help="shrink the run to a few minutes")

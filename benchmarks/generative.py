@@ -16,7 +16,7 @@ same top-K items).
 Stage folders are cached under artifacts/bench/chain/<quick|full>/<stage>-<key> (shared with
 the alignment benchmark), the key hashing the params a stage reads and its inputs' keys.
 
-  .venv/bin/python benchmarks/generative.py [--data PATH|demo] [--quick] [--speed-only]
+  .venv/bin/python benchmarks/generative.py [--data PATH|demo] [--quick] [--speed-only] [--bucket-pool N]
 """
 from __future__ import annotations
 
@@ -130,8 +130,14 @@ def speed(retriever, texts: list[str], n_batches: int, n_single: int) -> None:
                                            for key, value in values.items()})
 
 
+def own_arguments(parser) -> None:
+    parser.add_argument("--speed-only", action="store_true", help="time the decoders, skip the quality runs")
+    parser.add_argument("--bucket-pool", type=int, default=None,
+                        help="decode.bucket_pool to score with (default: params); not part of any stage's cache key")
+
+
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], speed_only=True)
+    args = parse_args(__doc__.splitlines()[0], own_arguments)
     params = benchmark_params(args, QUICK if args.quick else None)
     torch.set_num_threads(int(params["generative"]["threads"]))
     log(f"[{BENCH}] data={args.data} quick={args.quick}")
@@ -145,7 +151,8 @@ def main() -> None:
         for system, variant in SYSTEMS.items():
             retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"],
                                        folders["prepared_dataset"], folders["sci_index"], variant=variant,
-                                       bucket_pool=int(params["decode"]["bucket_pool"]))
+                                       bucket_pool=int(args.bucket_pool if args.bucket_pool is not None
+                                                       else params["decode"]["bucket_pool"]))
             if seed == args.seeds[0]:
                 retrievers[system] = (retriever, queries["text"].astype(str).tolist())
             if args.speed_only:
