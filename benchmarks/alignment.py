@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import benchmark_params, emit, log, parse_args, run_chain  # sets sys.path for sid_models
+from common import (add_bucket_pool_argument, benchmark_params, bucket_pool, emit, log, parse_args,  # sets sys.path
+                    run_chain, test_metrics, test_queries)
 
 from sid_models.align.trainer import SYSTEMS, prepare_preferences, train_alignment  # noqa: E402
 from sid_models.data.schema import PreparedDataset  # noqa: E402
-from sid_models.eval.metrics import evaluate  # noqa: E402
 from sid_models.generative.retriever import copy_retriever_assets  # noqa: E402
 from sid_models.generative.train import DistContext  # noqa: E402
 from sid_models.params import REPO_ROOT  # noqa: E402
@@ -54,26 +54,21 @@ QUICK = {
 }
 
 
-def split_metrics(checkpoint: Path, folders: dict[str, Path], prepared: PreparedDataset, bucket_pool: int,
-                  split: str = "test") -> dict:
+def split_metrics(checkpoint: Path, folders: dict[str, Path], prepared: PreparedDataset, pool: int) -> dict:
+    """Test-split figures of one aligned (or the SFT) checkpoint."""
     from sid_models.generative.retriever import load_retriever
 
-    queries = prepared.split_queries(split)
-    queries = queries[queries["query_id"].isin(set(prepared.relevant(split)["query_id"]))]
+    queries = test_queries(prepared)
     retriever = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"], folders["sci_index"],
-                               variant="sarq_acrq", bucket_pool=bucket_pool)
-    results = retriever.search(queries["text"].astype(str).tolist(), EVAL_K)
-    rankings = {query_id: [item for item, _ in hits] for query_id, hits in zip(queries["query_id"], results)}
-    metrics = evaluate(rankings, prepared.split_judgments(split), prepared.scale,
-                       dict(zip(prepared.segments["item_id"], prepared.segments["segment"])))
+                               variant="sarq_acrq", bucket_pool=pool)
+    metrics = test_metrics(prepared, queries, retriever.search(queries["text"].astype(str).tolist(), EVAL_K))
     return {key: metrics[key] for key in ("recall@10", "ndcg@10", "recall@10_multi", "n_queries")}
 
 
 def own_arguments(parser) -> None:
     parser.add_argument("--eval-only", action="store_true",
                         help="score the aligned checkpoints a previous run left; train nothing")
-    parser.add_argument("--bucket-pool", type=int, default=None,
-                        help="decode.bucket_pool to score with (default: params); not part of any stage's cache key")
+    add_bucket_pool_argument(parser)
 
 
 def main() -> None:
@@ -84,7 +79,7 @@ def main() -> None:
     log(f"[{BENCH}] data={args.data} quick={args.quick} seeds={args.seeds} work={work}")
     folders = run_chain(params, args.quick, ("sft_checkpoint", "sci_towers"), BENCH)
     prepared = PreparedDataset.load(folders["prepared_dataset"])
-    pool = int(args.bucket_pool if args.bucket_pool is not None else params["decode"]["bucket_pool"])
+    pool = bucket_pool(args, params)
     torch.set_num_threads(int(params["align"]["threads"]))
     dist = DistContext(device=torch.device("cpu"))
     if not args.eval_only:

@@ -51,6 +51,33 @@ def prepared_dataset(params: dict) -> PreparedDataset:
     return prepare(load_dataset(params), params["split"], params["segments"])
 
 
+def test_queries(prepared: PreparedDataset):
+    """The test queries with at least one relevant item (the ones every quality figure is over)."""
+    queries = prepared.split_queries("test")
+    return queries[queries["query_id"].isin(set(prepared.relevant("test")["query_id"]))]
+
+
+def test_metrics(prepared: PreparedDataset, queries, found: list[list[tuple[str, float]]]) -> dict:
+    """The shared `evaluate` on the test split of per-query hit lists [(item_id, score), ...]
+    returned for `queries` (a `test_queries` frame), in order."""
+    from sid_models.eval.metrics import evaluate
+
+    rankings = {query: [item for item, _ in hits] for query, hits in zip(queries["query_id"], found)}
+    return evaluate(rankings, prepared.split_judgments("test"), prepared.scale,
+                    dict(zip(prepared.segments["item_id"], prepared.segments["segment"])))
+
+
+def add_bucket_pool_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bucket-pool", type=int, default=None,
+                        help="decode.bucket_pool to score with (default: params); not part of any stage's cache key")
+
+
+def bucket_pool(args: argparse.Namespace, params: dict) -> int:
+    """--bucket-pool when given, else the params' decode.bucket_pool."""
+    pool = getattr(args, "bucket_pool", None)
+    return int(pool if pool is not None else params["decode"]["bucket_pool"])
+
+
 def emit(bench: str, system: str, **fields) -> None:
     """One JSON object per line on stdout; logs belong on stderr."""
     print(json.dumps({"bench": bench, "system": system, **fields}), flush=True)

@@ -27,10 +27,10 @@ import time
 import numpy as np
 import torch
 
-from common import benchmark_params, emit, log, parse_args, run_chain  # sets sys.path for sid_models
+from common import (add_bucket_pool_argument, benchmark_params, bucket_pool, emit, log, parse_args,  # sets sys.path
+                    run_chain, test_metrics, test_queries)
 
 from sid_models.data.schema import PreparedDataset  # noqa: E402
-from sid_models.eval.metrics import evaluate  # noqa: E402
 from sid_models.generative.retriever import load_retriever  # noqa: E402
 from sid_models.generative.stage import VALIDATION_FILE  # noqa: E402
 from sid_models.generative.trie import DictTrieConstraint, TrieConstraint, UnconstrainedConstraint, invalid_rate  # noqa: E402
@@ -47,17 +47,9 @@ QUICK = {
 SYSTEMS = {"gr_tiger": "tiger", "gr_sarq_acrq": "sarq_acrq"}
 
 
-def test_queries(prepared: PreparedDataset):
-    queries = prepared.split_queries("test")
-    return queries[queries["query_id"].isin(set(prepared.relevant("test")["query_id"]))]
-
-
 def quality(retriever, prepared: PreparedDataset, queries) -> dict:
     texts = queries["text"].astype(str).tolist()
-    found = retriever.search(texts, EVAL_K)
-    rankings = {query: [item for item, _ in hits] for query, hits in zip(queries["query_id"], found)}
-    metrics = evaluate(rankings, prepared.split_judgments("test"), prepared.scale,
-                       dict(zip(prepared.segments["item_id"], prepared.segments["segment"])))
+    metrics = test_metrics(prepared, queries, retriever.search(texts, EVAL_K))
     free = UnconstrainedConstraint(retriever.trie.vocab, retriever.trie.max_length)
     invalid = [invalid_rate(retriever.decode(texts[start:start + retriever.batch_size], retriever.beam_size, free),
                             retriever.trie) for start in range(0, len(texts), retriever.batch_size)]
@@ -132,8 +124,7 @@ def speed(retriever, texts: list[str], n_batches: int, n_single: int) -> None:
 
 def own_arguments(parser) -> None:
     parser.add_argument("--speed-only", action="store_true", help="time the decoders, skip the quality runs")
-    parser.add_argument("--bucket-pool", type=int, default=None,
-                        help="decode.bucket_pool to score with (default: params); not part of any stage's cache key")
+    add_bucket_pool_argument(parser)
 
 
 def main() -> None:
@@ -151,8 +142,7 @@ def main() -> None:
         for system, variant in SYSTEMS.items():
             retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"],
                                        folders["prepared_dataset"], folders["sci_index"], variant=variant,
-                                       bucket_pool=int(args.bucket_pool if args.bucket_pool is not None
-                                                       else params["decode"]["bucket_pool"]))
+                                       bucket_pool=bucket_pool(args, params))
             if seed == args.seeds[0]:
                 retrievers[system] = (retriever, queries["text"].astype(str).tolist())
             if args.speed_only:

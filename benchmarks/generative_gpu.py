@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, log  # noqa: E402  (sets sys.path for sid_models)
-from generative import EVAL_K, quality, speed, test_queries  # noqa: E402
+from common import emit, log, test_metrics, test_queries  # noqa: E402  (sets sys.path for sid_models)
+from generative import EVAL_K, quality, speed  # noqa: E402
 
 from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.generative.model import load_model  # noqa: E402
@@ -170,9 +170,8 @@ def train_tracked(args: argparse.Namespace) -> None:
 
 def resolve(args: argparse.Namespace) -> None:
     """Item-level quality of SIDs decoded elsewhere, through this machine's benchmark chain."""
-    from common import HOME_DEPOT, benchmark_params, run_chain
+    from common import HOME_DEPOT, benchmark_params, bucket_pool, run_chain
 
-    from sid_models.eval.metrics import evaluate
     from sid_models.generative.retriever import load_retriever
 
     params = benchmark_params(argparse.Namespace(data=str(HOME_DEPOT)))
@@ -184,11 +183,9 @@ def resolve(args: argparse.Namespace) -> None:
     prepared = PreparedDataset.load(folders["prepared_dataset"])
     queries = test_queries(prepared).set_index("query_id").loc[saved["query_id"]].reset_index()
     retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"], folders["prepared_dataset"],
-                               folders["sci_index"], variant=VARIANT, bucket_pool=int(params["decode"]["bucket_pool"]))
-    found = retriever.resolve(queries["text"].astype(str).tolist(), saved["sids"], saved["scores"], EVAL_K)
-    rankings = {query: [item for item, _ in hits] for query, hits in zip(queries["query_id"], found)}
-    metrics = evaluate(rankings, prepared.split_judgments("test"), prepared.scale,
-                       dict(zip(prepared.segments["item_id"], prepared.segments["segment"])))
+                               folders["sci_index"], variant=VARIANT, bucket_pool=bucket_pool(args, params))
+    metrics = test_metrics(prepared, queries, retriever.resolve(queries["text"].astype(str).tolist(), saved["sids"],
+                                                                saved["scores"], EVAL_K))
     emit(BENCH, "gr_sarq_acrq_gpu_preset", **{key: metrics[key] for key in
                                                ("recall@10", "ndcg@10", "recall@10_cold", "recall@10_seen",
                                                 "n_queries") if key in metrics})
@@ -198,7 +195,7 @@ def evaluate_model(args: argparse.Namespace) -> None:
     """Test quality of a model trained elsewhere (e.g. `python -m sid_models.generative.train` on a GPU
     machine) on this machine's benchmark chain, the chain picked by --overrides (same JSON as the
     other benchmarks). The checkpoint folder gets the chain's retriever assets (sci/)."""
-    from common import HOME_DEPOT, benchmark_params, run_chain
+    from common import HOME_DEPOT, benchmark_params, bucket_pool, run_chain
 
     from sid_models.generative.retriever import load_retriever, write_retriever_assets
 
@@ -208,7 +205,7 @@ def evaluate_model(args: argparse.Namespace) -> None:
     write_retriever_assets(checkpoint, folders["sci_towers"], params)
     prepared = PreparedDataset.load(folders["prepared_dataset"])
     retriever = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"], folders["sci_index"],
-                               variant=args.variant, bucket_pool=int(params["decode"]["bucket_pool"]))
+                               variant=args.variant, bucket_pool=bucket_pool(args, params))
     emit(BENCH, args.name, variant=args.variant, overrides=json.loads(args.overrides),
          **quality(retriever, prepared, test_queries(prepared)))
 
