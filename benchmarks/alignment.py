@@ -20,7 +20,7 @@ budget stays align.train's.
   .venv/bin/python benchmarks/alignment.py --data demo --quick --seeds 0 1 2 3 4
   .venv/bin/python benchmarks/alignment.py --seeds 0 1 2 --eval-only --bucket-pool 1
 
-The summary on stderr is mean ± sample standard deviation over the seeds.
+A summary line per system gives mean and sample standard deviation over the seeds.
 """
 from __future__ import annotations
 
@@ -29,10 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from common import (add_bucket_pool_argument, benchmark_params, bucket_pool, emit, log, parse_args,  # sets sys.path
+from common import (add_bucket_pool_argument, benchmark_params, bucket_pool, emit, emit_summary, log, parse_args,  # sets sys.path
                     run_chain, test_metrics, test_queries)
 
 from sid_models.align.trainer import SYSTEMS, prepare_preferences, train_alignment  # noqa: E402
@@ -108,11 +107,7 @@ def main() -> None:
             figures = split_metrics(out, folders, prepared, pool)
             emit(BENCH, system, seed=seed, bucket_pool=pool, **timing, **figures)
             results[system].append(figures)
-    for system, runs in results.items():
-        summary = {key: f"{np.mean([run[key] for run in runs]):.4f} ± "
-                        f"{np.std([run[key] for run in runs], ddof=1 if len(runs) > 1 else 0):.4f}"
-                   for key in ("recall@10", "ndcg@10", "recall@10_multi")}
-        log(f"[{BENCH}] {system:16s} {summary}")
+    emit_summary(BENCH, results, ("recall@10", "ndcg@10", "recall@10_multi"))
 
 
 if __name__ == "__main__":

@@ -83,6 +83,21 @@ def emit(bench: str, system: str, **fields) -> None:
     print(json.dumps({"bench": bench, "system": system, **fields}), flush=True)
 
 
+def emit_summary(bench: str, results: dict[str, list[dict]], keys: tuple[str, ...]) -> None:
+    """One summary line per system: `<key>_mean` and `<key>_std` (sample standard deviation over
+    the seeds, 0 for one seed) of each of `keys` its per-seed rows carry."""
+    import numpy as np
+
+    for system, runs in results.items():
+        figures = {}
+        for key in keys:
+            values = [run[key] for run in runs if key in run]
+            if values:
+                figures[f"{key}_mean"] = round(float(np.mean(values)), 4)
+                figures[f"{key}_std"] = round(float(np.std(values, ddof=1 if len(values) > 1 else 0)), 4)
+        emit(bench, system, summary=True, n_seeds=len(runs), **figures)
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

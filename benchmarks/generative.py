@@ -1,10 +1,16 @@
-"""Generative retrieval benchmark: TIGER vs SARQ+ACRQ SIDs, tensor trie vs reference decoder.
+"""Generative retrieval benchmark: BM25, TIGER vs SARQ+ACRQ SIDs, the pool ranker, hybrid; decoder speed.
 
-Quality (`gr_tiger`, `gr_sarq_acrq`): the pipeline's own stages up to sft_checkpoint (which
-trains both models with the same size and step budget on the same split), then the test
-queries with a relevant item through `load_retriever(...).search(texts, 10)` and the
-shared `evaluate`: recall@10, ndcg@10, recall@10_cold, recall@10_seen, plus the
-unconstrained-decoding invalid-SID rate on those queries and the SFT seconds.
+Quality, one row per system and seed, on the test queries with a relevant item, through the
+shared `evaluate`: recall@10, ndcg@10, recall@10_cold, recall@10_seen, recall@10_multi, mrr.
+The pipeline's own stages up to sft_checkpoint (both SFT models with the same size and step
+budget on the same split) and `ranker` (LightGBM on the validation split) feed:
+- `bm25`: stemmed BM25 (params `bm25`), the lexical anchor;
+- `gr_tiger`, `gr_sarq_acrq_no_ranker`: `load_retriever(...).search` — the items of the top
+  `decode.bucket_pool` SIDs ordered by SCI score — with the unconstrained invalid-SID rate;
+- `gr_sarq_acrq`: the shipped recipe, the pool ranker (`ranker.systems.pool`) over the items
+  of the top decoded SIDs;
+- `hybrid`: the hybrid ranker over that pool ∪ BM25 top-N ∪ dense top-N.
+Ranked rows carry `pool_coverage` (share of the relevant test pairs among the candidates).
 
 Speed (`decode_tensor`, `decode_reference`): the SARQ+ACRQ model's weights under the
 tensorised trie (`TrieConstraint`) and under the reference (`DictTrieConstraint`: a Python
@@ -23,14 +29,17 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import defaultdict
 
 import numpy as np
 import torch
 
-from common import (add_bucket_pool_argument, benchmark_params, bucket_pool, emit, log, parse_args,  # sets sys.path
-                    run_chain, test_metrics, test_queries)
+from common import (add_bucket_pool_argument, benchmark_params, bucket_pool, emit, emit_summary, log,  # sets sys.path
+                    parse_args, run_chain, test_metrics, test_queries)
 
 from sid_models.data.schema import PreparedDataset  # noqa: E402
+from sid_models.eval.systems import load_bm25  # noqa: E402
+from sid_models.ranking.stage import coverage, load_ranked_searcher  # noqa: E402
 from sid_models.generative.retriever import load_retriever  # noqa: E402
 from sid_models.generative.stage import VALIDATION_FILE  # noqa: E402
 from sid_models.generative.trie import DictTrieConstraint, TrieConstraint, UnconstrainedConstraint, invalid_rate  # noqa: E402
@@ -44,7 +53,28 @@ QUICK = {
     "generative": {"preset": "cpu", "presets": {"cpu": {"sft": {"steps": 150, "batch_size": 64}}}},
     "sft": {"warmup_steps": 15, "valid_max_queries": 100},
 }
-SYSTEMS = {"gr_tiger": "tiger", "gr_sarq_acrq": "sarq_acrq"}
+SYSTEMS = {"gr_tiger": "tiger", "gr_sarq_acrq_no_ranker": "sarq_acrq"}
+RANKED = {"gr_sarq_acrq": "pool", "hybrid": "hybrid"}          # system -> ranker.systems entry
+REPORTED = ("recall@10", "ndcg@10", "recall@10_cold", "recall@10_seen", "recall@10_multi", "mrr", "n_queries")
+
+
+def quality_of(searcher, prepared: PreparedDataset, queries) -> dict:
+    metrics = test_metrics(prepared, queries, searcher.search(queries["text"].astype(str).tolist(), EVAL_K))
+    return {key: metrics[key] for key in REPORTED if key in metrics}
+
+
+def ranked_quality(params: dict, folders: dict, ranker_system: str, prepared: PreparedDataset, queries) -> dict:
+    searcher = load_ranked_searcher(params, folders, ranker_system)
+    candidates = searcher.featurizer.candidates(queries["text"].astype(str).tolist(), searcher.settings)
+    metrics = test_metrics(prepared, queries, searcher.rank(candidates, EVAL_K))
+    training = json.loads((folders["ranker"] / ranker_system / "ranker.json").read_text())["training"]
+    return {**{key: metrics[key] for key in REPORTED if key in metrics},
+            "pool_coverage": coverage([found.rows for found in candidates], queries["query_id"].tolist(),
+                                      searcher.featurizer.retriever.item_ids, prepared.relevant("test")),
+            "mean_candidates": float(np.mean([len(found.rows) for found in candidates])),
+            "channels": list(searcher.settings.channels), "pool_sids": searcher.settings.pool_sids,
+            "ranker_rounds": training["rounds"], "ranker_cv_ndcg@10": training["cv_ndcg@10"],
+            "ranker_seconds": round(training["seconds"], 1)}
 
 
 def quality(retriever, prepared: PreparedDataset, queries) -> dict:
@@ -53,8 +83,7 @@ def quality(retriever, prepared: PreparedDataset, queries) -> dict:
     free = UnconstrainedConstraint(retriever.trie.vocab, retriever.trie.max_length)
     invalid = [invalid_rate(retriever.decode(texts[start:start + retriever.batch_size], retriever.beam_size, free),
                             retriever.trie) for start in range(0, len(texts), retriever.batch_size)]
-    figures = {key: metrics[key] for key in ("recall@10", "ndcg@10", "recall@10_cold", "recall@10_seen",
-                                             "mrr", "n_queries") if key in metrics}
+    figures = {key: metrics[key] for key in REPORTED if key in metrics}
     figures["unconstrained_invalid_rate"] = float(np.mean(invalid))
     return figures
 
@@ -133,12 +162,21 @@ def main() -> None:
     torch.set_num_threads(int(params["generative"]["threads"]))
     log(f"[{BENCH}] data={args.data} quick={args.quick}")
     retrievers = {}
+    results: dict[str, list[dict]] = defaultdict(list)
     for seed in args.seeds:
         seeded = {**params, "seed": seed}
-        folders = run_chain(seeded, args.quick, ("sft_checkpoint",), BENCH)
+        folders = run_chain(seeded, args.quick, ("sft_checkpoint", "ranker"), BENCH)
         prepared = PreparedDataset.load(folders["prepared_dataset"])
         queries = test_queries(prepared)
         validation = json.loads((folders["sft_checkpoint"] / VALIDATION_FILE).read_text())
+        if not args.speed_only:
+            results["bm25"].append(quality_of(load_bm25(folders["prepared_dataset"], params["bm25"]), prepared, queries))
+            emit(BENCH, "bm25", seed=seed, **results["bm25"][-1])
+            for system, ranker_system in RANKED.items():
+                started = time.perf_counter()
+                results[system].append(ranked_quality(seeded, folders, ranker_system, prepared, queries))
+                emit(BENCH, system, seed=seed, **results[system][-1])
+                log(f"[{BENCH}] {system} seed {seed}: evaluated in {time.perf_counter() - started:.0f} s")
         for system, variant in SYSTEMS.items():
             retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"],
                                        folders["prepared_dataset"], folders["sci_index"], variant=variant,
@@ -149,11 +187,13 @@ def main() -> None:
                 continue
             started = time.perf_counter()
             figures = quality(retriever, prepared, queries)
+            results[system].append(figures)
             log(f"[{BENCH}] {system} seed {seed}: evaluated in {time.perf_counter() - started:.0f} s")
             emit(BENCH, system, seed=seed, bucket_pool=retriever.bucket_pool,
                  seconds=round(validation[variant]["train_seconds"], 1),
                  sft_steps=validation[variant]["steps"], **figures)
-    retriever, texts = retrievers["gr_sarq_acrq"]
+    emit_summary(BENCH, results, (*REPORTED[:-1], "pool_coverage"))
+    retriever, texts = retrievers["gr_sarq_acrq_no_ranker"]
     speed(retriever, texts, n_batches=2 if args.quick else 8, n_single=32 if args.quick else 128)
 
 

@@ -49,12 +49,15 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
     Stage("sft_checkpoint", "sid_models.generative.stage:run",
           ("prepared_dataset", "sci_towers", "sci_index", "semantic_ids"),
           params=("seed", "generative", "sft", "decode", "text")),
+    Stage("ranker", "sid_models.ranking.stage:run",
+          ("prepared_dataset", "text_embeddings", "sci_index", "semantic_ids", "sft_checkpoint"),
+          params=("seed", "ranker", "bm25", "text")),
     Stage("dpo_checkpoint", "sid_models.align.stage:run",
           ("prepared_dataset", "sci_towers", "sci_index", "semantic_ids", "sft_checkpoint"),
           params=("align", "generative", "sft", "decode")),
     Stage("eval_report", "sid_models.eval.stage:run",
           ("prepared_dataset", "text_embeddings", "sci_towers", "sci_index", "semantic_ids",
-           "sft_checkpoint", "dpo_checkpoint")),
+           "sft_checkpoint", "ranker", "dpo_checkpoint")),
 ]}
 
 

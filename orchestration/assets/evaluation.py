@@ -13,11 +13,11 @@ from ..stage_asset import materialize_stage
           description="BM25, MiniLM, dual tower, SCI and the generative retrievers (TIGER SIDs, SARQ+ACRQ SIDs, "
                       "+vanilla DPO, +RAD-DPO) on the test split: quality by segment, SID statistics, speed.")
 def eval_report(context: dg.AssetExecutionContext, prepared_dataset: str, text_embeddings: str, sci_towers: str,
-                sci_index: str, semantic_ids: str, sft_checkpoint: str, dpo_checkpoint: str,
+                sci_index: str, semantic_ids: str, sft_checkpoint: str, ranker: str, dpo_checkpoint: str,
                 params: ParamsResource, mlflow_tracking: MlflowTracking) -> dg.Output[str]:
     inputs = {"prepared_dataset": prepared_dataset, "text_embeddings": text_embeddings, "sci_towers": sci_towers,
               "sci_index": sci_index, "semantic_ids": semantic_ids, "sft_checkpoint": sft_checkpoint,
-              "dpo_checkpoint": dpo_checkpoint}
+              "ranker": ranker, "dpo_checkpoint": dpo_checkpoint}
     output = materialize_stage(context, "eval_report", inputs, params, mlflow_tracking)
     folder = Path(output.value)
     metadata = dict(output.metadata)

@@ -6,7 +6,11 @@ Every system answers `search(queries, k) -> list[list[(item_id, score)]]` from q
   stage), f_q(query) · f_i(item), exact search;
 - `sci`: the SCI towers (input swap) with the consistent dual-view IVF index;
 - `bm25`: the lexical baseline of the SCI stage;
-- `gr_*`: generative retrievers (`sid_models.generative.retriever.load_retriever`).
+- `gr_*_no_ranker`, `gr_tiger`: generative retrievers (`sid_models.generative.retriever.load_retriever`:
+  the items of the top decoded SIDs ordered by SCI score);
+- `gr_sarq_acrq`, `gr_vanilla_dpo`, `gr_rad_dpo`: the shipped generative recipe, the pool ranker
+  (`sid_models.ranking`, trained on validation over the SFT model's pool) over that checkpoint's pool;
+- `hybrid`: the hybrid ranker over the SFT pool ∪ BM25 top-N ∪ dense top-N.
 """
 from __future__ import annotations
 
@@ -22,12 +26,14 @@ from ..text.encoder import TextEncoder
 QueryVectors = Callable[[list[str]], np.ndarray]
 VectorSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
-# system -> (checkpoint stage, subfolder of its artifact, SID variant)
+# system -> (checkpoint stage, subfolder of its artifact, SID variant, ranker of the ranking stage or None)
 GENERATIVE_SYSTEMS = {
-    "gr_tiger": ("sft_checkpoint", "", "tiger"),
-    "gr_sarq_acrq": ("sft_checkpoint", "", "sarq_acrq"),
-    "gr_vanilla_dpo": ("dpo_checkpoint", "vanilla_dpo", "sarq_acrq"),
-    "gr_rad_dpo": ("dpo_checkpoint", "", "sarq_acrq"),
+    "gr_tiger": ("sft_checkpoint", "", "tiger", None),
+    "gr_sarq_acrq_no_ranker": ("sft_checkpoint", "", "sarq_acrq", None),
+    "gr_sarq_acrq": ("sft_checkpoint", "", "sarq_acrq", "pool"),
+    "gr_vanilla_dpo": ("dpo_checkpoint", "vanilla_dpo", "sarq_acrq", "pool"),
+    "gr_rad_dpo": ("dpo_checkpoint", "", "sarq_acrq", "pool"),
+    "hybrid": ("sft_checkpoint", "", "sarq_acrq", "hybrid"),
 }
 SYSTEMS = ("bm25", "minilm", "tower", "sci", *GENERATIVE_SYSTEMS)
 
@@ -126,7 +132,7 @@ def _check_rows(vectors: np.ndarray, n_items: int, path: Path) -> None:
 
 def generative_checkpoint(system: str, inputs: Mapping[str, Path]) -> tuple[Path, str]:
     """(checkpoint folder, SID variant) of a generative system."""
-    stage, subfolder, variant = GENERATIVE_SYSTEMS[system]
+    stage, subfolder, variant, _ = GENERATIVE_SYSTEMS[system]
     folder = Path(inputs[stage]) / subfolder if subfolder else Path(inputs[stage])
     if not folder.is_dir():
         raise FileNotFoundError(f"system {system!r} needs the checkpoint folder {folder}")
@@ -145,8 +151,12 @@ def build_system(name: str, params: dict, inputs: Mapping[str, Path]):
         return load_sci(inputs["prepared_dataset"], inputs["sci_towers"], inputs["sci_index"], params["text"])
     if name in GENERATIVE_SYSTEMS:
         from ..generative.retriever import load_retriever
+        from ..ranking.stage import load_ranked_searcher
 
         checkpoint, variant = generative_checkpoint(name, inputs)
+        ranker = GENERATIVE_SYSTEMS[name][3]
+        if ranker is not None:
+            return load_ranked_searcher(params, inputs, ranker, checkpoint, variant)
         return load_retriever(checkpoint, inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
                               variant=variant)
     raise ValueError(f"unknown system {name!r}; known: {list(SYSTEMS)}")

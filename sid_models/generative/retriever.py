@@ -187,6 +187,11 @@ def model_folder(checkpoint_folder: str | Path, variant: str) -> Path:
     return folder
 
 
+def assets_folder(checkpoint_folder: str | Path, variant: str) -> Path:
+    """The `sci/` folder (query tower, item views, retriever.json) serving `variant`'s model."""
+    return _assets_folder(model_folder(checkpoint_folder, variant))
+
+
 def catalogue_sids(sids_folder: str | Path, prepared_folder: str | Path,
                    variant: str) -> tuple[np.ndarray, list[tuple[int, ...]]]:
     """(item ids in catalogue order, the `variant` SID of each): what the trie and buckets are built from."""

@@ -1,0 +1,180 @@
+"""Candidates and features for the learned rankers of the generative (`pool`) and `hybrid` systems.
+
+Candidates of a query come from up to three channels:
+- `pool`: the items of the top `pool_sids` SIDs the generative retriever decodes (constrained
+  beam, beam order): every item of each SID's leaf bucket;
+- `bm25`: BM25's top `bm25_depth` items (stemmed, `sci/bm25.py`);
+- `dense`: the SCI towers' top `dense_depth` items by f_q(query) · f_i(item), exact.
+The generative system ranks the pool alone; `hybrid` ranks the union of the three.
+
+Features of a (query, item) pair, whatever channel brought it (FEATURES, in column order;
+NaN where a feature does not exist for the pair, which LightGBM routes as missing):
+- beam: `beam_rank` (0-based rank of the first decoded SID whose bucket holds the item,
+  among all `beam_size` beams), `beam_score` (that SID's length-normalised log-probability),
+  `beam_gap` (best beam score minus it);
+- the item's SID: `sid_length`, `log_bucket_size` (items sharing its SID);
+- dense: `sci_score`, `sci_rank` (rank in the dense top `dense_depth`), `minilm_cosine`
+  (zero-shot MiniLM), `sci_gap` (best SCI score of the query minus the item's);
+- lexical: `bm25_score`, `bm25_rank` (rank in the BM25 top `bm25_depth`), `bm25_ratio`
+  (score / the query's best BM25 score), `trigram_jaccard` (character trigrams of query and
+  title: survives misspellings such as "cordles dril"), `query_terms_in_title` (share of the
+  query's words, lower-cased, found among the title's);
+- popularity: `log_exposure` (relevant training judgments of the item: training split only);
+- sizes: `query_words`, `title_words`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..generative.retriever import GenerativeRetriever
+from ..sci.bm25 import BM25Retriever
+
+FEATURES = ("beam_rank", "beam_score", "beam_gap", "sid_length", "log_bucket_size",
+            "sci_score", "sci_rank", "minilm_cosine", "sci_gap",
+            "bm25_score", "bm25_rank", "bm25_ratio", "trigram_jaccard", "query_terms_in_title",
+            "log_exposure", "query_words", "title_words")
+CHANNELS = ("pool", "bm25", "dense")
+WORD = re.compile(r"\w+")
+
+
+def trigrams(text: str) -> frozenset[str]:
+    """Character trigrams of the lower-cased words of `text`, each word padded with spaces."""
+    grams: set[str] = set()
+    for word in WORD.findall(text.lower()):
+        padded = f" {word} "
+        grams.update(padded[i:i + 3] for i in range(len(padded) - 2))
+    return frozenset(grams)
+
+
+@dataclass(frozen=True)
+class CandidateSettings:
+    """Which channels feed a ranker and how deep each one is read."""
+
+    channels: tuple[str, ...]
+    pool_sids: int
+    bm25_depth: int
+    dense_depth: int
+
+    def __post_init__(self):
+        unknown = [channel for channel in self.channels if channel not in CHANNELS]
+        if unknown or not self.channels:
+            raise ValueError(f"ranker channels must be a non-empty subset of {CHANNELS}, got {list(self.channels)}")
+        for name in ("pool_sids", "bm25_depth", "dense_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ranker {name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class QueryCandidates:
+    """One query's candidate item rows and their feature matrix [n_candidates, len(FEATURES)]."""
+
+    rows: np.ndarray
+    features: np.ndarray
+
+
+class CandidateFeaturizer:
+    """Everything features are computed from: the generative retriever (its decoder, trie buckets,
+    SCI query tower and item views), BM25, MiniLM item vectors and the items' training exposure."""
+
+    def __init__(self, retriever: GenerativeRetriever, bm25: BM25Retriever, encode_minilm: Callable[[list[str]], np.ndarray],
+                 query_tower: Callable[[np.ndarray], np.ndarray], minilm_items: np.ndarray,
+                 titles: Sequence[str], exposure: np.ndarray, item_sids: Sequence[tuple[int, ...]]):
+        n_items = len(retriever.item_ids)
+        for name, values in (("minilm_items", minilm_items), ("titles", titles), ("exposure", exposure),
+                             ("item_sids", item_sids)):
+            if len(values) != n_items:
+                raise ValueError(f"{name} has {len(values)} rows for {n_items} catalogue items")
+        self.retriever, self.bm25 = retriever, bm25
+        self.encode_minilm, self.query_tower = encode_minilm, query_tower
+        self.minilm_items = minilm_items
+        self.titles = [str(title) for title in titles]
+        self.title_words = np.array([len(WORD.findall(title)) for title in self.titles], dtype=np.float32)
+        self.title_terms = [frozenset(WORD.findall(title.lower())) for title in self.titles]
+        self.log_exposure = np.log1p(np.asarray(exposure, dtype=np.float32))
+        buckets = retriever.buckets
+        self.sid_of_row = np.empty(n_items, dtype=np.int64)
+        for sid in range(len(buckets.ptr) - 1):
+            self.sid_of_row[buckets.rows[buckets.ptr[sid]:buckets.ptr[sid + 1]]] = sid
+        self.sid_length = np.array([len(sid) for sid in item_sids], dtype=np.float32)
+        self.log_bucket_size = np.log(np.diff(buckets.ptr).astype(np.float32))[self.sid_of_row]
+        self._trigrams: dict[int, frozenset[str]] = {}
+
+    def _title_trigrams(self, row: int) -> frozenset[str]:
+        grams = self._trigrams.get(row)
+        if grams is None:
+            grams = self._trigrams[row] = trigrams(self.titles[row])
+        return grams
+
+    def candidates(self, queries: list[str], settings: CandidateSettings) -> list[QueryCandidates]:
+        """Candidates and features of every query, in order."""
+        queries = [str(query) for query in queries]
+        if not queries:
+            return []
+        minilm_queries = self.encode_minilm(queries)
+        sci_queries = self.query_tower(minilm_queries)
+        sids, beam_scores = self.retriever.search_sids(queries, self.retriever.beam_size)
+        bm25_scores = self.bm25.scores(queries)
+        out = []
+        for position, query in enumerate(queries):
+            out.append(self._query(query, settings, sids[position], beam_scores[position], bm25_scores[position],
+                                   minilm_queries[position], sci_queries[position]))
+        return out
+
+    def _query(self, query: str, settings: CandidateSettings, sids: np.ndarray, beam_scores: np.ndarray,
+               bm25_scores: np.ndarray, minilm_query: np.ndarray, sci_query: np.ndarray) -> QueryCandidates:
+        buckets = self.retriever.buckets
+        finished = sids[sids >= 0]
+        sci_scores = self.retriever.item_vectors @ sci_query
+        dense_top = np.argpartition(-sci_scores, min(settings.dense_depth, len(sci_scores) - 1))[:settings.dense_depth]
+        dense_top = dense_top[np.argsort(-sci_scores[dense_top], kind="stable")]
+        bm25_top = np.flatnonzero(bm25_scores > 0)
+        bm25_top = bm25_top[np.argsort(-bm25_scores[bm25_top], kind="stable")][:settings.bm25_depth]
+        parts = []
+        if "pool" in settings.channels:
+            parts += [buckets.rows[buckets.ptr[sid]:buckets.ptr[sid + 1]] for sid in finished[:settings.pool_sids]]
+        if "bm25" in settings.channels:
+            parts.append(bm25_top)
+        if "dense" in settings.channels:
+            parts.append(dense_top)
+        rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+        n = len(rows)
+        features = np.full((n, len(FEATURES)), np.nan, dtype=np.float32)
+        column = {name: index for index, name in enumerate(FEATURES)}
+        beam_rank_of_sid = {int(sid): rank for rank, sid in reversed(list(enumerate(finished)))}
+        ranks = np.array([beam_rank_of_sid.get(int(sid), -1) for sid in self.sid_of_row[rows]], dtype=np.int64)
+        decoded = ranks >= 0
+        features[decoded, column["beam_rank"]] = ranks[decoded]
+        features[decoded, column["beam_score"]] = beam_scores[ranks[decoded]]
+        if len(finished):
+            features[decoded, column["beam_gap"]] = beam_scores[0] - beam_scores[ranks[decoded]]
+        features[:, column["sid_length"]] = self.sid_length[rows]
+        features[:, column["log_bucket_size"]] = self.log_bucket_size[rows]
+        features[:, column["sci_score"]] = sci_scores[rows]
+        features[:, column["sci_gap"]] = sci_scores[dense_top[0]] - sci_scores[rows]
+        features[:, column["sci_rank"]] = _rank_in(rows, dense_top)
+        features[:, column["minilm_cosine"]] = self.minilm_items[rows] @ minilm_query
+        features[:, column["bm25_score"]] = bm25_scores[rows]
+        features[:, column["bm25_rank"]] = _rank_in(rows, bm25_top)
+        best_bm25 = float(bm25_scores[bm25_top[0]]) if len(bm25_top) else 0.0
+        features[:, column["bm25_ratio"]] = bm25_scores[rows] / best_bm25 if best_bm25 > 0 else 0.0
+        query_grams, query_terms = trigrams(query), WORD.findall(query.lower())
+        features[:, column["trigram_jaccard"]] = [
+            len(query_grams & grams) / max(len(query_grams | grams), 1)
+            for grams in (self._title_trigrams(int(row)) for row in rows)]
+        features[:, column["query_terms_in_title"]] = [
+            sum(term in self.title_terms[row] for term in query_terms) / max(len(query_terms), 1) for row in rows]
+        features[:, column["log_exposure"]] = self.log_exposure[rows]
+        features[:, column["query_words"]] = len(query_terms)
+        features[:, column["title_words"]] = self.title_words[rows]
+        return QueryCandidates(rows=rows, features=features)
+
+
+def _rank_in(rows: np.ndarray, ranked: np.ndarray) -> np.ndarray:
+    """0-based position of each of `rows` in `ranked`, NaN where absent."""
+    position = {int(row): rank for rank, row in enumerate(ranked)}
+    return np.array([position.get(int(row), np.nan) for row in rows], dtype=np.float32)

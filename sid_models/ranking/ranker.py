@@ -1,0 +1,156 @@
+"""LightGBM lambdarank over candidate features, trained on the validation split.
+
+Labels: a judged item's NDCG gain on the dataset's scale (`RelevanceScale.gain`), quantised
+to `label_steps` levels per unit so LightGBM's integer labels carry the same gains
+(`label_gain[l] = l / label_steps`); unjudged candidates get label 0, as the metrics count them.
+
+Model selection never sees test: the validation queries are cut into `folds` folds by query;
+for each fold a model trained on the others stops early on the held-out fold's NDCG@10, and
+the mean best iteration is the number of rounds of the final model, trained on every
+validation query. The held-out NDCG@10 of the folds is reported (`cv_ndcg@10`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data.schema import RelevanceScale
+from .features import FEATURES, CandidateFeaturizer, CandidateSettings, QueryCandidates
+
+MODEL_FILE = "model.txt"
+SETTINGS_FILE = "ranker.json"
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """LightGBM settings (params `ranker.lightgbm`) and the cross-validation protocol."""
+
+    num_leaves: int
+    learning_rate: float
+    min_data_in_leaf: int
+    feature_fraction: float
+    max_rounds: int
+    early_stopping_rounds: int
+    folds: int
+    label_steps: int
+    threads: int
+
+    @classmethod
+    def from_params(cls, ranker_params: dict) -> "RankerConfig":
+        return cls(**ranker_params["lightgbm"])
+
+
+def labels(candidates: Sequence[QueryCandidates], query_ids: Sequence[str], item_ids: np.ndarray,
+           judgments: pd.DataFrame, scale: RelevanceScale, label_steps: int) -> list[np.ndarray]:
+    """Integer label of every candidate: round(gain × label_steps), 0 when unjudged."""
+    grade = {(query, item): relevance for query, item, relevance
+             in judgments[["query_id", "item_id", "relevance"]].itertuples(index=False)}
+    out = []
+    for query, found in zip(query_ids, candidates):
+        relevance = np.array([grade.get((query, item_ids[row]), np.nan) for row in found.rows], dtype=np.float64)
+        gains = np.where(np.isnan(relevance), 0.0, scale.gain(np.nan_to_num(relevance)))
+        out.append(np.rint(gains * label_steps).astype(np.int32))
+    return out
+
+
+def _dataset(candidates: Sequence[QueryCandidates], query_labels: Sequence[np.ndarray], label_gain: list[float]):
+    import lightgbm
+
+    return lightgbm.Dataset(np.concatenate([found.features for found in candidates]),
+                            label=np.concatenate(query_labels), group=[len(found.rows) for found in candidates],
+                            feature_name=list(FEATURES), params={"label_gain": label_gain}, free_raw_data=False)
+
+
+def _booster_params(config: RankerConfig, label_gain: list[float], seed: int) -> dict:
+    return {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "label_gain": label_gain,
+            "num_leaves": config.num_leaves, "learning_rate": config.learning_rate,
+            "min_data_in_leaf": config.min_data_in_leaf, "feature_fraction": config.feature_fraction,
+            "num_threads": config.threads, "seed": seed, "deterministic": True, "force_row_wise": True,
+            "verbosity": -1}
+
+
+def train_ranker(candidates: Sequence[QueryCandidates], query_labels: Sequence[np.ndarray], config: RankerConfig,
+                 seed: int):
+    """(booster trained on every query, cross-validation summary). Queries whose candidates hold
+    no positive label carry no ranking signal and are left out of training."""
+    import lightgbm
+
+    keep = [index for index, found in enumerate(query_labels) if len(found) and found.max() > 0]
+    if len(keep) < config.folds:
+        raise ValueError(f"the ranker needs at least {config.folds} validation queries with a relevant candidate "
+                         f"(one per fold), got {len(keep)}")
+    candidates = [candidates[index] for index in keep]
+    query_labels = [query_labels[index] for index in keep]
+    top_label = max(int(found.max()) for found in query_labels)
+    label_gain = [level / config.label_steps for level in range(top_label + 1)]
+    booster_params = _booster_params(config, label_gain, seed)
+    fold_of = np.random.default_rng(seed).permutation(len(candidates)) % config.folds
+    best_rounds, held_out = [], []
+    for fold in range(config.folds):
+        train = [index for index in range(len(candidates)) if fold_of[index] != fold]
+        valid = [index for index in range(len(candidates)) if fold_of[index] == fold]
+        train_set = _dataset([candidates[i] for i in train], [query_labels[i] for i in train], label_gain)
+        valid_set = _dataset([candidates[i] for i in valid], [query_labels[i] for i in valid], label_gain)
+        booster = lightgbm.train(booster_params, train_set, num_boost_round=config.max_rounds, valid_sets=[valid_set],
+                                 callbacks=[lightgbm.early_stopping(config.early_stopping_rounds, verbose=False)])
+        best_rounds.append(int(booster.best_iteration))
+        held_out.append(float(booster.best_score["valid_0"]["ndcg@10"]))
+    rounds = max(1, int(round(float(np.mean(best_rounds)))))
+    final = lightgbm.train(booster_params, _dataset(candidates, query_labels, label_gain), num_boost_round=rounds)
+    importance = dict(zip(FEATURES, final.feature_importance("gain").round(1).tolist()))
+    summary = {"rounds": rounds, "fold_rounds": best_rounds, "cv_ndcg@10": float(np.mean(held_out)),
+               "cv_ndcg@10_std": float(np.std(held_out)), "train_queries": len(candidates),
+               "train_rows": int(sum(len(found.rows) for found in candidates)), "feature_gain": importance}
+    return final, summary
+
+
+class RankedSearcher:
+    """`search(queries, k)` of a trained ranker over the candidates of `settings`' channels."""
+
+    def __init__(self, featurizer: CandidateFeaturizer, booster, settings: CandidateSettings):
+        self.featurizer, self.booster, self.settings = featurizer, booster, settings
+
+    def search(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
+        return self.rank(self.featurizer.candidates(list(queries), self.settings), k)
+
+    def rank(self, candidates: Sequence[QueryCandidates], k: int) -> list[list[tuple[str, float]]]:
+        """Top-k (item id, ranker score) of each query's candidates, best first."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        item_ids = self.featurizer.retriever.item_ids
+        results = []
+        for found in candidates:
+            if not len(found.rows):
+                results.append([])
+                continue
+            scores = self.booster.predict(found.features, num_threads=1)
+            order = np.argsort(-scores, kind="stable")[:k]
+            results.append([(str(item_ids[found.rows[i]]), float(scores[i])) for i in order])
+        return results
+
+
+def save_ranker(folder: str | Path, booster, settings: CandidateSettings, summary: dict) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(folder / MODEL_FILE))
+    (folder / SETTINGS_FILE).write_text(json.dumps({"candidates": asdict(settings), "features": list(FEATURES),
+                                                    "training": summary}, indent=2))
+
+
+def load_ranker(folder: str | Path):
+    """(booster, candidate settings) of a saved ranker; refuses one trained on other features."""
+    import lightgbm
+
+    folder = Path(folder)
+    saved = json.loads((folder / SETTINGS_FILE).read_text())
+    if saved["features"] != list(FEATURES):
+        raise ValueError(f"{folder / SETTINGS_FILE} was trained on features {saved['features']}, "
+                         f"this code computes {list(FEATURES)}: retrain the ranker stage")
+    candidates = saved["candidates"]
+    settings = CandidateSettings(**{**candidates, "channels": tuple(candidates["channels"])})
+    return lightgbm.Booster(model_file=str(folder / MODEL_FILE)), settings

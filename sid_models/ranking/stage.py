@@ -1,0 +1,106 @@
+"""Stage `ranker`: the learned rankers of the decoded pool and of the hybrid union.
+
+For every system of params `ranker.systems` (`pool`: the items of the top decoded SIDs;
+`hybrid`: that pool ∪ BM25's top-N ∪ the dense towers' top-N) a LightGBM lambdarank model
+is trained on the validation split (`ranker.py`: cross-validated by query inside it; test is
+never read) over the features of `features.py`, from the SARQ+ACRQ SFT model.
+
+Artifact: one folder per system (`pool/`, `hybrid/`) with model.txt and ranker.json
+(candidate settings, feature names, the cross-validation summary); `ranker.json` at the top
+with each system's pool coverage on validation (share of relevant validation items among
+its candidates).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from ..data.schema import PreparedDataset
+from ..generative.retriever import assets_folder, catalogue_sids, load_retriever
+from ..sci.bm25 import BM25Retriever
+from ..sci.towers import load_towers
+from ..text.encoder import TextEncoder
+from ..text.stage import load_embeddings
+from .features import CandidateFeaturizer, CandidateSettings
+from .ranker import RankedSearcher, RankerConfig, labels, load_ranker, save_ranker, train_ranker
+
+VARIANT = "sarq_acrq"
+SUMMARY_FILE = "ranker.json"
+
+
+def candidate_settings(system_params: dict) -> CandidateSettings:
+    return CandidateSettings(channels=tuple(system_params["channels"]), pool_sids=int(system_params["pool_sids"]),
+                             bm25_depth=int(system_params["bm25_depth"]), dense_depth=int(system_params["dense_depth"]))
+
+
+def load_featurizer(params: dict, inputs: Mapping[str, Path], checkpoint: Path | None = None,
+                    variant: str = VARIANT) -> CandidateFeaturizer:
+    """The featurizer over a generative checkpoint (default: the SFT one) and the pipeline's artifacts."""
+    checkpoint = Path(checkpoint if checkpoint is not None else inputs["sft_checkpoint"])
+    prepared = PreparedDataset.load(inputs["prepared_dataset"])
+    retriever = load_retriever(checkpoint, inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
+                               variant=variant)
+    towers = load_towers(assets_folder(checkpoint, variant))
+    text = params["text"]
+    encoder = TextEncoder(text["model_name"], None, text["batch_size"], text["max_seq_length"], progress=False)
+    minilm_items, _ = load_embeddings(inputs["text_embeddings"])
+    exposure = prepared.items["item_id"].map(dict(zip(prepared.segments["item_id"], prepared.segments["exposure"])))
+    _, item_sids = catalogue_sids(inputs["semantic_ids"], inputs["prepared_dataset"], variant)
+    bm25 = BM25Retriever.from_params(prepared.item_text().tolist(), params["bm25"])
+    return CandidateFeaturizer(retriever, bm25, encoder.encode, towers.encode_queries, minilm_items,
+                               prepared.items["title"].tolist(), exposure.fillna(0).to_numpy(), item_sids)
+
+
+def coverage(candidate_rows: list[np.ndarray], query_ids, item_ids: np.ndarray, relevant) -> float:
+    """Share of the relevant (query, item) pairs whose item is among the query's candidates."""
+    wanted = relevant.groupby("query_id")["item_id"].apply(set).to_dict()
+    found = total = 0
+    for query, rows in zip(query_ids, candidate_rows):
+        items = set(item_ids[rows].tolist())
+        found += len(wanted.get(query, set()) & items)
+        total += len(wanted.get(query, set()))
+    return found / total if total else 0.0
+
+
+def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
+    settings = params["ranker"]
+    config = RankerConfig.from_params(settings)
+    prepared = PreparedDataset.load(inputs["prepared_dataset"])
+    relevant = prepared.relevant("valid")
+    queries = prepared.split_queries("valid")
+    queries = queries[queries["query_id"].isin(set(relevant["query_id"]))]
+    if queries.empty:
+        raise ValueError(f"dataset {prepared.name!r} has no validation query with a relevant item to train the ranker on")
+    featurizer = load_featurizer(params, inputs)
+    item_ids = featurizer.retriever.item_ids
+    query_ids, texts = queries["query_id"].tolist(), queries["text"].astype(str).tolist()
+    summary: dict[str, dict] = {}
+    for system, system_params in settings["systems"].items():
+        started = time.perf_counter()
+        candidate = candidate_settings(system_params)
+        candidates = featurizer.candidates(texts, candidate)
+        query_labels = labels(candidates, query_ids, item_ids, prepared.split_judgments("valid"), prepared.scale,
+                              config.label_steps)
+        booster, training = train_ranker(candidates, query_labels, config, int(params["seed"]))
+        training["valid_coverage"] = coverage([found.rows for found in candidates], query_ids, item_ids, relevant)
+        training["mean_candidates"] = float(np.mean([len(found.rows) for found in candidates]))
+        training["seconds"] = time.perf_counter() - started
+        save_ranker(out / system, booster, candidate, training)
+        summary[system] = training
+        print(f"ranker {system}: {json.dumps({k: v for k, v in training.items() if k != 'feature_gain'})}",
+              file=sys.stderr, flush=True)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return {f"{system}.{key}": value for system, training in summary.items()
+            for key, value in training.items() if isinstance(value, (int, float))}
+
+
+def load_ranked_searcher(params: dict, inputs: Mapping[str, Path], system: str,
+                         checkpoint: Path | None = None, variant: str = VARIANT) -> RankedSearcher:
+    """The searcher of ranker `system` (a subfolder of the ranker artifact) over a generative checkpoint."""
+    booster, candidate = load_ranker(Path(inputs["ranker"]) / system)
+    return RankedSearcher(load_featurizer(params, inputs, checkpoint, variant), booster, candidate)

@@ -1,0 +1,124 @@
+"""Learned ranking: candidates from the channels, their features, labels, LightGBM, the ranker stage."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sid_models.data.schema import RelevanceScale
+from sid_models.params import deep_merge
+from sid_models.ranking.features import FEATURES, CandidateSettings, QueryCandidates, trigrams
+from sid_models.ranking.ranker import RankerConfig, labels, load_ranker, save_ranker, train_ranker
+from sid_models.ranking.stage import load_featurizer, load_ranked_searcher, run
+from test_generative_stage import stage_inputs, stage_output  # noqa: F401  (module fixtures)
+
+COLUMN = {name: index for index, name in enumerate(FEATURES)}
+CONFIG = RankerConfig(num_leaves=7, learning_rate=0.2, min_data_in_leaf=5, feature_fraction=1.0, max_rounds=60,
+                      early_stopping_rounds=10, folds=3, label_steps=2, threads=1)
+
+
+@pytest.fixture(scope="module")
+def ranker_inputs(stage_inputs, stage_output, small_stage_folders):  # noqa: F811
+    return {**stage_inputs, "text_embeddings": small_stage_folders["text_embeddings"],
+            "sft_checkpoint": stage_output[0]}
+
+
+@pytest.fixture(scope="module")
+def ranker_params(small_params):
+    return deep_merge(small_params, {"ranker": {
+        "systems": {"pool": {"channels": ["pool"], "pool_sids": 3, "bm25_depth": 10, "dense_depth": 10},
+                    "hybrid": {"channels": ["pool", "bm25", "dense"], "pool_sids": 3, "bm25_depth": 10,
+                               "dense_depth": 10}},
+        "lightgbm": {"num_leaves": 7, "learning_rate": 0.2, "min_data_in_leaf": 5, "feature_fraction": 1.0,
+                     "max_rounds": 40, "early_stopping_rounds": 10, "folds": 3, "label_steps": 2, "threads": 1}}})
+
+
+def test_trigrams_survive_a_misspelling():
+    right, wrong, other = trigrams("cordless drill"), trigrams("cordles dril"), trigrams("kitchen faucet")
+    assert len(right & wrong) / len(right | wrong) > 0.4 > len(right & other) / len(right | other)
+
+
+def test_candidates_are_the_union_of_the_channels_with_their_features(ranker_params, ranker_inputs):
+    featurizer = load_featurizer(ranker_params, ranker_inputs)
+    query = featurizer.titles[5]
+    pool_only = CandidateSettings(("pool",), pool_sids=3, bm25_depth=10, dense_depth=10)
+    union = CandidateSettings(("pool", "bm25", "dense"), pool_sids=3, bm25_depth=10, dense_depth=10)
+    (pooled,), (merged,) = featurizer.candidates([query], pool_only), featurizer.candidates([query], union)
+
+    sids, _ = featurizer.retriever.search_sids([query], featurizer.retriever.beam_size)
+    buckets = featurizer.retriever.buckets
+    expected_pool = np.unique(np.concatenate([buckets.rows[buckets.ptr[sid]:buckets.ptr[sid + 1]]
+                                              for sid in sids[0][sids[0] >= 0][:3]]))
+    assert pooled.rows.tolist() == expected_pool.tolist()
+    assert not np.isnan(pooled.features[:, COLUMN["beam_rank"]]).any()
+    assert set(pooled.rows) < set(merged.rows)
+
+    bm25 = featurizer.bm25.scores([query])[0]
+    assert np.allclose(merged.features[:, COLUMN["bm25_score"]], bm25[merged.rows], atol=1e-5)
+    assert 5 in merged.rows.tolist()                                 # the title itself is BM25's best match
+    own = merged.features[merged.rows.tolist().index(5)]
+    assert own[COLUMN["bm25_rank"]] == 0 and own[COLUMN["query_terms_in_title"]] == 1.0
+    assert own[COLUMN["trigram_jaccard"]] == 1.0
+    sci = featurizer.retriever.item_vectors @ featurizer.query_tower(featurizer.encode_minilm([query]))[0]
+    dense_top = np.argsort(-sci)[:10]
+    assert set(dense_top.tolist()) <= set(merged.rows.tolist())
+    ranks = merged.features[np.searchsorted(merged.rows, dense_top), COLUMN["sci_rank"]]
+    assert ranks.tolist() == list(range(10))
+
+
+def test_labels_are_quantised_gains_and_unjudged_items_are_zero():
+    import pandas as pd
+
+    scale = RelevanceScale(minimum=1, maximum=3, threshold=2.5, gain_offset=1)
+    judgments = pd.DataFrame({"query_id": ["q", "q"], "item_id": ["a", "b"], "relevance": [3.0, 2.0]})
+    found = QueryCandidates(rows=np.array([0, 1, 2]), features=np.zeros((3, len(FEATURES)), dtype=np.float32))
+    (label,) = labels([found], ["q"], np.array(["a", "b", "c"]), judgments, scale, label_steps=2)
+    assert label.tolist() == [4, 2, 0]
+
+
+def test_ranker_learns_which_feature_carries_relevance(tmp_path):
+    rng = np.random.default_rng(0)
+    candidates, query_labels = [], []
+    for _ in range(60):
+        features = rng.normal(size=(20, len(FEATURES))).astype(np.float32)
+        label = (features[:, COLUMN["sci_score"]] > 1.0).astype(np.int32) * 2
+        label[0] = 2
+        features[0, COLUMN["sci_score"]] = 3.0
+        candidates.append(QueryCandidates(rows=np.arange(20), features=features))
+        query_labels.append(label)
+    booster, summary = train_ranker(candidates, query_labels, CONFIG, seed=0)
+    assert summary["cv_ndcg@10"] > 0.9 and summary["rounds"] >= 1 and summary["train_queries"] == 60
+    test = rng.normal(size=(50, len(FEATURES))).astype(np.float32)
+    test[:, COLUMN["sci_score"]] = np.linspace(-2, 2, 50)
+    scores = booster.predict(test)
+    assert scores[-5:].mean() > scores[:5].mean()
+
+    settings = CandidateSettings(("pool",), 3, 10, 10)
+    save_ranker(tmp_path, booster, settings, summary)
+    loaded, loaded_settings = load_ranker(tmp_path)
+    assert loaded_settings == settings and np.allclose(loaded.predict(test), scores)
+    saved = json.loads((tmp_path / "ranker.json").read_text())
+    (tmp_path / "ranker.json").write_text(json.dumps({**saved, "features": saved["features"][:-1]}))
+    with pytest.raises(ValueError, match="retrain the ranker stage"):
+        load_ranker(tmp_path)
+
+
+def test_training_needs_a_relevant_candidate_in_every_fold():
+    empty = [QueryCandidates(rows=np.arange(3), features=np.zeros((3, len(FEATURES)), dtype=np.float32))] * 5
+    with pytest.raises(ValueError, match="at least 3 validation queries with a relevant candidate"):
+        train_ranker(empty, [np.zeros(3, dtype=np.int32)] * 5, CONFIG, seed=0)
+
+
+def test_ranker_stage_trains_both_systems_and_they_search(ranker_params, ranker_inputs, tmp_path, small_prepared):
+    metadata = run(ranker_params, ranker_inputs, tmp_path)
+    summary = json.loads((tmp_path / "ranker.json").read_text())
+    assert set(summary) == {"pool", "hybrid"}
+    assert summary["hybrid"]["valid_coverage"] >= summary["pool"]["valid_coverage"] > 0
+    assert metadata["pool.rounds"] >= 1
+    searcher = load_ranked_searcher(ranker_params, {**ranker_inputs, "ranker": tmp_path}, "hybrid")
+    found = searcher.search(["brass rug", "heavy duty ladder"], 5)
+    known = set(small_prepared.items["item_id"])
+    for hits in found:
+        assert len(hits) == 5 and len({item for item, _ in hits}) == 5 and {item for item, _ in hits} <= known
+        assert [score for _, score in hits] == sorted((score for _, score in hits), reverse=True)
