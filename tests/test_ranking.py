@@ -122,3 +122,29 @@ def test_ranker_stage_trains_both_systems_and_they_search(ranker_params, ranker_
     for hits in found:
         assert len(hits) == 5 and len({item for item, _ in hits}) == 5 and {item for item, _ in hits} <= known
         assert [score for _, score in hits] == sorted((score for _, score in hits), reverse=True)
+
+
+def test_logged_ranked_retriever_answers_like_the_ranker(ranker_params, ranker_inputs, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from sid_models.serving.pyfunc import log_retriever
+
+    run(ranker_params, ranker_inputs, tmp_path / "ranker")
+    expected = load_ranked_searcher(ranker_params, {**ranker_inputs, "ranker": tmp_path / "ranker"}, "pool").search(
+        ["brass rug", "heavy duty ladder"], 4)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        experiment = mlflow.create_experiment("ranked", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_retriever(ranker_params, ranker_inputs["sft_checkpoint"], ranker_inputs["semantic_ids"],
+                                 ranker_inputs["prepared_dataset"], ranker_inputs["sci_index"],
+                                 ranker=tmp_path / "ranker" / "pool", text_embeddings=ranker_inputs["text_embeddings"])
+        found = mlflow.pyfunc.load_model(info.model_uri).predict(
+            pd.DataFrame({"query": ["brass rug", "heavy duty ladder"]}), params={"k": 4})
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert found["item_ids"].map(list).tolist() == [[item for item, _ in hits] for hits in expected]
+    assert all(np.allclose(list(scores), [score for _, score in hits])
+               for scores, hits in zip(found["scores"], expected))

@@ -1,5 +1,7 @@
 """Registry asset: log + register the generative retriever (RAD-DPO, or SFT when alignment lowered the
 validation primary metric), promote it to `champion` only if it beats the champion."""
+from pathlib import Path
+
 import dagster as dg
 import mlflow
 from mlflow import MlflowClient
@@ -23,8 +25,8 @@ PROMOTION_CHECK = "beats_champion"
           description="The generative retriever as an MLflow pyfunc model, registered: the RAD-DPO checkpoint, "
                       "or the SFT one when it scored higher on the validation primary metric. The champion "
                       "alias moves to it only when it passes the promotion check, otherwise it is tagged challenger.")
-def registered_model(context: dg.AssetExecutionContext, prepared_dataset: str, sci_index: str, semantic_ids: str,
-                     sft_checkpoint: str, dpo_checkpoint: str, params: ParamsResource,
+def registered_model(context: dg.AssetExecutionContext, prepared_dataset: str, text_embeddings: str, sci_index: str,
+                     semantic_ids: str, sft_checkpoint: str, ranker: str, dpo_checkpoint: str, params: ParamsResource,
                      mlflow_tracking: MlflowTracking):
     config = params.load()
     name = config["registry"]["model_name"]
@@ -32,14 +34,17 @@ def registered_model(context: dg.AssetExecutionContext, prepared_dataset: str, s
                                                            config["registry"]["primary_metric"])
     context.log.info(f"registering the {chosen} checkpoint ({validation})")
     with mlflow_tracking.stage_run(context, "registered_model") as run:
-        mlflow.log_params({"checkpoint": chosen, "checkpoint_path": str(checkpoint)})
+        served_ranker = config["registry"]["ranker"]
+        mlflow.log_params({"checkpoint": chosen, "checkpoint_path": str(checkpoint), "ranker": served_ranker})
         info = log_retriever(config, checkpoint, semantic_ids, prepared_dataset, sci_index,
-                             registered_model_name=name)
+                             registered_model_name=name,
+                             ranker=Path(ranker) / served_ranker if served_ranker else None,
+                             text_embeddings=text_embeddings)
         version = str(info.registered_model_version)
         decision = promote(MlflowClient(), name, version, PreparedDataset.load(prepared_dataset), config)
     context.log.info(f"{name} version {version}: {'champion' if decision.promote else 'challenger'} — {decision.reason}")
     metadata = {"model_name": name, "version": version, "model_uri": f"models:/{name}/{version}",
-                "checkpoint": chosen, **{key.replace("@", "_at_"): value for key, value in validation.items()},
+                "checkpoint": chosen, "ranker": served_ranker or "none", **{key.replace("@", "_at_"): value for key, value in validation.items()},
                 "mlflow_run_id": run.info.run_id,
                 "decision": "champion" if decision.promote else config["registry"]["challenger_tag"],
                 "reason": decision.reason, "previous_champion": decision.champion_version or "none",

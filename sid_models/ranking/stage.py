@@ -41,17 +41,23 @@ def candidate_settings(system_params: dict) -> CandidateSettings:
 def load_featurizer(params: dict, inputs: Mapping[str, Path], checkpoint: Path | None = None,
                     variant: str = VARIANT) -> CandidateFeaturizer:
     """The featurizer over a generative checkpoint (default: the SFT one) and the pipeline's artifacts."""
-    checkpoint = Path(checkpoint if checkpoint is not None else inputs["sft_checkpoint"])
-    prepared = PreparedDataset.load(inputs["prepared_dataset"])
-    retriever = load_retriever(checkpoint, inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
-                               variant=variant)
-    towers = load_towers(assets_folder(checkpoint, variant))
-    text = params["text"]
-    encoder = TextEncoder(text["model_name"], None, text["batch_size"], text["max_seq_length"], progress=False)
-    minilm_items, _ = load_embeddings(inputs["text_embeddings"])
+    return featurizer_from_folders(checkpoint if checkpoint is not None else inputs["sft_checkpoint"],
+                                   inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
+                                   inputs["text_embeddings"], params["bm25"], params["text"], variant)
+
+
+def featurizer_from_folders(checkpoint_folder: str | Path, sids_folder: str | Path, prepared_folder: str | Path,
+                            index_folder: str | Path, embeddings_folder: str | Path, bm25_params: dict,
+                            text_params: dict, variant: str = VARIANT) -> CandidateFeaturizer:
+    prepared = PreparedDataset.load(prepared_folder)
+    retriever = load_retriever(checkpoint_folder, sids_folder, prepared_folder, index_folder, variant=variant)
+    towers = load_towers(assets_folder(checkpoint_folder, variant))
+    encoder = TextEncoder(text_params["model_name"], None, text_params["batch_size"], text_params["max_seq_length"],
+                          progress=False)
+    minilm_items, _ = load_embeddings(embeddings_folder)
     exposure = prepared.items["item_id"].map(dict(zip(prepared.segments["item_id"], prepared.segments["exposure"])))
-    _, item_sids = catalogue_sids(inputs["semantic_ids"], inputs["prepared_dataset"], variant)
-    bm25 = BM25Retriever.from_params(prepared.item_text().tolist(), params["bm25"])
+    _, item_sids = catalogue_sids(sids_folder, prepared_folder, variant)
+    bm25 = BM25Retriever.from_params(prepared.item_text().tolist(), bm25_params)
     return CandidateFeaturizer(retriever, bm25, encoder.encode, towers.encode_queries, minilm_items,
                                prepared.items["title"].tolist(), exposure.fillna(0).to_numpy(), item_sids)
 
@@ -104,3 +110,15 @@ def load_ranked_searcher(params: dict, inputs: Mapping[str, Path], system: str,
     """The searcher of ranker `system` (a subfolder of the ranker artifact) over a generative checkpoint."""
     booster, candidate = load_ranker(Path(inputs["ranker"]) / system)
     return RankedSearcher(load_featurizer(params, inputs, checkpoint, variant), booster, candidate)
+
+
+def load_served_ranker(checkpoint_folder: str | Path, sids_folder: str | Path, prepared_folder: str | Path,
+                       index_folder: str | Path, embeddings_folder: str | Path, ranker_folder: str | Path,
+                       bm25_params: dict, text_params: dict, variant: str = VARIANT) -> RankedSearcher:
+    """The pyfunc loader of a ranked generative retriever: `ranker_folder` holds one ranker
+    (model.txt + ranker.json), the other folders are those `load_retriever` takes plus the
+    MiniLM item vectors (text_embeddings)."""
+    booster, candidate = load_ranker(ranker_folder)
+    featurizer = featurizer_from_folders(checkpoint_folder, sids_folder, prepared_folder, index_folder,
+                                         embeddings_folder, bm25_params, text_params, variant)
+    return RankedSearcher(featurizer, booster, candidate)

@@ -177,21 +177,26 @@ class PyfuncSearcher:
 
 
 RETRIEVER_LOADER = "sid_models.generative.retriever:load_retriever"
+RANKED_LOADER = "sid_models.ranking.stage:load_served_ranker"
 CHECKPOINT_FILES = ("model.pt", "config.json", "vocab.json")
 # load_retriever argument -> artifact name inside the logged model
 RETRIEVER_ARGS = {"checkpoint_folder": "checkpoint", "sids_folder": "semantic_ids",
                   "prepared_folder": "prepared_dataset", "index_folder": "sci_index"}
+RANKED_ARGS = {**RETRIEVER_ARGS, "embeddings_folder": "text_embeddings", "ranker_folder": "ranker"}
 
 
 def log_retriever(params: Mapping[str, Any], checkpoint: str | Path, semantic_ids: str | Path,
                   prepared_dataset: str | Path, sci_index: str | Path, variant: str = "sarq_acrq",
-                  registered_model_name: str | None = None):
+                  registered_model_name: str | None = None, ranker: str | Path | None = None,
+                  text_embeddings: str | Path | None = None):
     """Log (and register) the generative retriever with everything it needs to answer queries.
 
     Only what serving needs of the checkpoint travels (weights, config, SID vocab and the
     `sci/` bucket-ranking assets; no optimiser state, no baseline subfolders). The MiniLM
     tokenizer files are bundled as the `tokenizer` artifact so a served model carries the
-    vocabulary its encoder was trained with.
+    vocabulary its encoder was trained with. With `ranker` (one ranker folder of the ranker
+    stage) the served model ranks the decoded pool with it (`RANKED_LOADER`), and the MiniLM
+    item vectors of `text_embeddings` travel too.
     """
     import shutil
     import tempfile
@@ -209,9 +214,18 @@ def log_retriever(params: Mapping[str, Any], checkpoint: str | Path, semantic_id
                 shutil.copy2(Path(checkpoint) / name, slim / name)
         copy_retriever_assets(checkpoint, slim)
         load_tokenizer().save_pretrained(str(tokenizer_folder))
-        return log_searcher_model(
-            RETRIEVER_LOADER,
-            {"checkpoint": slim, "semantic_ids": semantic_ids, "prepared_dataset": prepared_dataset,
-             "sci_index": sci_index, "tokenizer": tokenizer_folder},
-            RETRIEVER_ARGS, ServingLimits.from_params(params["serving"]), examples,
-            loader_kwargs={"variant": variant}, registered_model_name=registered_model_name)
+        artifacts = {"checkpoint": slim, "semantic_ids": semantic_ids, "prepared_dataset": prepared_dataset,
+                     "sci_index": sci_index, "tokenizer": tokenizer_folder}
+        loader, arguments, loader_kwargs = RETRIEVER_LOADER, RETRIEVER_ARGS, {"variant": variant}
+        if ranker is not None:
+            if text_embeddings is None:
+                raise ValueError("a ranked retriever needs the text_embeddings folder (MiniLM item vectors)")
+            item_vectors = Path(staging) / "text_embeddings"
+            item_vectors.mkdir()
+            for name in ("items.npy", "queries.npy", "meta.json"):
+                shutil.copy2(Path(text_embeddings) / name, item_vectors / name)
+            artifacts.update(text_embeddings=item_vectors, ranker=Path(ranker))
+            loader, arguments = RANKED_LOADER, RANKED_ARGS
+            loader_kwargs.update(bm25_params=dict(params["bm25"]), text_params=dict(params["text"]))
+        return log_searcher_model(loader, artifacts, arguments, ServingLimits.from_params(params["serving"]),
+                                  examples, loader_kwargs=loader_kwargs, registered_model_name=registered_model_name)
