@@ -15,6 +15,9 @@ import pandas as pd
 import pytest
 
 from sid_models.generative.data import SftDataset, SftTables, read_sid_table, vocab_for
+from sid_models.generative.views import ViewConfig, query_like_views, typo
+
+VIEWS = ViewConfig(views=2, min_words=2, max_words=3, typo_rate=0.5)
 from sid_models.generative.vocab import BOS, EOS, PAD, SidVocab
 from sid_models.text.encoder import load_tokenizer
 
@@ -60,7 +63,8 @@ def sft_inputs(small_prepared, tmp_path_factory):
     folder = write_synthetic_sids(small_prepared, tmp_path_factory.mktemp("sids"))
     table = read_sid_table(folder, "sarq_acrq")
     vocab = vocab_for(folder, "sarq_acrq")
-    return SftTables.build(small_prepared, table, vocab, load_tokenizer(), 16, vocab.levels + 1), vocab, table
+    return (SftTables.build(small_prepared, table, vocab, load_tokenizer(), 16, vocab.levels + 1, VIEWS, seed=0),
+            vocab, table)
 
 
 def test_retrieval_pairs_are_the_relevant_training_judgments_with_graded_weights(small_prepared, sft_inputs):
@@ -111,4 +115,36 @@ def test_batches_are_teacher_forced_and_deterministic(sft_inputs):
 def test_a_missing_sid_is_an_error_naming_the_item(small_prepared, sft_inputs):
     _, vocab, table = sft_inputs
     with pytest.raises(ValueError, match="no SID"):
-        SftTables.build(small_prepared, table.iloc[1:], vocab, load_tokenizer(), 16, vocab.levels + 1)
+        SftTables.build(small_prepared, table.iloc[1:], vocab, load_tokenizer(), 16, vocab.levels + 1, VIEWS, seed=0)
+
+
+def test_indexing_walks_show_the_title_then_each_query_like_view(sft_inputs, small_prepared):
+    tables, _, _ = sft_inputs
+    dataset = SftDataset(tables, indexing_ratio=0.5, seed=3)
+    n_items = len(tables.item_ids)
+    first_slot_item = dataset.item_order[0]
+    for walk, expected in enumerate([tables.item_ids, tables.view_ids[0], tables.view_ids[1], tables.item_ids]):
+        slot = walk * n_items                      # the first slot of walk `walk` indexes item_order[0]
+        dataset.set_epoch(slot // dataset.n_indexing)
+        index = dataset.n_pairs + slot % dataset.n_indexing
+        source = dataset.batch([index])["input_ids"][0].numpy()
+        assert np.array_equal(source, expected[first_slot_item][:len(source)])
+
+
+def test_query_like_views_are_short_seeded_and_name_the_product_type():
+    titles = ["Toro Personal Pace Recycler 22 in. Variable Speed Self-Propelled Gas Lawn Mower with Briggs Engine",
+              "Delta Vero 1-Handle Shower Only Faucet Trim Kit in Chrome"]
+    clean = ViewConfig(views=3, min_words=2, max_words=3, typo_rate=0.0)
+    views = query_like_views(titles, clean, seed=1)
+    assert views == query_like_views(titles, clean, seed=1)
+    assert all(2 <= len(view.split()) <= 3 for item in views for view in item)
+    assert views[0][0].endswith("lawn mower") and views[1][0].endswith("trim kit")
+    assert views[0][1].startswith("toro ") and views[0][1].endswith("mower")
+
+
+def test_typos_change_one_word_or_one_word_boundary():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        slipped = typo("cordless hammer drill", rng)
+        assert slipped != "cordless hammer drill"
+        assert abs(len(slipped.replace(" ", "")) - len("cordlesshammerdrill")) <= 1

@@ -4,7 +4,9 @@ Two tasks (DESIGN.md Stage 3):
 - retrieval: each training query -> the SID of each of its relevant training items, with
   weight gain(relevance) / gain(scale maximum), so a highly relevant item pulls harder;
 - indexing: each item's text -> its own SID, weight 1, for every item (cold items too:
-  their only chance to be decodable at all).
+  their only chance to be decodable at all). The text is the full item text on the first
+  walk over the items, then each of its query-like views (`views.py`, params
+  `sft.indexing_views`) on the following walks, cycling.
 
 `SftDataset` mixes them per epoch: all retrieval pairs, plus as many indexing pairs as make
 up `indexing_ratio` of the epoch, drawn by a seeded walk over a permutation of the items
@@ -24,7 +26,9 @@ import torch
 
 from ..data.schema import PreparedDataset
 from ..quantize.table import load_sid_table, load_vocab
+from .views import ViewConfig, query_like_views
 from .vocab import BOS, EOS, PAD, SidVocab
+
 
 def read_sid_table(sids_folder: str | Path, variant: str) -> pd.DataFrame:
     """The semantic_ids artifact's table for `variant`, item ids as str, one SID per item."""
@@ -67,6 +71,8 @@ class SftTables:
     query_mask: np.ndarray
     item_ids: np.ndarray           # [n_items, S] WordPiece ids of item texts
     item_mask: np.ndarray
+    view_ids: np.ndarray           # [n_views, n_items, S] WordPiece ids of the query-like views
+    view_mask: np.ndarray
     item_targets: np.ndarray       # [n_items, T] SID tokens + EOS + PAD per item
     pair_query: np.ndarray         # [n_pairs] retrieval pairs: query row
     pair_item: np.ndarray          # [n_pairs] retrieval pairs: item row
@@ -74,7 +80,7 @@ class SftTables:
 
     @classmethod
     def build(cls, prepared: PreparedDataset, sid_table: pd.DataFrame, vocab: SidVocab, tokenizer,
-              max_enc_len: int, max_dec_len: int, split: str = "train") -> "SftTables":
+              max_enc_len: int, max_dec_len: int, views: ViewConfig, seed: int, split: str = "train") -> "SftTables":
         items = prepared.items.reset_index(drop=True)
         sid_by_item = dict(zip(sid_table["item_id"].astype(str), sid_table["sid"]))
         missing = [item for item in items["item_id"].astype(str) if item not in sid_by_item]
@@ -82,6 +88,11 @@ class SftTables:
             raise ValueError(f"{len(missing)} items have no SID in the table, e.g. {missing[:3]}")
         sids = [tuple(int(code) for code in sid_by_item[item]) for item in items["item_id"].astype(str)]
         item_ids, item_mask = tokenize(tokenizer, prepared.item_text().tolist(), max_enc_len)
+        view_texts = query_like_views(items["title"].astype(str).tolist(), views, seed)
+        tokenised_views = [tokenize(tokenizer, [texts[view] for texts in view_texts], max_enc_len)
+                           for view in range(views.views)]
+        view_ids = np.stack([ids for ids, _ in tokenised_views]) if tokenised_views else item_ids[None][:0]
+        view_mask = np.stack([mask for _, mask in tokenised_views]) if tokenised_views else item_mask[None][:0]
         queries = prepared.split_queries(split).reset_index(drop=True)
         query_ids, query_mask = tokenize(tokenizer, queries["text"].astype(str).tolist(), max_enc_len)
         relevant = prepared.relevant(split)
@@ -93,6 +104,7 @@ class SftTables:
             raise ValueError(f"relevance scale {scale} gives the top grade no gain")
         weight = scale.gain(relevant["relevance"].to_numpy()) / top_gain
         return cls(query_ids=query_ids, query_mask=query_mask, item_ids=item_ids, item_mask=item_mask,
+                   view_ids=view_ids, view_mask=view_mask,
                    item_targets=sid_targets(sids, vocab, max_dec_len),
                    pair_query=query_row.loc[relevant["query_id"].astype(str)].to_numpy(),
                    pair_item=item_row.loc[relevant["item_id"].astype(str)].to_numpy(),
@@ -131,10 +143,18 @@ class SftDataset:
         is_pair = indices < self.n_pairs
         pair = np.where(is_pair, indices, 0)
         slot = self.epoch * self.n_indexing + (indices - self.n_pairs)
-        item_for_index = self.item_order[np.where(is_pair, 0, slot) % len(self.item_order)]
+        slot = np.where(is_pair, 0, slot)
+        item_for_index = self.item_order[slot % len(self.item_order)]
         item = np.where(is_pair, tables.pair_item[pair], item_for_index)
-        source = np.where(is_pair[:, None], tables.query_ids[tables.pair_query[pair]], tables.item_ids[item])
-        mask = np.where(is_pair[:, None], tables.query_mask[tables.pair_query[pair]], tables.item_mask[item])
+        # walk w over the items shows view (w mod (1 + n_views)); view 0 is the full item text
+        view = (slot // len(self.item_order)) % (1 + len(tables.view_ids))
+        item_source, item_mask = tables.item_ids[item], tables.item_mask[item]
+        for extra in range(len(tables.view_ids)):
+            chosen = (view == extra + 1)[:, None]
+            item_source = np.where(chosen, tables.view_ids[extra][item], item_source)
+            item_mask = np.where(chosen, tables.view_mask[extra][item], item_mask)
+        source = np.where(is_pair[:, None], tables.query_ids[tables.pair_query[pair]], item_source)
+        mask = np.where(is_pair[:, None], tables.query_mask[tables.pair_query[pair]], item_mask)
         weight = np.where(is_pair, tables.pair_weight[pair], 1.0)
         return collate(source, mask, tables.item_targets[item], weight)
 

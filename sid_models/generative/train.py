@@ -38,6 +38,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .. import tracking
 from ..data.schema import PreparedDataset
 from .data import SftDataset, SftTables, read_sid_table, vocab_for
+from .views import ViewConfig
 from .model import GenerativeConfig, Seq2SeqRetriever, init_encoder_embeddings, save_model
 from .vocab import PAD
 
@@ -322,7 +323,8 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     max_dec_len = vocab.levels + 1
     config = model_config(params, vocab.size, max_dec_len)
     loop = loop_config(params)
-    tables = SftTables.build(prepared, table, vocab, load_tokenizer(), config.max_enc_len, max_dec_len)
+    tables = SftTables.build(prepared, table, vocab, load_tokenizer(), config.max_enc_len, max_dec_len,
+                             ViewConfig.from_params(params["sft"]["indexing_views"]), seed=loop.seed)
     dataset = SftDataset(tables, params["sft"]["indexing_ratio"], seed=loop.seed)
     torch.manual_seed(loop.seed)
     model = Seq2SeqRetriever(config)
