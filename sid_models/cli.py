@@ -116,11 +116,35 @@ def _deps(stage: Stage, params: dict, stages_root: Path) -> list[str]:
     return deps
 
 
+def user_errors(prog: str, command, argv: list[str] | None) -> int:
+    """Run `command(argv)`; bad input (a DataError, a missing file, a refused value) prints one
+    line `prog: error: ...` and exits 2. `--debug` anywhere in argv (or SIDR_DEBUG=1) shows the
+    traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SIDR_DEBUG") == "1"
+    argv = [argument for argument in argv if argument != "--debug"]
+    try:
+        return command(argv)
+    except (ValueError, FileNotFoundError, KeyError, UnicodeError) as error:
+        if debug:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"{prog}: error: {message} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sid_models.cli", description=__doc__.split("\n")[0])
+    return user_errors("python -m sid_models.cli", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sid_models.cli", description=__doc__.split("\n")[0],
+                                     epilog="--debug: show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="run one stage of sid_models.stages.STAGES")
-    run_parser.add_argument("stage")
+    run_parser = commands.add_parser("run", help="run one stage of sid_models.stages.STAGES",
+                                     description="Run one pipeline stage. Stages, in pipeline order: "
+                                                 + ", ".join(STAGES))
+    run_parser.add_argument("stage", choices=list(STAGES), metavar="STAGE", help="one of: " + ", ".join(STAGES))
     run_parser.add_argument("--out", type=Path, required=True)
     run_parser.add_argument("--stages-root", type=Path, default=STAGES_ROOT)
     run_parser.add_argument("--params", type=Path, default=None, help="params file (default: $SIDR_PARAMS or params.yaml)")

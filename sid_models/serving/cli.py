@@ -12,7 +12,14 @@ DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlflow' / 'mlflow.db'}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sidr", description="Query the registered sid-retrieval model.")
+    from ..cli import user_errors
+
+    return user_errors("sidr", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sidr", description="Query the registered sid-retrieval model.",
+                                     epilog="--debug: show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser("search", help="top-k items for one or more queries")
     search.add_argument("queries", nargs="+", help="query text(s)")
