@@ -29,12 +29,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common import (add_bucket_pool_argument, benchmark_params, bucket_pool, emit, emit_summary, log, parse_args,  # sets sys.path
                     run_chain, test_metrics, test_queries)
 
 from sid_models.align.trainer import SYSTEMS, prepare_preferences, train_alignment  # noqa: E402
+from sid_models.sci.stage import QUERIES_FILE as SCI_QUERIES_FILE  # noqa: E402
 from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.generative.retriever import copy_retriever_assets  # noqa: E402
 from sid_models.generative.train import DistContext  # noqa: E402
@@ -83,7 +85,8 @@ def main() -> None:
     dist = DistContext(device=torch.device("cpu"))
     if not args.eval_only:
         started = time.perf_counter()
-        _, data = prepare_preferences(params, prepared, folders["sft_checkpoint"], folders["semantic_ids"])
+        _, data = prepare_preferences(params, prepared, folders["sft_checkpoint"], folders["semantic_ids"],
+                                      sci_queries=np.load(folders["sci_towers"] / SCI_QUERIES_FILE))
         log(f"[{BENCH}] mined preferences of {data.n_queries} queries, {len(data.targets)} sequences "
             f"in {time.perf_counter() - started:.0f} s")
     sft_figures = split_metrics(folders["sft_checkpoint"], folders, prepared, pool)

@@ -45,6 +45,28 @@ def test_cached_steps_with_beams_equal_teacher_forced_decoding():
         torch.testing.assert_close(step, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_query_vector_is_one_more_memory_position_read_by_training_and_cached_decoding():
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = Seq2SeqRetriever(replace(TINY, query_vector_dim=6)).eval()
+    input_ids, mask, decoder = _batch()
+    vectors = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    memory, memory_mask = model.encode(input_ids, mask, vectors)
+    assert memory.shape == (3, 8, TINY.d_model) and memory_mask[:, -1].all() and not memory_mask[1, 5:7].any()
+    logits, _ = model(input_ids, mask, decoder, vectors)
+    other, _ = model(input_ids, mask, decoder, -vectors)
+    assert not torch.allclose(logits, other)
+    cache = model.start_cache(input_ids, mask, beams=1, query_vectors=vectors)
+    for position in range(decoder.shape[1]):
+        torch.testing.assert_close(model.step(decoder[:, position], cache),
+                                   torch.log_softmax(logits[:, position], dim=-1), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="query vectors must be given"):
+        model(input_ids, mask, decoder)
+    with pytest.raises(ValueError, match="query vectors must be omitted"):
+        Seq2SeqRetriever(TINY)(input_ids, mask, decoder, vectors)
+
+
 def test_padding_does_not_change_the_encoding_of_real_tokens():
     torch.manual_seed(0)
     model = Seq2SeqRetriever(TINY).eval()

@@ -61,6 +61,36 @@ def test_stop_and_resume_gives_the_parameters_of_an_uninterrupted_run(small_para
         assert torch.equal(a, b), name
 
 
+def test_a_query_vector_model_trains_and_decodes_with_the_towers_vectors(small_params, small_prepared, sids_folder,
+                                                                        tmp_path):
+    import numpy as np
+
+    from sid_models.generative.data import read_sid_table, vocab_for
+    from sid_models.generative.retriever import SidDecoder
+    from sid_models.generative.trie import SidTrie
+    from sid_models.text.encoder import load_tokenizer
+
+    towers = tmp_path / "towers"
+    towers.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(towers / "queries.npy", rng.normal(size=(len(small_prepared.queries), 8)).astype(np.float32))
+    np.save(towers / "item_query_view.npy", rng.normal(size=(len(small_prepared.items), 8)).astype(np.float32))
+    params = deep_merge(tiny_params(small_params, lr=0.005), {"generative": {"query_vector": True}})
+    with pytest.raises(ValueError, match="needs the sci_towers folder"):
+        train_sft(params, small_prepared, sids_folder, tmp_path / "none", dist=DistContext(), progress=False)
+    model, history = train_sft(params, small_prepared, sids_folder, tmp_path / "model", dist=DistContext(),
+                               progress=False, towers_folder=towers)
+    assert model.config.query_vector_dim == 8 and len(history) == 6
+    vocab = vocab_for(sids_folder, "sarq_acrq")
+    trie = SidTrie.build([tuple(int(c) for c in sid) for sid in read_sid_table(sids_folder, "sarq_acrq")["sid"]], vocab)
+    decoder = SidDecoder(model, load_tokenizer(), trie, beam_size=3, length_penalty=0.0, batch_size=2,
+                         encode_queries=lambda texts: np.ones((len(texts), 8), dtype=np.float32))
+    sids, _ = decoder.search_sids(["brass lamp", "steel hammer", "rug"], 3)
+    assert sids.shape == (3, 3) and (sids >= 0).all()
+    given, _ = decoder.search_sids(["brass lamp", "steel hammer", "rug"], 3, np.ones((3, 8), dtype=np.float32))
+    assert np.array_equal(sids, given)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_torchrun_ddp_ranks_agree_and_match_a_single_process_run(small_params, small_prepared, sids_folder,

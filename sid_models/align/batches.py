@@ -39,6 +39,7 @@ class PreferenceTensors:
     negatives: list[Tensor]     # per query: sequence rows
     reference_logp: Tensor | None = None   # [C, T] frozen reference's token log-probs
     vectors: Tensor | None = None          # [C, d] item vectors for sci_item similarity
+    query_vectors: Tensor | None = None    # [Q, d] SCI query vectors, for a model that reads them
 
     @property
     def n_queries(self) -> int:
@@ -47,7 +48,8 @@ class PreferenceTensors:
 
 def build_preference_tensors(preferences: pd.DataFrame, vocab: SidVocab, query_ids: list[str],
                              input_ids: Tensor, attention_mask: Tensor, max_dec_len: int,
-                             sid_vectors: dict[tuple[int, ...], np.ndarray] | None = None) -> PreferenceTensors:
+                             sid_vectors: dict[tuple[int, ...], np.ndarray] | None = None,
+                             query_vectors: Tensor | None = None) -> PreferenceTensors:
     """Tensorise the mined table (see `mining.mine_preferences`) for the queries in `query_ids` order.
 
     `input_ids`/`attention_mask` are the encoder inputs of `query_ids`; targets are padded to
@@ -76,7 +78,8 @@ def build_preference_tensors(preferences: pd.DataFrame, vocab: SidVocab, query_i
     return PreferenceTensors(query_ids=list(query_ids), input_ids=input_ids, attention_mask=attention_mask,
                              targets=targets, owner=torch.tensor(ordered["_query"].to_numpy(), dtype=torch.long),
                              weight=torch.tensor(ordered["weight"].to_numpy(), dtype=torch.float32),
-                             positives=positives, negatives=negatives, vectors=vectors)
+                             positives=positives, negatives=negatives, vectors=vectors,
+                             query_vectors=query_vectors)
 
 
 def with_reference(data: PreferenceTensors, reference_logp: Tensor) -> PreferenceTensors:
@@ -136,6 +139,8 @@ def make_batch(data: PreferenceTensors, query_rows, pairwise: bool, seed: int = 
         batch["reference_logp"] = data.reference_logp[rows]
     if data.vectors is not None:
         batch["vectors"] = data.vectors[rows]
+    if data.query_vectors is not None:
+        batch["query_vectors"] = data.query_vectors[query_rows]
     return batch
 
 
@@ -172,17 +177,18 @@ class SequenceScorer(nn.Module):
         self.policy = policy
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, local_owner: Tensor,
-                targets: Tensor) -> tuple[Tensor, Tensor]:
-        memory = self.policy.encode(input_ids, attention_mask)
+                targets: Tensor, query_vectors: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        memory, memory_mask = self.policy.encode(input_ids, attention_mask, query_vectors)
         decoder_input = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
-        logits, hidden = self.policy.decode(memory[local_owner], attention_mask[local_owner], decoder_input)
+        logits, hidden = self.policy.decode(memory[local_owner], memory_mask[local_owner], decoder_input)
         eos_position = (targets != PAD).sum(-1) - 1
         at_eos = hidden[torch.arange(len(targets), device=targets.device), eos_position]
         return token_logprobs(logits, targets, PAD), at_eos
 
 
 def score_batch(scorer: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    return scorer(batch["input_ids"], batch["attention_mask"], batch["local_owner"], batch["targets"])
+    return scorer(batch["input_ids"], batch["attention_mask"], batch["local_owner"], batch["targets"],
+                  batch.get("query_vectors"))
 
 
 @torch.no_grad()

@@ -114,8 +114,10 @@ def preference_summary(preferences: pd.DataFrame) -> dict[str, float]:
 
 @torch.no_grad()
 def beam_sids(model: Seq2SeqRetriever, trie: SidTrie, input_ids: np.ndarray, attention_mask: np.ndarray,
-              beams: int, batch_size: int, length_penalty: float) -> list[list[Sid]]:
-    """The model's constrained-beam SIDs per query (best first), the source of pseudo-negatives."""
+              beams: int, batch_size: int, length_penalty: float,
+              query_vectors: np.ndarray | None = None) -> list[list[Sid]]:
+    """The model's constrained-beam SIDs per query (best first), the source of pseudo-negatives.
+    `query_vectors`: the queries' SCI vectors, for a model that reads them."""
     device = next(model.parameters()).device
     trie = trie.to(device)
     found: list[list[Sid]] = []
@@ -123,7 +125,9 @@ def beam_sids(model: Seq2SeqRetriever, trie: SidTrie, input_ids: np.ndarray, att
         mask = torch.as_tensor(attention_mask[start:start + batch_size], dtype=torch.long)
         length = max(int(mask.sum(1).max()), 1)
         ids = torch.as_tensor(input_ids[start:start + batch_size, :length], dtype=torch.long)
+        vectors = (None if query_vectors is None else
+                   torch.as_tensor(query_vectors[start:start + batch_size], dtype=torch.float32, device=device))
         sid_index, _ = constrained_beam_search(model, ids.to(device), mask[:, :length].to(device), trie, beams,
-                                               length_penalty)
+                                               length_penalty, vectors)
         found.extend([[trie.sids[i] for i in row if i >= 0] for row in sid_index.tolist()])
     return found

@@ -28,6 +28,7 @@ from ..generative.stage import VALIDATION_FILE
 from ..generative.stage import read_validation as read_checkpoint_validation
 from ..generative.stage import validate
 from ..generative.train import DistContext
+from ..sci.stage import QUERIES_FILE as SCI_QUERIES_FILE
 from .mining import preference_summary
 from .trainer import SID_VARIANT, prepare_preferences, train_alignment
 
@@ -54,7 +55,8 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
         item_vectors = np.load(inputs["sci_towers"] / "item_item_view.npy")
     sft = inputs["sft_checkpoint"]
     preferences, data = prepare_preferences(params, prepared, sft, inputs["semantic_ids"], dist.device,
-                                            item_vectors=item_vectors)
+                                            item_vectors=item_vectors,
+                                            sci_queries=np.load(inputs["sci_towers"] / SCI_QUERIES_FILE))
     preferences.to_parquet(out / "preferences.parquet", index=False)
     summary = preference_summary(preferences)
     tracking.log_params(summary, prefix="align_mining")

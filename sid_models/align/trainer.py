@@ -32,6 +32,7 @@ from ..generative.model import GenerativeConfig, Seq2SeqRetriever, save_model
 from ..generative.train import DistContext, LoopConfig, cli_params, run_distributed, train_loop, training_cli
 from ..generative.trie import SidTrie
 from ..generative.vocab import PAD, SidVocab
+from ..sci.stage import QUERIES_FILE as SCI_QUERIES_FILE
 from .batches import (PreferenceDataset, PreferenceTensors, SequenceScorer, batch_similarity,
                       build_preference_tensors, pair_mask, reference_logprobs, score_batch,
                       with_reference)
@@ -153,10 +154,13 @@ def sid_vectors(sid_table: pd.DataFrame, item_ids: pd.Series, item_vectors: np.n
 
 def prepare_preferences(params: dict, prepared: PreparedDataset, sft_folder: str | Path, sids_folder: str | Path,
                         device: torch.device | str = "cpu",
-                        item_vectors: np.ndarray | None = None) -> tuple[pd.DataFrame, PreferenceTensors]:
+                        item_vectors: np.ndarray | None = None,
+                        sci_queries: np.ndarray | None = None) -> tuple[pd.DataFrame, PreferenceTensors]:
     """Mine preferences with the SFT model's beam and tensorise them with the reference log-probs.
 
-    `item_vectors` (SCI item view, items.parquet row order) feeds the sci_item similarity.
+    `item_vectors` (SCI item view, items.parquet row order) feeds the sci_item similarity;
+    `sci_queries` (f_q of every query, queries.parquet row order: the sci_towers artifact's
+    queries.npy) is what a policy with a query-vector memory position reads.
     """
     from ..text.encoder import load_tokenizer
 
@@ -166,19 +170,27 @@ def prepare_preferences(params: dict, prepared: PreparedDataset, sft_folder: str
     table = read_sid_table(sids_folder, SID_VARIANT)
     item_sid = {item: tuple(int(c) for c in sid) for item, sid in zip(table["item_id"], table["sid"])}
     trie = SidTrie.build(list(item_sid.values()), vocab)
-    queries = prepared.split_queries("train")
-    queries = queries[queries["query_id"].isin(set(prepared.relevant("train")["query_id"]))].reset_index(drop=True)
+    trained = prepared.queries["split"].eq("train") & prepared.queries["query_id"].isin(
+        set(prepared.relevant("train")["query_id"]))
+    queries = prepared.queries[trained].reset_index(drop=True)
+    query_vectors = None
+    if policy.config.query_vector_dim:
+        if sci_queries is None or len(sci_queries) != len(prepared.queries):
+            raise ValueError(f"the SFT model of {sft_folder} reads SCI query vectors: give sci_queries with one row "
+                             f"per query ({len(prepared.queries)})")
+        query_vectors = np.asarray(sci_queries, dtype=np.float32)[trained.to_numpy()]
     input_ids, attention_mask = tokenize(load_tokenizer(), queries["text"].astype(str).tolist(),
                                          policy.config.max_enc_len)
     beams = beam_sids(policy, trie, input_ids, attention_mask, int(align["mining"]["beam_size"]),
-                      int(params["decode"]["batch_size"]), float(params["decode"]["length_penalty"]))
+                      int(params["decode"]["batch_size"]), float(params["decode"]["length_penalty"]), query_vectors)
     query_ids = queries["query_id"].astype(str).tolist()
     preferences = mine_preferences(prepared, item_sid, dict(zip(query_ids, beams)), align["mining"],
                                    seed=int(align["seed"]))
     vectors = None if item_vectors is None else sid_vectors(table, prepared.items["item_id"], item_vectors)
     data = build_preference_tensors(preferences, vocab, query_ids, torch.from_numpy(input_ids.astype(np.int64)),
                                     torch.from_numpy(attention_mask.astype(np.int64)), policy.config.max_dec_len,
-                                    sid_vectors=vectors)
+                                    sid_vectors=vectors,
+                                    query_vectors=None if query_vectors is None else torch.from_numpy(query_vectors))
     return preferences, with_reference(data, reference_logprobs(policy, data, int(align["train"]["batch_size"])))
 
 
@@ -225,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = training_cli("Preference alignment of an SFT checkpoint")
     parser.add_argument("--sft", required=True, help="sft_checkpoint folder (the starting and reference policy)")
     parser.add_argument("--system", default="rad_dpo", choices=sorted(SYSTEMS))
-    parser.add_argument("--towers", default=None, help="sci_towers folder: item vectors for the sci_item similarity")
+    parser.add_argument("--towers", default=None, help="sci_towers folder: item vectors for the sci_item similarity, "
+                                                         "query vectors for an SFT model that reads them")
     args = parser.parse_args(argv)
     params = cli_params(args)
     rdrw = params["align"]["rdrw"]
@@ -236,8 +249,9 @@ def main(argv: list[str] | None = None) -> None:
         item_vectors = np.load(Path(args.towers) / "item_item_view.npy")
 
     def train(dist: DistContext) -> Seq2SeqRetriever:
+        sci_queries = None if args.towers is None else np.load(Path(args.towers) / SCI_QUERIES_FILE)
         _, data = prepare_preferences(params, PreparedDataset.load(args.prepared), args.sft, args.sids, dist.device,
-                                      item_vectors=item_vectors)
+                                      item_vectors=item_vectors, sci_queries=sci_queries)
         return train_alignment(params, args.system, data, args.sft, args.out, dist=dist)[0]
 
     run_distributed(params, args, int(params["align"]["threads"]), train)

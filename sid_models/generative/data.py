@@ -77,10 +77,16 @@ class SftTables:
     pair_query: np.ndarray         # [n_pairs] retrieval pairs: query row
     pair_item: np.ndarray          # [n_pairs] retrieval pairs: item row
     pair_weight: np.ndarray        # [n_pairs] graded weight in (0, 1]
+    # SCI query-view vectors f_q for a model with a query-vector memory position, else None:
+    query_vectors: np.ndarray | None = None   # [n_queries, d] of the split's queries
+    item_vectors: np.ndarray | None = None    # [n_items, d] f_q(item text): every indexing view reads its item's
 
     @classmethod
     def build(cls, prepared: PreparedDataset, sid_table: pd.DataFrame, vocab: SidVocab, tokenizer,
-              max_enc_len: int, max_dec_len: int, views: ViewConfig, seed: int, split: str = "train") -> "SftTables":
+              max_enc_len: int, max_dec_len: int, views: ViewConfig, seed: int, split: str = "train",
+              sci_vectors: tuple[np.ndarray, np.ndarray] | None = None) -> "SftTables":
+        """`sci_vectors`: (f_q of every query in queries.parquet order, f_q of every item) from the
+        sci_towers artifact, for a model that reads query vectors."""
         items = prepared.items.reset_index(drop=True)
         sid_by_item = dict(zip(sid_table["item_id"].astype(str), sid_table["sid"]))
         missing = [item for item in items["item_id"].astype(str) if item not in sid_by_item]
@@ -103,12 +109,19 @@ class SftTables:
         if top_gain <= 0:
             raise ValueError(f"relevance scale {scale} gives the top grade no gain")
         weight = scale.gain(relevant["relevance"].to_numpy()) / top_gain
+        query_vectors = item_vectors = None
+        if sci_vectors is not None:
+            all_queries, item_vectors = (np.asarray(vectors, dtype=np.float32) for vectors in sci_vectors)
+            if len(all_queries) != len(prepared.queries) or len(item_vectors) != len(items):
+                raise ValueError(f"SCI vectors for {len(all_queries)} queries and {len(item_vectors)} items; the "
+                                 f"dataset has {len(prepared.queries)} and {len(items)}")
+            query_vectors = all_queries[prepared.queries["split"].eq(split).to_numpy()]
         return cls(query_ids=query_ids, query_mask=query_mask, item_ids=item_ids, item_mask=item_mask,
                    view_ids=view_ids, view_mask=view_mask,
                    item_targets=sid_targets(sids, vocab, max_dec_len),
                    pair_query=query_row.loc[relevant["query_id"].astype(str)].to_numpy(),
                    pair_item=item_row.loc[relevant["item_id"].astype(str)].to_numpy(),
-                   pair_weight=weight.astype(np.float32))
+                   pair_weight=weight.astype(np.float32), query_vectors=query_vectors, item_vectors=item_vectors)
 
 
 class SftDataset:
@@ -156,7 +169,12 @@ class SftDataset:
         source = np.where(is_pair[:, None], tables.query_ids[tables.pair_query[pair]], item_source)
         mask = np.where(is_pair[:, None], tables.query_mask[tables.pair_query[pair]], item_mask)
         weight = np.where(is_pair, tables.pair_weight[pair], 1.0)
-        return collate(source, mask, tables.item_targets[item], weight)
+        batch = collate(source, mask, tables.item_targets[item], weight)
+        if tables.query_vectors is not None:
+            vectors = np.where(is_pair[:, None], tables.query_vectors[tables.pair_query[pair]],
+                               tables.item_vectors[item])
+            batch["query_vectors"] = torch.as_tensor(vectors, dtype=torch.float32)
+        return batch
 
 
 def collate(source: np.ndarray, mask: np.ndarray, targets: np.ndarray, weight: np.ndarray) -> dict[str, torch.Tensor]:

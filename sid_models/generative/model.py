@@ -10,7 +10,10 @@ RAD-DPO needs the final decoder hidden states next to the logits from one forwar
 and (4) ~200 readable lines are easier to audit than a configuration of a general library.
 
 Encoder: token + learned position embeddings, pre-LN blocks (self-attention, GELU MLP),
-final LayerNorm. Decoder: pre-LN blocks (causal self-attention, cross-attention, MLP),
+final LayerNorm. With `query_vector_dim` > 0 the query's SCI vector f_q(query) (the space
+the first SID level was cut in) is projected to d_model, normalised, and appended to the
+token states as one more memory position: short, misspelt queries the small encoder cannot
+read still carry the pretrained MiniLM geometry into cross-attention. Decoder: pre-LN blocks (causal self-attention, cross-attention, MLP),
 final LayerNorm, logits = hidden @ token_embedding^T (tied).
 """
 from __future__ import annotations
@@ -39,6 +42,7 @@ class GenerativeConfig:
     max_dec_len: int = 8            # BOS + SID levels + EOS
     enc_pad_id: int = 0
     dec_pad_id: int = 0
+    query_vector_dim: int = 0       # width of the SCI query vector memory position; 0 = tokens only
 
     @classmethod
     def from_dict(cls, values: dict) -> "GenerativeConfig":
@@ -190,6 +194,9 @@ class Seq2SeqRetriever(nn.Module):
         self.enc_positions = nn.Embedding(config.max_enc_len, config.d_model)
         self.enc_blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.n_enc_layers))
         self.enc_norm = nn.LayerNorm(config.d_model)
+        if config.query_vector_dim:
+            self.query_vector = nn.Linear(config.query_vector_dim, config.d_model)
+            self.query_vector_norm = nn.LayerNorm(config.d_model)
         self.dec_tokens = nn.Embedding(config.dec_vocab_size, config.d_model)
         self.dec_positions = nn.Embedding(config.max_dec_len, config.d_model)
         self.dec_blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_dec_layers))
@@ -210,8 +217,13 @@ class Seq2SeqRetriever(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, S] WordPiece ids (+ mask, 1 = token) -> memory [B, S, d]."""
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               query_vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, S] WordPiece ids (+ mask, 1 = token), and [B, query_vector_dim] SCI query vectors
+        when the config has them -> (memory [B, S(+1), d], memory mask [B, S(+1)] bool)."""
+        if bool(self.config.query_vector_dim) != (query_vectors is not None):
+            raise ValueError(f"model has query_vector_dim={self.config.query_vector_dim}: query vectors must be "
+                             f"{'given' if self.config.query_vector_dim else 'omitted'}")
         length = input_ids.shape[1]
         if length > self.config.max_enc_len:
             raise ValueError(f"encoder input length {length} > max_enc_len {self.config.max_enc_len}")
@@ -220,32 +232,38 @@ class Seq2SeqRetriever(nn.Module):
         mask = attention_mask.bool()
         for block in self.enc_blocks:
             x = block(x, mask)
-        return self.enc_norm(x)
+        memory = self.enc_norm(x)
+        if query_vectors is None:
+            return memory, mask
+        vector = self.query_vector_norm(self.query_vector(query_vectors.to(memory.dtype)))[:, None, :]
+        return (torch.cat([memory, vector], dim=1),
+                torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1))
 
-    def decode(self, memory: torch.Tensor, attention_mask: torch.Tensor,
+    def decode(self, memory: torch.Tensor, memory_mask: torch.Tensor,
                decoder_input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced decoder: -> (logits [B, T, V], hidden [B, T, d] after the last norm)."""
+        """Teacher-forced decoder over `encode`'s (memory, memory mask):
+        -> (logits [B, T, V], hidden [B, T, d] after the last norm)."""
         length = decoder_input_ids.shape[1]
         if length > self.config.max_dec_len:
             raise ValueError(f"decoder input length {length} > max_dec_len {self.config.max_dec_len}")
         positions = torch.arange(length, device=decoder_input_ids.device)
         x = self.drop(self.dec_tokens(decoder_input_ids) + self.dec_positions(positions))
-        mask = attention_mask.bool()
+        mask = memory_mask.bool()
         for block in self.dec_blocks:
             x = block(x, block.cross_attn.memory_kv(memory), mask)
         hidden = self.dec_norm(x)
         return hidden @ self.dec_tokens.weight.t(), hidden
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                decoder_input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.decode(self.encode(input_ids, attention_mask), attention_mask, decoder_input_ids)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
+                query_vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decode(*self.encode(input_ids, attention_mask, query_vectors), decoder_input_ids)
 
-    def start_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beams: int) -> DecoderCache:
+    def start_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beams: int,
+                    query_vectors: torch.Tensor | None = None) -> DecoderCache:
         """Encode a batch once and prepare incremental decoding of `beams` hypotheses per query."""
-        memory = self.encode(input_ids, attention_mask)
+        memory, memory_mask = self.encode(input_ids, attention_mask, query_vectors)
         return DecoderCache(memory_kv=[block.cross_attn.memory_kv(memory) for block in self.dec_blocks],
-                            memory_mask=attention_mask.bool(), layers=[{} for _ in self.dec_blocks],
-                            beams=beams)
+                            memory_mask=memory_mask, layers=[{} for _ in self.dec_blocks], beams=beams)
 
     def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """One decoder position for every hypothesis: `tokens` [B*beams] -> log-probs [B*beams, V].

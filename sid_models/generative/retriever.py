@@ -99,8 +99,10 @@ class SidDecoder:
     docstring). What a GPU worker needs; `GenerativeRetriever` adds the items."""
 
     def __init__(self, model: Seq2SeqRetriever, tokenizer, trie: SidTrie, beam_size: int, length_penalty: float,
-                 batch_size: int, device: torch.device | str = "cpu"):
+                 batch_size: int, device: torch.device | str = "cpu",
+                 encode_queries: Callable[[list[str]], np.ndarray] | None = None):
         self.model = model.to(device).eval()
+        self.encode_queries = encode_queries       # query text -> SCI query vectors f_q (a query-vector model needs it)
         self.tokenizer, self.trie = tokenizer, trie.to(device)
         self.beam_size, self.length_penalty, self.batch_size = beam_size, length_penalty, batch_size
         self.device = torch.device(device)
@@ -111,19 +113,32 @@ class SidDecoder:
         return (torch.as_tensor(input_ids[:, :length], dtype=torch.long, device=self.device),
                 torch.as_tensor(mask[:, :length], dtype=torch.long, device=self.device))
 
-    def decode(self, queries: list[str], beams: int, constraint=None) -> BeamResult:
-        """Beam search for one batch of queries; the trie constraint unless another is given."""
+    def _query_vectors(self, queries: list[str], query_vectors: np.ndarray | None) -> torch.Tensor | None:
+        if not self.model.config.query_vector_dim:
+            return None
+        if query_vectors is None:
+            if self.encode_queries is None:
+                raise ValueError("this model reads SCI query vectors: give encode_queries or query_vectors")
+            query_vectors = self.encode_queries(queries)
+        return torch.as_tensor(np.asarray(query_vectors), dtype=torch.float32, device=self.device)
+
+    def decode(self, queries: list[str], beams: int, constraint=None,
+               query_vectors: np.ndarray | None = None) -> BeamResult:
+        """Beam search for one batch of queries; the trie constraint unless another is given.
+        `query_vectors`: the queries' f_q, when already computed (else encoded here if the model reads them)."""
         input_ids, mask = self._inputs(queries)
         return beam_search(self.model, input_ids, mask, beams, self.trie.max_length + 1,
                            constraint if constraint is not None else TrieConstraint(self.trie),
-                           self.length_penalty)
+                           self.length_penalty, self._query_vectors(queries, query_vectors))
 
-    def search_sids(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_sids(self, queries: list[str], k: int,
+                    query_vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(SID indices [n, W] into `trie.sids`, -1 for empty slots; scores [n, W]), best first."""
         beams = max(self.beam_size, k)
         sids, scores = [], []
         for start in range(0, len(queries), self.batch_size):
-            result = self.decode(queries[start:start + self.batch_size], beams)
+            chunk = None if query_vectors is None else query_vectors[start:start + self.batch_size]
+            result = self.decode(queries[start:start + self.batch_size], beams, query_vectors=chunk)
             sid = torch.where(result.finished, result.state.sid.view(result.finished.shape), -1)
             sids.append(sid.cpu().numpy())
             scores.append(result.scores.float().cpu().numpy())
@@ -136,11 +151,10 @@ class GenerativeRetriever(SidDecoder):
     def __init__(self, model: Seq2SeqRetriever, tokenizer, trie: SidTrie, buckets: Buckets, item_ids: np.ndarray,
                  item_vectors: np.ndarray, encode_queries: Callable[[list[str]], np.ndarray], beam_size: int,
                  length_penalty: float, batch_size: int, device: torch.device | str = "cpu", bucket_pool: int = 1):
-        super().__init__(model, tokenizer, trie, beam_size, length_penalty, batch_size, device)
+        super().__init__(model, tokenizer, trie, beam_size, length_penalty, batch_size, device, encode_queries)
         if bucket_pool < 1:
             raise ValueError(f"decode.bucket_pool must be >= 1, got {bucket_pool}")
         self.buckets, self.item_ids, self.item_vectors = buckets, item_ids, item_vectors
-        self.encode_queries = encode_queries
         self.bucket_pool = bucket_pool
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
@@ -149,17 +163,19 @@ class GenerativeRetriever(SidDecoder):
             raise ValueError(f"k must be >= 1, got {k}")
         if not queries:
             return []
-        sids, scores = self.search_sids(queries, k)
-        return self.resolve(queries, sids, scores, k)
+        query_vectors = self.encode_queries(queries)
+        sids, scores = self.search_sids(queries, k, query_vectors)
+        return self.resolve(queries, sids, scores, k, query_vectors)
 
     def resolve(self, queries: list[str], sids: np.ndarray, scores: np.ndarray,
-                k: int) -> list[list[tuple[str, float]]]:
+                k: int, query_vectors: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
         """Top-k items per query from `search_sids` output (which may come from another machine
         decoding with the same trie): groups of `bucket_pool` SIDs in beam order, the items of a
         group's buckets SCI-ordered (module docstring, step 2)."""
         if len(sids) != len(queries) or len(scores) != len(queries):
             raise ValueError(f"{len(queries)} queries but SIDs for {len(sids)} and scores for {len(scores)}")
-        query_vectors = self.encode_queries(queries)
+        if query_vectors is None:
+            query_vectors = self.encode_queries(queries)
         results = []
         for query_vector, query_sids, query_scores in zip(query_vectors, sids, scores):
             finished = int(np.argmax(query_sids < 0)) if (query_sids < 0).any() else len(query_sids)

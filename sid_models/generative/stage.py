@@ -76,7 +76,8 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     for variant in variants:
         folder = out / VARIANTS[variant] if VARIANTS[variant] else out
         started = time.perf_counter()
-        _, history = train_sft(params, prepared, inputs["semantic_ids"], folder, variant, dist=dist)
+        _, history = train_sft(params, prepared, inputs["semantic_ids"], folder, variant, dist=dist,
+                               towers_folder=inputs["sci_towers"])
         seconds = time.perf_counter() - started
         retriever = load_retriever(out, inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
                                    variant=variant, device=dist.device)

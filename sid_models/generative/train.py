@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
@@ -283,7 +284,8 @@ def train_loop(model: torch.nn.Module, dataset, loss_fn: LossFn, config: LoopCon
 def sft_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     """L = (1/N) Σ_i w_i Σ_t −log p(y_it | y_i<t, x_i): graded-weight sequence NLL over the
     SID tokens and EOS of each target (PAD positions excluded), averaged over the N examples."""
-    logits, _ = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"])
+    logits, _ = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"],
+                      batch.get("query_vectors"))
     targets = batch["targets"]
     token_nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=PAD,
                                 reduction="none").view_as(targets)
@@ -293,14 +295,16 @@ def sft_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     return loss, {"token_accuracy": accuracy.detach()}
 
 
-def model_config(params: dict, vocab_size: int, max_dec_len: int) -> GenerativeConfig:
-    """The config of the preset `generative.preset` names, with the decoder sized to the SIDs."""
+def model_config(params: dict, vocab_size: int, max_dec_len: int, query_vector_dim: int = 0) -> GenerativeConfig:
+    """The config of the preset `generative.preset` names, with the decoder sized to the SIDs and
+    the query-vector memory position `query_vector_dim` wide (0: none)."""
     generative = params["generative"]
     preset = generative["preset"]
     if preset not in generative["presets"]:
         raise ValueError(f"generative.preset {preset!r} not in presets {sorted(generative['presets'])}")
     values = dict(generative["presets"][preset]["model"])
-    return GenerativeConfig.from_dict({**values, "dec_vocab_size": vocab_size, "max_dec_len": max_dec_len})
+    return GenerativeConfig.from_dict({**values, "dec_vocab_size": vocab_size, "max_dec_len": max_dec_len,
+                                       "query_vector_dim": query_vector_dim})
 
 
 def loop_config(params: dict) -> LoopConfig:
@@ -311,9 +315,10 @@ def loop_config(params: dict) -> LoopConfig:
 
 def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, out: str | Path,
               variant: str = "sarq_acrq", dist: DistContext | None = None, progress: bool = True,
-              stop_at: int | None = None) -> tuple[Seq2SeqRetriever, list[dict]]:
+              stop_at: int | None = None, towers_folder: str | Path | None = None) -> tuple[Seq2SeqRetriever, list[dict]]:
     """Train (or resume) the SFT model for `variant`'s SIDs into `out` (model.pt, config.json,
-    vocab.json, train_state.pt, metrics.jsonl)."""
+    vocab.json, train_state.pt, metrics.jsonl). With `generative.query_vector` the model reads
+    the SCI query vectors of the sci_towers artifact `towers_folder`."""
     from ..text.encoder import load_tokenizer, load_word_embeddings
 
     dist = dist or DistContext.from_env(params["generative"]["device"])
@@ -321,10 +326,18 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     table = read_sid_table(sids_folder, variant)
     vocab = vocab_for(sids_folder, variant)
     max_dec_len = vocab.levels + 1
-    config = model_config(params, vocab.size, max_dec_len)
+    sci_vectors = None
+    if params["generative"]["query_vector"]:
+        from ..sci.stage import QUERIES_FILE as SCI_QUERIES_FILE, QUERY_VIEW_FILE
+
+        if towers_folder is None:
+            raise ValueError("generative.query_vector is on: train_sft needs the sci_towers folder (towers_folder)")
+        sci_vectors = (np.load(Path(towers_folder) / SCI_QUERIES_FILE), np.load(Path(towers_folder) / QUERY_VIEW_FILE))
+    config = model_config(params, vocab.size, max_dec_len, 0 if sci_vectors is None else sci_vectors[0].shape[1])
     loop = loop_config(params)
     tables = SftTables.build(prepared, table, vocab, load_tokenizer(), config.max_enc_len, max_dec_len,
-                             ViewConfig.from_params(params["sft"]["indexing_views"]), seed=loop.seed)
+                             ViewConfig.from_params(params["sft"]["indexing_views"]), seed=loop.seed,
+                             sci_vectors=sci_vectors)
     dataset = SftDataset(tables, params["sft"]["indexing_ratio"], seed=loop.seed)
     torch.manual_seed(loop.seed)
     model = Seq2SeqRetriever(config)
@@ -381,11 +394,12 @@ def run_distributed(params: dict, args: argparse.Namespace, threads: int,
 def main(argv: list[str] | None = None) -> None:
     parser = training_cli("SFT of the generative retriever")
     parser.add_argument("--variant", default="sarq_acrq", choices=["sarq_acrq", "tiger"])
+    parser.add_argument("--towers", default=None, help="sci_towers folder (query vectors, with generative.query_vector)")
     args = parser.parse_args(argv)
     params = cli_params(args)
     run_distributed(params, args, int(params["generative"]["threads"]),
                     lambda dist: train_sft(params, PreparedDataset.load(args.prepared), args.sids, args.out,
-                                           args.variant, dist=dist)[0])
+                                           args.variant, dist=dist, towers_folder=args.towers)[0])
 
 
 if __name__ == "__main__":

@@ -232,14 +232,16 @@ class BeamResult:
 
 @torch.no_grad()
 def beam_search(model: Seq2SeqRetriever, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                beams: int, max_steps: int, constraint, length_penalty: float = 0.0) -> BeamResult:
-    """Batched beam search under `constraint` (see module docstring)."""
+                beams: int, max_steps: int, constraint, length_penalty: float = 0.0,
+                query_vectors: torch.Tensor | None = None) -> BeamResult:
+    """Batched beam search under `constraint` (see module docstring); `query_vectors` for a
+    model with a query-vector memory position."""
     was_training = model.training
     model.eval()
     batch = input_ids.shape[0]
     device = input_ids.device
     n_rows = batch * beams
-    cache = model.start_cache(input_ids, attention_mask, beams)
+    cache = model.start_cache(input_ids, attention_mask, beams, query_vectors)
     tokens = torch.full((n_rows, 1), BOS, dtype=torch.long, device=device)
     log_probs = torch.full((batch, beams), float("-inf"), device=device)
     log_probs[:, 0] = 0.0           # one live hypothesis per query, or beams start as duplicates
@@ -277,11 +279,11 @@ def beam_search(model: Seq2SeqRetriever, input_ids: torch.Tensor, attention_mask
 
 
 def constrained_beam_search(model: Seq2SeqRetriever, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                            trie: SidTrie, beams: int, length_penalty: float = 0.0
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+                            trie: SidTrie, beams: int, length_penalty: float = 0.0,
+                            query_vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (sid_index [B, W] into `trie.sids`, -1 for empty slots; scores [B, W]) best first."""
     result = beam_search(model, input_ids, attention_mask, beams, trie.max_length + 1,
-                         TrieConstraint(trie), length_penalty)
+                         TrieConstraint(trie), length_penalty, query_vectors)
     sid = result.state.sid.view(result.scores.shape)
     sid = torch.where(result.finished, sid, -1)
     return sid, torch.where(result.finished, result.scores, float("-inf"))

@@ -116,7 +116,7 @@ class CandidateFeaturizer:
             return []
         minilm_queries = self.encode_minilm(queries)
         sci_queries = self.query_tower(minilm_queries)
-        sids, beam_scores = self.retriever.search_sids(queries, self.retriever.beam_size)
+        sids, beam_scores = self.retriever.search_sids(queries, self.retriever.beam_size, sci_queries)
         bm25_scores = self.bm25.scores(queries)
         out = []
         for position, query in enumerate(queries):
