@@ -153,6 +153,7 @@ def speed(retriever, texts: list[str], n_batches: int, n_single: int) -> None:
 
 def own_arguments(parser) -> None:
     parser.add_argument("--speed-only", action="store_true", help="time the decoders, skip the quality runs")
+    parser.add_argument("--no-speed", action="store_true", help="skip the decoder timing")
     add_bucket_pool_argument(parser)
 
 
@@ -178,6 +179,8 @@ def main() -> None:
                 emit(BENCH, system, seed=seed, **results[system][-1])
                 log(f"[{BENCH}] {system} seed {seed}: evaluated in {time.perf_counter() - started:.0f} s")
         for system, variant in SYSTEMS.items():
+            if variant not in validation:       # sft.train_tiger_baseline off
+                continue
             retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"],
                                        folders["prepared_dataset"], folders["sci_index"], variant=variant,
                                        bucket_pool=bucket_pool(args, params))
@@ -193,6 +196,8 @@ def main() -> None:
                  seconds=round(validation[variant]["train_seconds"], 1),
                  sft_steps=validation[variant]["steps"], **figures)
     emit_summary(BENCH, results, (*REPORTED[:-1], "pool_coverage"))
+    if args.no_speed:
+        return
     retriever, texts = retrievers["gr_sarq_acrq_no_ranker"]
     speed(retriever, texts, n_batches=2 if args.quick else 8, n_single=32 if args.quick else 128)
 

@@ -12,7 +12,9 @@ NaN where a feature does not exist for the pair, which LightGBM routes as missin
 - beam: `beam_rank` (0-based rank of the first decoded SID whose bucket holds the item,
   among all `beam_size` beams), `beam_score` (that SID's length-normalised log-probability),
   `beam_gap` (best beam score minus it);
-- the item's SID: `sid_length`, `log_bucket_size` (items sharing its SID);
+- the item's SID: `sid_length`, `log_bucket_size` (items sharing its SID), `cell_beam_rank`
+  (rank of the first decoded SID in the item's first-level cell: the model's vote for the
+  region of the catalogue, which reaches items whose exact SID it did not decode);
 - dense: `sci_score`, `sci_rank` (rank in the dense top `dense_depth`), `minilm_cosine`
   (zero-shot MiniLM), `sci_gap` (best SCI score of the query minus the item's);
 - lexical: `bm25_score`, `bm25_rank` (rank in the BM25 top `bm25_depth`), `bm25_ratio`
@@ -33,7 +35,7 @@ import numpy as np
 from ..generative.retriever import GenerativeRetriever
 from ..sci.bm25 import BM25Retriever
 
-FEATURES = ("beam_rank", "beam_score", "beam_gap", "sid_length", "log_bucket_size",
+FEATURES = ("beam_rank", "beam_score", "beam_gap", "sid_length", "log_bucket_size", "cell_beam_rank",
             "sci_score", "sci_rank", "minilm_cosine", "sci_gap",
             "bm25_score", "bm25_rank", "bm25_ratio", "trigram_jaccard", "query_terms_in_title",
             "log_exposure", "query_words", "title_words")
@@ -100,6 +102,8 @@ class CandidateFeaturizer:
         for sid in range(len(buckets.ptr) - 1):
             self.sid_of_row[buckets.rows[buckets.ptr[sid]:buckets.ptr[sid + 1]]] = sid
         self.sid_length = np.array([len(sid) for sid in item_sids], dtype=np.float32)
+        self.cell_of_row = np.array([sid[0] for sid in item_sids], dtype=np.int64)
+        self.cell_of_sid = np.array([sid[0] for sid in retriever.trie.sids], dtype=np.int64)
         self.log_bucket_size = np.log(np.diff(buckets.ptr).astype(np.float32))[self.sid_of_row]
         self._trigrams: dict[int, frozenset[str]] = {}
 
@@ -152,6 +156,8 @@ class CandidateFeaturizer:
         features[decoded, column["beam_score"]] = beam_scores[ranks[decoded]]
         if len(finished):
             features[decoded, column["beam_gap"]] = beam_scores[0] - beam_scores[ranks[decoded]]
+        cell_rank = {int(cell): rank for rank, cell in reversed(list(enumerate(self.cell_of_sid[finished])))}
+        features[:, column["cell_beam_rank"]] = [cell_rank.get(int(cell), np.nan) for cell in self.cell_of_row[rows]]
         features[:, column["sid_length"]] = self.sid_length[rows]
         features[:, column["log_bucket_size"]] = self.log_bucket_size[rows]
         features[:, column["sci_score"]] = sci_scores[rows]
