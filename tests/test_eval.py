@@ -85,14 +85,17 @@ def _sid_folder(folder, small_prepared):
     item_ids = small_prepared.items["item_id"].to_numpy()
     save_sids(folder, {"sarq_acrq": sid_table(item_ids, sarq, segments), "tiger": sid_table(item_ids, tiger, segments)},
               {"sarq_acrq": sarq.codes_per_level, "tiger": tiger.codes_per_level},
-              {"sarq_acrq": codebook_health(sarq), "tiger": codebook_health(tiger)})
+              {variant: {"sids": codebook_health(sids), "codes": codebook_health(sids)}
+               for variant, sids in (("sarq_acrq", sarq), ("tiger", tiger))})
     return folder
 
 
 def test_sid_statistics_read_both_variants(folders, small_prepared):
     folder = _sid_folder(folders["root"] / "sids", small_prepared)
     summaries, health = sid_statistics(folder)
-    assert set(summaries) == set(health) == {"sarq_acrq", "tiger"}
+    assert set(summaries) == {"sarq_acrq", "tiger"}
+    assert set(health) == {"sarq_acrq SIDs", "sarq_acrq full codes", "tiger SIDs", "tiger full codes"}
+    assert health["sarq_acrq SIDs"]["level1_utilisation"] == 1.0
     lengths = {row["segment"]: row["mean_length"] for row in summaries["sarq_acrq"]}
     assert lengths["head"] == 3 and lengths["tail"] == 1
     assert all(row["mean_length"] == 2 for row in summaries["tiger"])
@@ -124,6 +127,8 @@ def test_report_puts_every_system_side_by_side_in_self_contained_files(measured,
         row = next(line for line in markdown.splitlines() if line.startswith(f"| {name} |"))
         assert f"{result.metrics['recall@10']:.4f}" in row
     assert "![recall_by_segment](plots/recall_by_segment.png)" in markdown
+    health_row = next(line for line in markdown.splitlines() if line.startswith("| sarq_acrq SIDs |"))
+    assert "collision_rate" in markdown and health_row.count("|") > 5 and "1.0000" in health_row
     assert (tmp_path / "report" / "plots" / "training_curves.png").is_file()
 
     page = paths["report.html"].read_text()

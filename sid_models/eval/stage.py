@@ -37,15 +37,26 @@ def reports_dir(eval_params: dict) -> Path:
     return folder if folder.is_absolute() else REPO_ROOT / folder
 
 
+HEALTH_VIEWS = {"sids": "SIDs", "codes": "full codes"}     # health.json keys per variant -> report label
+
+
 def sid_statistics(folder: Path) -> tuple[dict[str, list[dict]], dict[str, dict]]:
-    """(per-segment summary, codebook health) of every SID variant in a semantic_ids folder."""
+    """(per-segment summary, codebook health) of every SID variant in a semantic_ids folder.
+
+    Health rows are "<variant> SIDs" (the SIDs as served) and "<variant> full codes" (every
+    level of the quantiser, before SARQ truncation), as the semantic_ids stage writes them."""
     summaries = {variant: segment_summary(load_sid_table(folder, variant)) for variant in VARIANT_FILES
                  if (folder / VARIANT_FILES[variant]).is_file()}
     if not summaries:
         raise FileNotFoundError(f"no SID table in {folder}; expected one of {sorted(VARIANT_FILES.values())}")
     health_path = folder / "health.json"
     health = json.loads(health_path.read_text()) if health_path.is_file() else {}
-    return summaries, {variant: health[variant] for variant in summaries if variant in health}
+    rows = {}
+    for variant in summaries:
+        for key, label in HEALTH_VIEWS.items():
+            if key in health.get(variant, {}):
+                rows[f"{variant} {label}"] = health[variant][key]
+    return summaries, rows
 
 
 def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
