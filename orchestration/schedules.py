@@ -14,7 +14,7 @@ def weekly_retraining_schedule(automation: dict) -> dg.ScheduleDefinition:
         execution_timezone=automation["timezone"],
         tags={"trigger": "schedule"},
         description="Retrain and re-evaluate every stage; the candidate is promoted only if it beats the champion.",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
+        default_status=dg.DefaultScheduleStatus.STOPPED,   # `make ui` must not arm a weekly full retrain unasked
     )
 
 

@@ -14,7 +14,7 @@ from .schedules import PIPELINE_JOB
 
 @dg.sensor(name="dataset_version_sensor", job_name=PIPELINE_JOB,
            minimum_interval_seconds=int(load_params()["automation"]["sensor_interval_s"]),
-           default_status=dg.DefaultSensorStatus.RUNNING,
+           default_status=dg.DefaultSensorStatus.STOPPED,   # turned on in the UI, like the schedule
            description="Requests a retraining run when the DVC hash of the tracked dataset changes.")
 def dataset_version_sensor(context: dg.SensorEvaluationContext, params: ParamsResource):
     from sid_models.data.versioning import dataset_version

@@ -53,3 +53,8 @@ def test_sensor_records_the_first_version_then_requests_retraining_on_change(tmp
     assert request.tags["dataset_version"] == "2222.dir" and request.tags["previous_version"] == "1111.dir"
     assert context.cursor == "2222.dir"
 
+
+
+def test_schedule_and_sensor_start_stopped_so_opening_the_ui_arms_nothing(small_params):
+    assert weekly_retraining_schedule(small_params["automation"]).default_status == dg.DefaultScheduleStatus.STOPPED
+    assert dataset_version_sensor.default_status == dg.DefaultSensorStatus.STOPPED
