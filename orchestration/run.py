@@ -38,7 +38,10 @@ def run_summary(result: dg.ExecuteInProcessResult, params: dict, tracking_uri: s
 
 def main() -> int:
     with dg.DagsterInstance.get() as instance:
-        result = defs.get_job_def("pipeline").execute_in_process(instance=instance, raise_on_error=False)
+        # INFO, not Dagster's DEBUG event stream: the log then reads as the stages' progress
+        result = defs.get_job_def("pipeline").execute_in_process(
+            instance=instance, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
     for event in result.get_asset_materialization_events():
         print(f"materialised {event.asset_key.to_user_string()}", file=sys.stderr)
     failed = [evaluation for evaluation in result.get_asset_check_evaluations() if not evaluation.passed]

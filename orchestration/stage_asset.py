@@ -8,7 +8,7 @@ import dagster as dg
 
 from sid_models.artifacts import content_hash
 from sid_models.params import REPO_ROOT
-from sid_models.stages import run_stage
+from sid_models.stages import STAGES, run_stage
 from sid_models import tracking
 
 from .resources import MlflowTracking, ParamsResource
@@ -33,6 +33,8 @@ def materialize_stage(context: dg.AssetExecutionContext, stage: str, inputs: dic
     staging = final.with_name(final.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     config = params.load()
+    position = list(STAGES).index(stage) + 1
+    context.log.info(f"stage {position} of {len(STAGES)}: {stage} ...")
     with mlflow_tracking.stage_run(context, stage) as run:
         tracking.log_params({"stage": stage})
         try:
