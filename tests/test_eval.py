@@ -147,3 +147,14 @@ def test_report_rejects_an_unknown_headline_system(measured):
     report = EvalReport(dataset="demo", split="test", systems=[measured["bm25"][0]], headline_system="gr_rad_dpo")
     with pytest.raises(KeyError, match="gr_rad_dpo"):
         report.headline()
+
+
+def test_report_marks_the_best_system_per_column_and_keys_the_names(measured, tmp_path, small_prepared):
+    results = [result for result, _ in measured.values()]
+    report = EvalReport(dataset=small_prepared.name, split="test", systems=results, headline_system="minilm")
+    markdown = write_report(report, tmp_path / "report")["report.md"].read_text()
+    best = max(results, key=lambda result: result.metrics["recall@10"])
+    quality = [line for line in markdown.splitlines() if line.startswith(f"| {best.name} |")][0]
+    cells = [cell.strip() for cell in quality.strip("|").split("|")]
+    assert cells[3] == f"{best.metrics['recall@10']:.4f} ★"
+    assert "| bm25 | BM25 with English stemming" in markdown

@@ -64,8 +64,19 @@ def _format(value) -> str:
     return str(value)
 
 
-def table_rows(report: EvalReport, columns: Sequence[str]) -> list[list[str]]:
-    return [[result.name, *(_format(result.flat().get(column)) for column in columns)] for result in report.systems]
+LOWER_IS_BETTER = ("p50_ms", "p95_ms")
+
+
+def table_rows(report: EvalReport, columns: Sequence[str], mark_best: bool = True) -> list[list[str]]:
+    """One row per system; with `mark_best` the best value of each column carries a ★."""
+    best = {}
+    for column in columns:
+        values = [result.flat()[column] for result in report.systems if isinstance(result.flat().get(column), float)]
+        if mark_best and len(values) > 1:
+            best[column] = min(values) if column in LOWER_IS_BETTER else max(values)
+    return [[result.name, *(_format(result.flat().get(column))
+                            + (" ★" if column in best and result.flat().get(column) == best[column] else "")
+                            for column in columns)] for result in report.systems]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -77,7 +88,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def quality_table(report: EvalReport) -> str:
     """The headline Markdown table: one row per system, quality then speed."""
     columns = QUALITY_COLUMNS + ("recall@10_cold",) + SPEED_COLUMNS
-    return markdown_table(("system", *columns), table_rows(report, columns))
+    return markdown_table(("system", *columns), table_rows(report, columns, mark_best=False))
 
 
 def _sid_rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
@@ -100,10 +111,14 @@ def _sections(report: EvalReport) -> list[tuple[str, str, list[str], list[list[s
     sid_header, sid_rows = _sid_rows(report)
     health_header, health_rows = _health_rows(report)
     n_queries = report.system(report.headline_system).metrics.get("n_queries")
+    from .systems import DESCRIPTIONS
+
     return [
         ("Quality", f"{n_queries} {report.split} queries with at least one relevant item; "
                     "Recall@K macro-averaged over queries, NDCG@10 with graded gains.",
          ["system", *QUALITY_COLUMNS], table_rows(report, QUALITY_COLUMNS)),
+        ("Systems", "What each row is; ★ marks the best value of a column.", ["system", "what it is"],
+         [[result.name, DESCRIPTIONS.get(result.name, "")] for result in report.systems]),
         ("By segment and label count", "Recall@10 over relevant (query, item) pairs whose item is in the segment "
                                        "(seen = head ∪ torso ∪ tail); single / multi = queries with one / several "
                                        "relevant items.",

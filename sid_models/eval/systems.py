@@ -36,6 +36,19 @@ GENERATIVE_SYSTEMS = {
     "hybrid": ("sft_checkpoint", "", "sarq_acrq", "hybrid"),
 }
 SYSTEMS = ("bm25", "minilm", "tower", "sci", *GENERATIVE_SYSTEMS)
+# the key to the system names, printed in the report
+DESCRIPTIONS = {
+    "bm25": "BM25 with English stemming and stopwords (params bm25): the lexical baseline",
+    "minilm": "MiniLM zero-shot dense retrieval, exact search",
+    "tower": "dual tower without input swap (λ_swap = 0), exact search",
+    "sci": "SCI towers (input swap) through the consistent dual-view IVF index",
+    "gr_tiger": "generative retrieval with TIGER-style fixed-length SIDs; decoded pool in SCI order",
+    "gr_sarq_acrq_no_ranker": "generative retrieval with SARQ+ACRQ SIDs; decoded pool in SCI order",
+    "gr_sarq_acrq": "generative retrieval with SARQ+ACRQ SIDs; decoded pool ranked by the learned ranker",
+    "gr_vanilla_dpo": "gr_sarq_acrq after vanilla pairwise DPO",
+    "gr_rad_dpo": "gr_sarq_acrq after RAD-DPO",
+    "hybrid": "learned ranker over the decoded pool ∪ BM25 top-N ∪ dense top-N",
+}
 
 
 def query_text_encoder(text_params: dict) -> TextEncoder:
