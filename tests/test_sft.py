@@ -91,6 +91,66 @@ def test_a_query_vector_model_trains_and_decodes_with_the_towers_vectors(small_p
     assert np.array_equal(sids, given)
 
 
+def test_resuming_a_folder_trained_with_other_params_is_refused(small_params, small_prepared, sids_folder, tmp_path):
+    train_sft(tiny_params(small_params), small_prepared, sids_folder, tmp_path, dist=DistContext(), progress=False)
+    with pytest.raises(ValueError, match="trained from other params or inputs"):
+        train_sft(tiny_params(small_params, lr=0.01), small_prepared, sids_folder, tmp_path, dist=DistContext(),
+                  progress=False)
+
+
+def test_metrics_reach_disk_at_each_log_step_and_a_resume_keeps_one_line_per_step(small_params, small_prepared,
+                                                                                  sids_folder, tmp_path):
+    params = tiny_params(small_params, checkpoint_every=3)
+    train_sft(params, small_prepared, sids_folder, tmp_path, dist=DistContext(), progress=False, stop_at=4)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]      # step 4 is past the checkpoint
+    train_sft(params, small_prepared, sids_folder, tmp_path, dist=DistContext(), progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_during_training_then_resume_equals_an_uninterrupted_run(small_params, small_prepared, sids_folder,
+                                                                         tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sid_models.params import REPO_ROOT
+
+    prepared = small_prepared.save(tmp_path / "prepared")
+    overrides = {"generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "threads": 1,
+                                "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 60, "batch_size": 16}}}},
+                 "sft": {"warmup_steps": 2, "checkpoint_every": 5, "log_every": 1}, "demo": small_params["demo"]}
+    command = [sys.executable, "-m", "sid_models.generative.train", "--prepared", str(prepared),
+               "--sids", str(sids_folder), "--overrides", json.dumps(overrides)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*command, "--out", str(tmp_path / "straight")], check=True, cwd=REPO_ROOT, env=env, timeout=200)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--out", str(killed)], cwd=REPO_ROOT, env=env)
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline:
+        metrics = killed / "metrics.jsonl"
+        if (killed / "train_state.pt").is_file() and metrics.is_file() and len(metrics.read_text().splitlines()) >= 22:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    logged = len((killed / "metrics.jsonl").read_text().splitlines())
+    assert 22 <= logged < 60 and not (killed / "model.pt").exists()
+    subprocess.run([*command, "--out", str(killed)], check=True, cwd=REPO_ROOT, env=env, timeout=200)
+
+    straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    resumed = torch.load(killed / "model.pt", weights_only=True)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 61))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_torchrun_ddp_ranks_agree_and_match_a_single_process_run(small_params, small_prepared, sids_folder,

@@ -29,7 +29,8 @@ from .. import tracking
 from ..data.schema import PreparedDataset
 from ..generative.data import read_sid_table, tokenize
 from ..generative.model import GenerativeConfig, Seq2SeqRetriever, save_model
-from ..generative.train import DistContext, LoopConfig, cli_params, run_distributed, train_loop, training_cli
+from ..generative.train import (DistContext, LoopConfig, cli_params, fingerprint, run_distributed, train_loop,
+                                training_cli)
 from ..generative.trie import SidTrie
 from ..generative.vocab import PAD, SidVocab
 from ..sci.stage import QUERIES_FILE as SCI_QUERIES_FILE
@@ -226,8 +227,14 @@ def train_alignment(params: dict, system: str, data: PreferenceTensors, sft_fold
                              "tlgd": config.loss.tlgd, "rdrw": config.rdrw, "mlgc": config.loss.mlgc,
                              "beta": config.loss.beta, "reference_free": config.loss.reference_free},
                             prefix=f"align_{system}")
+    import hashlib
+
+    sft_weights = hashlib.sha256((Path(sft_folder) / "model.pt").read_bytes()).hexdigest()
+    trained_from = fingerprint("align", system, repr(config), loop.__dict__, align["rdrw"], align["mining"],
+                               sft_weights, len(data.targets), float(data.weight.sum()), data.query_ids[:5])
     history = train_loop(SequenceScorer(policy), dataset, AlignmentObjective(config, weighter), loop, out, dist,
-                         metric_prefix=f"align_{system}", progress=progress, stop_at=stop_at)
+                         metric_prefix=f"align_{system}", trained_from=trained_from, progress=progress,
+                         stop_at=stop_at)
     if dist.is_main:
         save_model(policy, out)
     return policy, history

@@ -149,9 +149,17 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: LoopConfig) -> torc
         optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps, config.min_lr_ratio))
 
 
-def save_train_state(path: Path, model: torch.nn.Module, optimizer, scheduler, step: int) -> None:
+def fingerprint(*parts) -> str:
+    """sha256 of the JSON of `parts` (params sections, configs, input digests): what a
+    checkpoint was trained from, so a resume with anything else is refused."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_train_state(path: Path, model: torch.nn.Module, optimizer, scheduler, step: int, trained_from: str) -> None:
     """Everything exact resume needs, written to a temporary name and renamed (never half-written)."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "trained_from": trained_from,
              "scheduler": scheduler.state_dict(), "step": step, "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -160,9 +168,13 @@ def save_train_state(path: Path, model: torch.nn.Module, optimizer, scheduler, s
     partial.replace(path)
 
 
-def load_train_state(path: Path, model: torch.nn.Module, optimizer, scheduler) -> int:
-    """Restore a `save_train_state` file into live objects; returns the step to continue from."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+def load_train_state(path: Path, model: torch.nn.Module, optimizer, scheduler, trained_from: str) -> int:
+    """Restore a `save_train_state` file into live objects; returns the step to continue from.
+    Refuses a state trained from other params or inputs (its `trained_from` fingerprint differs)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("trained_from") != trained_from:
+        raise ValueError(f"{path} was trained from other params or inputs than this run's: resuming it would mix "
+                         "two trainings (or keep the old model). Delete the folder or choose another output folder.")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -193,15 +205,17 @@ LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 
 
 def train_loop(model: torch.nn.Module, dataset, loss_fn: LossFn, config: LoopConfig, folder: str | Path,
-               dist: DistContext, *, metric_prefix: str, progress: bool = True,
+               dist: DistContext, *, metric_prefix: str, trained_from: str, progress: bool = True,
                stop_at: int | None = None) -> list[dict]:
-    """Train `model` for `config.steps` steps of `loss_fn`; resume from `folder/train_state.pt`.
+    """Train `model` for `config.steps` steps of `loss_fn`; resume from `folder/train_state.pt`
+    when that state was trained from the same `trained_from` fingerprint (else refuse).
 
     `dataset`: has `__len__`, `set_epoch(e)` and `batch(indices) -> dict of tensors`.
     `loss_fn(model, batch) -> (scalar loss, {name: float or 0-d tensor})`, a mean over the batch's examples.
     `stop_at`: leave after this many steps (checkpointed), as a preempted job would; a later
     call continues. Returns the per-step metrics of this call (rank 0's view, loss averaged
-    over ranks).
+    over ranks). Per-step metrics are appended to `folder/metrics.jsonl` at every log step, so
+    a kill loses none that were logged; a resume first drops the lines past its checkpoint.
     """
     from tqdm import tqdm
 
@@ -219,7 +233,12 @@ def train_loop(model: torch.nn.Module, dataset, loss_fn: LossFn, config: LoopCon
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     state_path = folder / TRAIN_STATE
-    step = load_train_state(state_path, model, optimizer, scheduler) if state_path.is_file() else 0
+    step = load_train_state(state_path, model, optimizer, scheduler, trained_from) if state_path.is_file() else 0
+    metrics_path = folder / METRICS_FILE
+    if dist.is_main:
+        kept = ([line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+                if metrics_path.is_file() else [])
+        metrics_path.write_text("".join(line + "\n" for line in kept))
     wrapped = (DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
                if dist.distributed else model)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda" else nullcontext())
@@ -257,6 +276,7 @@ def train_loop(model: torch.nn.Module, dataset, loss_fn: LossFn, config: LoopCon
             if dist.is_main:
                 bar.update(1)
             if step % config.log_every == 0 or step == last or step % config.checkpoint_every == 0:
+                logged = len(history)
                 history.extend({key: float(value) if torch.is_tensor(value) else value for key, value in record.items()}
                                for record in pending)
                 pending.clear()
@@ -264,18 +284,16 @@ def train_loop(model: torch.nn.Module, dataset, loss_fn: LossFn, config: LoopCon
                     record = dict(history[-1])
                     record["examples_per_s"] = (step - first_step) * config.batch_size / (time.perf_counter() - started)
                     history[-1]["examples_per_s"] = record["examples_per_s"]
+                    with metrics_path.open("a") as handle:
+                        handle.writelines(json.dumps(line) + "\n" for line in history[logged:])
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
                     tracking.log_metrics({f"{metric_prefix}/{key}": value for key, value in record.items()
                                           if key != "step"}, step=step)
             if step % config.checkpoint_every == 0 or step == last:
                 if dist.is_main:
-                    save_train_state(state_path, model, optimizer, scheduler, step)
+                    save_train_state(state_path, model, optimizer, scheduler, step, trained_from)
                 dist.barrier()
     bar.close()
-    if dist.is_main:
-        with (folder / METRICS_FILE).open("a") as handle:
-            for record in history:
-                handle.write(json.dumps(record) + "\n")
     return history
 
 
@@ -293,6 +311,11 @@ def sft_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     real = targets != PAD
     accuracy = ((logits.argmax(dim=-1) == targets) & real).sum().float() / real.sum().clamp(min=1)
     return loss, {"token_accuracy": accuracy.detach()}
+
+
+def sid_digest(table) -> str:
+    """sha256 of a SID table's (item_id, sid) pairs."""
+    return fingerprint([[str(item), [int(code) for code in sid]] for item, sid in zip(table["item_id"], table["sid"])])
 
 
 def model_config(params: dict, vocab_size: int, max_dec_len: int, query_vector_dim: int = 0) -> GenerativeConfig:
@@ -349,7 +372,13 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
         tracking.log_params({"variant": variant, "n_parameters": model.num_parameters(),
                              "n_retrieval_pairs": dataset.n_pairs, "n_indexing_per_epoch": dataset.n_indexing,
                              **{f"model.{k}": v for k, v in config.to_dict().items()}}, prefix=f"sft_{variant}")
+    trained_from = fingerprint("sft", variant, config.to_dict(), loop.__dict__, params["sft"]["indexing_ratio"],
+                               params["sft"]["indexing_views"],
+                               params["generative"]["init_from_minilm"], sid_digest(table),
+                               len(prepared.items), int(tables.pair_query.size), float(tables.pair_weight.sum()),
+                               None if sci_vectors is None else [float(np.abs(v).sum()) for v in sci_vectors])
     history = train_loop(model, dataset, sft_loss, loop, out, dist, metric_prefix=f"sft_{variant}",
+                         trained_from=trained_from,
                          progress=progress, stop_at=stop_at)
     if dist.is_main:
         save_model(model, out)
