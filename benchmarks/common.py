@@ -120,12 +120,12 @@ def stage_key(name: str, params: dict, keys: dict[str, str]) -> str:
 
 def run_chain(params: dict, quick: bool, targets: tuple[str, ...], bench: str, build: bool = True) -> dict[str, Path]:
     """Run (or reuse) every stage `targets` need, each cached as CHAIN_CACHE/<quick|full>/<stage>-<key>;
-    a stage is written under .partial and renamed only when it succeeded, so a cached folder is complete.
+    a stage is written by `stage_runner.write_stage`, so a cached folder is complete.
     `build=False`: reuse only, and raise for a stage that is not cached."""
-    import shutil
     import time
 
-    from sid_models.stages import STAGES, run_stage
+    from sid_models.stage_runner import write_stage
+    from sid_models.stages import STAGES
 
     needed, stack = set(), list(targets)
     while stack:
@@ -145,12 +145,9 @@ def run_chain(params: dict, quick: bool, targets: tuple[str, ...], bench: str, b
         elif not build:
             raise FileNotFoundError(f"stage {name} is not cached at {final}: run the benchmark that builds it first")
         else:
-            partial = final.with_name(final.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
             log(f"[{bench}] stage {name} ...")
             started = time.perf_counter()
-            run_stage(name, params, {up: folders[up] for up in STAGES[name].upstream}, partial)
-            partial.rename(final)
+            write_stage(name, params, {up: folders[up] for up in STAGES[name].upstream}, final)
             log(f"[{bench}] stage {name} done in {time.perf_counter() - started:.0f} s")
         folders[name] = final
     return folders

@@ -9,6 +9,7 @@ import dagster as dg
 import mlflow
 
 from sid_models.params import REPO_ROOT, load_params
+from sid_models.stage_runner import close_orphan_runs, run_tags
 
 DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlflow' / 'mlflow.db'}"
 DEFAULT_ARTIFACT_ROOT = str(REPO_ROOT / "mlflow" / "artifacts")
@@ -63,7 +64,8 @@ class MlflowTracking(dg.ConfigurableResource):
         parent = self.parent_run_id(context.run.run_id, context.run.job_name)
         while mlflow.active_run() is not None:  # a failed earlier asset in this process left a run open
             mlflow.end_run("FAILED")
+        close_orphan_runs(mlflow.MlflowClient(), mlflow.get_run(parent).info.experiment_id, stage)
         with mlflow.start_run(run_id=parent):
             with mlflow.start_run(run_name=stage, nested=True,
-                                  tags={DAGSTER_RUN_TAG: context.run.run_id, "stage": stage}) as run:
+                                  tags={DAGSTER_RUN_TAG: context.run.run_id, "stage": stage, **run_tags()}) as run:
                 yield run

@@ -1,14 +1,14 @@
 """The one way an asset runs a pipeline stage: versioned folder, nested MLflow run, hashed output."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import dagster as dg
 
 from sid_models.artifacts import content_hash
 from sid_models.params import REPO_ROOT
-from sid_models.stages import STAGES, run_stage
+from sid_models.stage_runner import write_stage
+from sid_models.stages import STAGES
 from sid_models import tracking
 
 from .resources import MlflowTracking, ParamsResource
@@ -30,21 +30,12 @@ def materialize_stage(context: dg.AssetExecutionContext, stage: str, inputs: dic
     so a failed stage leaves no artifact behind.
     """
     final = ARTIFACT_ROOT / stage / context.run.run_id
-    staging = final.with_name(final.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
     config = params.load()
     position = list(STAGES).index(stage) + 1
     context.log.info(f"stage {position} of {len(STAGES)}: {stage} ...")
     with mlflow_tracking.stage_run(context, stage) as run:
         tracking.log_params({"stage": stage})
-        try:
-            metadata = run_stage(stage, config, {key: Path(value) for key, value in inputs.items()}, staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        metadata = write_stage(stage, config, {key: Path(value) for key, value in inputs.items()}, final)
         digest = content_hash(final)
         tracking.log_params({"artifact_hash": digest, "artifact_path": str(final)})
         numeric = {key: value for key, value in metadata.items()

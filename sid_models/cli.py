@@ -22,7 +22,8 @@ import mlflow
 
 from . import tracking
 from .params import load_params
-from .stages import STAGES, Stage, run_stage
+from .stage_runner import close_orphan_runs, run_tags, write_stage
+from .stages import STAGES, Stage
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
 DEFAULT_ARTIFACT_ROOT = Path("mlflow") / "artifacts"
@@ -43,18 +44,11 @@ def run(stage: str, out: Path, stages_root: Path, params_file: Path | None) -> d
     missing = [str(path) for path in inputs.values() if not path.is_dir()]
     if missing:
         raise SystemExit(f"stage {stage!r} needs upstream artifacts that are missing: {', '.join(missing)}")
-    _mlflow_experiment()
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    with mlflow.start_run(run_name=stage, tags={"stage": stage, "runner": "dvc"}):
+    experiment_id = _mlflow_experiment()
+    close_orphan_runs(mlflow.MlflowClient(), experiment_id, stage)
+    with mlflow.start_run(run_name=stage, tags={"stage": stage, "runner": "dvc", **run_tags()}):
         tracking.log_params({"stage": stage, "artifact_path": str(out)})
-        try:
-            metadata = run_stage(stage, params, inputs, staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)
+        metadata = write_stage(stage, params, inputs, out)
         tracking.log_metrics({key: value for key, value in metadata.items()
                               if isinstance(value, (int, float)) and not isinstance(value, bool)})
     if stage in PUBLISHED_METRICS:
@@ -66,7 +60,7 @@ def run(stage: str, out: Path, stages_root: Path, params_file: Path | None) -> d
     return metadata
 
 
-def _mlflow_experiment() -> None:
+def _mlflow_experiment() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +68,7 @@ def _mlflow_experiment() -> None:
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         DEFAULT_ARTIFACT_ROOT.mkdir(parents=True, exist_ok=True)
         mlflow.create_experiment(EXPERIMENT, artifact_location=DEFAULT_ARTIFACT_ROOT.resolve().as_uri())
-    mlflow.set_experiment(EXPERIMENT)
+    return mlflow.set_experiment(EXPERIMENT).experiment_id
 
 
 def render_dvc_yaml(params: dict, python: str = DEFAULT_PYTHON, stages_root: Path = STAGES_ROOT) -> str:
