@@ -136,7 +136,9 @@ def test_stage_cli_leaves_nothing_behind_on_bad_input(tmp_path, small_params, mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     out = tmp_path / "data" / "stages" / "raw_dataset"
+    assert cli_main(["run", "raw_dataset", "--params", str(params_file), "--out", str(out)]) == 2
+    assert not out.exists() and not out.with_name("raw_dataset.partial").exists()
     with pytest.raises(DataError, match="empty product_name") as error:
-        cli_main(["run", "raw_dataset", "--params", str(params_file), "--out", str(out)])
+        cli_main(["run", "raw_dataset", "--params", str(params_file), "--out", str(out), "--debug"])
     assert (error.value.row, error.value.column) == (4, "product_name")
     assert not out.exists() and not out.with_name("raw_dataset.partial").exists()
