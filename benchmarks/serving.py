@@ -13,7 +13,6 @@ serving.default_k. `--quick` times fewer queries.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import pandas as pd  # noqa: E402
 
 from benchmarks.common import emit, log, parse_args  # noqa: E402
 from sid_models.data.schema import PreparedDataset  # noqa: E402
-from sid_models.params import REPO_ROOT, load_params  # noqa: E402
+from sid_models.params import load_params  # noqa: E402
 from sid_models.serving.server import post_json, scoring_server  # noqa: E402
 
 BATCH = 64
@@ -60,7 +59,9 @@ def main() -> None:
     mode = "quick" if args.quick else "full"
     params = load_params()
     registry, serving = params["registry"], params["serving"]
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{REPO_ROOT / 'mlflow' / 'mlflow.db'}")
+    from sid_models.tracking import tracking_uri as default_tracking_uri
+
+    tracking_uri = default_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     model_uri = f"models:/{registry['model_name']}@{registry['champion_alias']}"
     log(f"loading {model_uri} from {tracking_uri}")

@@ -8,11 +8,10 @@ from typing import Iterator
 import dagster as dg
 import mlflow
 
-from sid_models.params import REPO_ROOT, load_params
+from sid_models.params import load_params
+from sid_models.tracking import DEFAULT_ARTIFACT_ROOT, DEFAULT_TRACKING_URI, EXPERIMENT
 from sid_models.stage_runner import close_orphan_runs, run_tags
 
-DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlflow' / 'mlflow.db'}"
-DEFAULT_ARTIFACT_ROOT = str(REPO_ROOT / "mlflow" / "artifacts")
 DAGSTER_RUN_TAG = "dagster.run_id"
 
 
@@ -29,8 +28,8 @@ class MlflowTracking(dg.ConfigurableResource):
     """One MLflow parent run per Dagster run (tagged with its run id), nested runs per asset."""
 
     tracking_uri: str = DEFAULT_TRACKING_URI
-    artifact_root: str = DEFAULT_ARTIFACT_ROOT
-    experiment: str = "sid-retrieval"
+    artifact_root: str = str(DEFAULT_ARTIFACT_ROOT)
+    experiment: str = EXPERIMENT
 
     def setup(self) -> str:
         if self.tracking_uri.startswith("sqlite:///"):

@@ -6,9 +6,8 @@
 
 `run` reads upstream artifacts from `<stages-root>/<upstream>` (data/stages by default), writes
 into `<out>.partial` and renames it to `<out>` only when the stage succeeded, inside an
-MLflow run (tracking URI from $MLFLOW_TRACKING_URI, default sqlite:///mlflow/mlflow.db,
-artifacts under mlflow/artifacts, both relative to the working directory, which DVC sets to
-the repository root).
+MLflow run (tracking URI from $MLFLOW_TRACKING_URI, default the repository's
+mlflow/mlflow.db with artifacts under mlflow/artifacts: `tracking.DEFAULT_TRACKING_URI`).
 """
 from __future__ import annotations
 
@@ -25,9 +24,6 @@ from .params import load_params
 from .stage_runner import close_orphan_runs, run_tags, write_stage
 from .stages import STAGES, Stage
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
-DEFAULT_ARTIFACT_ROOT = Path("mlflow") / "artifacts"
-EXPERIMENT = "sid-retrieval"
 STAGES_ROOT = Path("data") / "stages"
 DEFAULT_PYTHON = ".venv/bin/python"
 # Files a stage writes into its folder that DVC shows with `dvc metrics show`, copied to
@@ -61,14 +57,14 @@ def run(stage: str, out: Path, stages_root: Path, params_file: Path | None) -> d
 
 
 def _mlflow_experiment() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    uri = tracking.tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        DEFAULT_ARTIFACT_ROOT.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(EXPERIMENT, artifact_location=DEFAULT_ARTIFACT_ROOT.resolve().as_uri())
-    return mlflow.set_experiment(EXPERIMENT).experiment_id
+    if mlflow.get_experiment_by_name(tracking.EXPERIMENT) is None:
+        tracking.DEFAULT_ARTIFACT_ROOT.mkdir(parents=True, exist_ok=True)
+        mlflow.create_experiment(tracking.EXPERIMENT, artifact_location=tracking.DEFAULT_ARTIFACT_ROOT.as_uri())
+    return mlflow.set_experiment(tracking.EXPERIMENT).experiment_id
 
 
 def render_dvc_yaml(params: dict, python: str = DEFAULT_PYTHON, stages_root: Path = STAGES_ROOT) -> str:

@@ -8,9 +8,22 @@ installed (a slim GPU or serving image).
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping
+
+from .params import REPO_ROOT
+
+# The one default store of every runner (Dagster, the DVC command line, sidr, the benchmarks).
+DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlflow' / 'mlflow.db'}"
+DEFAULT_ARTIFACT_ROOT = REPO_ROOT / "mlflow" / "artifacts"
+EXPERIMENT = "sid-retrieval"
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the repository's SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
 
 
 def mlflow_key(key: str) -> str:

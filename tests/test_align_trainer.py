@@ -105,3 +105,30 @@ def test_torchrun_ddp_ranks_agree_and_match_a_single_process_run(setup, small_pr
                "--sids", str(root / "semantic_ids"), "--sft", str(root / "sft"), "--system", "rad_dpo",
                "--params", str(params_file), "--save-every-rank"]
     assert_ddp_matches_single_process(command, tmp_path, timeout=300)
+
+
+def test_a_query_vector_policy_is_aligned_on_the_sci_query_vectors(small_params, small_prepared, tmp_path):
+    params = deep_merge(small_params, deep_merge(TINY, {"generative": {"query_vector": True},
+                                                        "align": {"train": {"checkpoint_every": 1000}}}))
+    sids = write_sid_folder(small_prepared, tmp_path / "semantic_ids")
+    towers = tmp_path / "sci_towers"
+    towers.mkdir()
+    rng = np.random.default_rng(0)
+    sci_queries = rng.normal(size=(len(small_prepared.queries), 8)).astype(np.float32)
+    np.save(towers / "queries.npy", sci_queries)
+    np.save(towers / "item_query_view.npy", rng.normal(size=(len(small_prepared.items), 8)).astype(np.float32))
+    train_sft(params, small_prepared, sids, tmp_path / "sft", dist=DistContext(), progress=False, towers_folder=towers)
+    with pytest.raises(ValueError, match="reads SCI query vectors"):
+        prepare_preferences(params, small_prepared, tmp_path / "sft", sids)
+    _, data = prepare_preferences(params, small_prepared, tmp_path / "sft", sids, sci_queries=sci_queries)
+    train_ids = small_prepared.queries["query_id"].astype(str).tolist()
+    first = train_ids.index(data.query_ids[0])
+    assert np.allclose(data.query_vectors[0].numpy(), sci_queries[first])
+    sft = load_model(tmp_path / "sft").eval()
+    batch = make_batch(data, np.arange(4), pairwise=False)
+    with torch.no_grad():
+        logp, _ = score_batch(SequenceScorer(sft), batch)
+    assert torch.allclose(logp, batch["reference_logp"], atol=1e-5)
+    model, history = train_alignment(params, "rad_dpo", data, tmp_path / "sft", tmp_path / "aligned",
+                                     dist=DistContext(), progress=False)
+    assert model.config.query_vector_dim == 8 and history

@@ -20,7 +20,10 @@ NaN where a feature does not exist for the pair, which LightGBM routes as missin
 - lexical: `bm25_score`, `bm25_rank` (rank in the BM25 top `bm25_depth`), `bm25_ratio`
   (score / the query's best BM25 score), `trigram_jaccard` (character trigrams of query and
   title: survives misspellings such as "cordles dril"), `query_terms_in_title` (share of the
-  query's words, lower-cased, found among the title's);
+  query's stemmed words found among the title's), `type_terms_in_query` (share of the title's
+  product-type words — the last two words before " in ", " with ", "(", ... as in
+  `generative/views.py` — found in the query: "gas mower" names what "Toro ... Gas Lawn Mower
+  with Briggs Engine" is);
 - popularity: `log_exposure` (relevant training judgments of the item: training split only);
 - sizes: `query_words`, `title_words`.
 """
@@ -33,11 +36,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..generative.retriever import GenerativeRetriever
-from ..sci.bm25 import BM25Retriever
+from ..generative.views import HEAD_END
+from ..sci.bm25 import BM25Retriever, snowball_stemmer
 
 FEATURES = ("beam_rank", "beam_score", "beam_gap", "sid_length", "log_bucket_size", "cell_beam_rank",
             "sci_score", "sci_rank", "minilm_cosine", "sci_gap",
-            "bm25_score", "bm25_rank", "bm25_ratio", "trigram_jaccard", "query_terms_in_title",
+            "bm25_score", "bm25_rank", "bm25_ratio", "trigram_jaccard", "query_terms_in_title", "type_terms_in_query",
             "log_exposure", "query_words", "title_words")
 CHANNELS = ("pool", "bm25", "dense")
 WORD = re.compile(r"\w+")
@@ -95,7 +99,10 @@ class CandidateFeaturizer:
         self.minilm_items = minilm_items
         self.titles = [str(title) for title in titles]
         self.title_words = np.array([len(WORD.findall(title)) for title in self.titles], dtype=np.float32)
-        self.title_terms = [frozenset(WORD.findall(title.lower())) for title in self.titles]
+        self.stem = snowball_stemmer("english").stemWords
+        self.title_terms = [frozenset(self.stem(WORD.findall(title.lower()))) for title in self.titles]
+        self.type_terms = [self.stem(WORD.findall(HEAD_END.split(title.lower(), maxsplit=1)[0])[-2:])
+                           for title in self.titles]
         self.log_exposure = np.log1p(np.asarray(exposure, dtype=np.float32))
         buckets = retriever.buckets
         self.sid_of_row = np.empty(n_items, dtype=np.int64)
@@ -168,12 +175,15 @@ class CandidateFeaturizer:
         features[:, column["bm25_rank"]] = _rank_in(rows, bm25_top)
         best_bm25 = float(bm25_scores[bm25_top[0]]) if len(bm25_top) else 0.0
         features[:, column["bm25_ratio"]] = bm25_scores[rows] / best_bm25 if best_bm25 > 0 else 0.0
-        query_grams, query_terms = trigrams(query), WORD.findall(query.lower())
+        query_grams, query_terms = trigrams(query), self.stem(WORD.findall(query.lower()))
+        query_set = frozenset(query_terms)
         features[:, column["trigram_jaccard"]] = [
             len(query_grams & grams) / max(len(query_grams | grams), 1)
             for grams in (self._title_trigrams(int(row)) for row in rows)]
         features[:, column["query_terms_in_title"]] = [
             sum(term in self.title_terms[row] for term in query_terms) / max(len(query_terms), 1) for row in rows]
+        features[:, column["type_terms_in_query"]] = [
+            sum(term in query_set for term in self.type_terms[row]) / max(len(self.type_terms[row]), 1) for row in rows]
         features[:, column["log_exposure"]] = self.log_exposure[rows]
         features[:, column["query_words"]] = len(query_terms)
         features[:, column["title_words"]] = self.title_words[rows]

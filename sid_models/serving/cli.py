@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-from ..params import REPO_ROOT, load_params
+from ..params import load_params
+from ..tracking import tracking_uri
 
-DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlflow' / 'mlflow.db'}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +26,7 @@ def _main(argv: list[str]) -> int:
     search.add_argument("--alias", default=None, help="registry alias (default: params registry.champion_alias)")
     search.add_argument("--version", default=None, help="registry version number instead of an alias")
     search.add_argument("--params", default=None, help="params file (default: params.yaml / $SIDR_PARAMS)")
-    search.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    search.add_argument("--tracking-uri", default=tracking_uri(), help="default: $MLFLOW_TRACKING_URI or mlflow/mlflow.db")
     search.add_argument("--json", action="store_true", help="print one JSON object per query")
     args = parser.parse_args(argv)
 
