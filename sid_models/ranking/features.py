@@ -2,7 +2,7 @@
 
 Candidates of a query come from up to three channels:
 - `pool`: the items of the top `pool_sids` SIDs the generative retriever decodes (constrained
-  beam, beam order): every item of each SID's leaf bucket;
+  beam of max(decode.beam_size, pool_sids), beam order): every item of each SID's leaf bucket;
 - `bm25`: BM25's top `bm25_depth` items (stemmed, `sci/bm25.py`);
 - `dense`: the SCI towers' top `dense_depth` items by f_q(query) · f_i(item), exact.
 The generative system ranks the pool alone; `hybrid` ranks the union of the three.
@@ -127,7 +127,9 @@ class CandidateFeaturizer:
             return []
         minilm_queries = self.encode_minilm(queries)
         sci_queries = self.query_tower(minilm_queries)
-        sids, beam_scores = self.retriever.search_sids(queries, self.retriever.beam_size, sci_queries)
+        # a pool deeper than the checkpoint's beam widens the beam to match
+        sids, beam_scores = self.retriever.search_sids(queries, max(self.retriever.beam_size, settings.pool_sids),
+                                                       sci_queries)
         bm25_scores = self.bm25.scores(queries)
         out = []
         for position, query in enumerate(queries):
