@@ -10,7 +10,8 @@ budget on the same split) and `ranker` (LightGBM on the validation split) feed:
 - `gr_sarq_acrq`: the shipped recipe, the pool ranker (`ranker.systems.pool`) over the items
   of the top decoded SIDs;
 - `hybrid`: the hybrid ranker over that pool ∪ BM25 top-N ∪ dense top-N.
-Ranked rows carry `pool_coverage` (share of the relevant test pairs among the candidates).
+Ranked rows carry `pool_coverage` (share of the relevant test pairs among the candidates) and
+p50/p95 ms at batch 1 (64 test queries, from query text: MiniLM, decoding, features, ranker).
 
 Speed (`decode_tensor`, `decode_reference`): the SARQ+ACRQ model's weights under the
 tensorised trie (`TrieConstraint`) and under the reference (`DictTrieConstraint`: a Python
@@ -38,6 +39,7 @@ from common import (add_bucket_pool_argument, benchmark_params, bucket_pool, emi
                     parse_args, run_chain, test_metrics, test_queries)
 
 from sid_models.data.schema import PreparedDataset  # noqa: E402
+from sid_models.eval.harness import latency_ms  # noqa: E402
 from sid_models.eval.systems import load_bm25  # noqa: E402
 from sid_models.ranking.stage import coverage, load_ranked_searcher  # noqa: E402
 from sid_models.generative.retriever import load_retriever  # noqa: E402
@@ -46,6 +48,7 @@ from sid_models.generative.trie import DictTrieConstraint, TrieConstraint, Uncon
 
 BENCH = "generative"
 EVAL_K = 10
+LATENCY_QUERIES = 64       # ranked systems: test queries timed one at a time (batch 1, from query text)
 SPEED_BATCH, SPEED_BEAMS = 64, 20
 QUICK = {
     "demo": {"n_items": 800, "n_queries": 900},
@@ -68,13 +71,15 @@ def ranked_quality(params: dict, folders: dict, ranker_system: str, prepared: Pr
     candidates = searcher.featurizer.candidates(queries["text"].astype(str).tolist(), searcher.settings)
     metrics = test_metrics(prepared, queries, searcher.rank(candidates, EVAL_K))
     training = json.loads((folders["ranker"] / ranker_system / "ranker.json").read_text())["training"]
+    timings = latency_ms(searcher, queries["text"].astype(str).tolist()[:LATENCY_QUERIES], EVAL_K)
     return {**{key: metrics[key] for key in REPORTED if key in metrics},
             "pool_coverage": coverage([found.rows for found in candidates], queries["query_id"].tolist(),
                                       searcher.featurizer.retriever.item_ids, prepared.relevant("test")),
             "mean_candidates": float(np.mean([len(found.rows) for found in candidates])),
             "channels": list(searcher.settings.channels), "pool_sids": searcher.settings.pool_sids,
             "ranker_rounds": training["rounds"], "ranker_cv_ndcg@10": training["cv_ndcg@10"],
-            "ranker_seconds": round(training["seconds"], 1)}
+            "ranker_seconds": round(training["seconds"], 1),
+            "p50_ms": round(float(np.percentile(timings, 50)), 1), "p95_ms": round(float(np.percentile(timings, 95)), 1)}
 
 
 def quality(retriever, prepared: PreparedDataset, queries) -> dict:
