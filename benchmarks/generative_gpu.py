@@ -61,7 +61,9 @@ SYSTEM_METRICS = ("gpu_0_utilization_percentage", "gpu_0_memory_usage_megabytes"
 
 
 def gpu_params(device: str, preset: str) -> dict:
-    return deep_merge(load_params(), {"generative": {"preset": preset, "device": device}})
+    """params for the device run. The token-only model (no query-vector memory): the device
+    bundle carries neither MiniLM nor the SCI vectors that position would need at decode time."""
+    return deep_merge(load_params(), {"generative": {"preset": preset, "device": device, "query_vector": False}})
 
 
 def with_steps(params: dict, steps: int) -> dict:

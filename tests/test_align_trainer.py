@@ -17,7 +17,7 @@ from sid_models.quantize.table import save_sids
 from ddp_check import assert_ddp_matches_single_process
 
 TINY = {
-    "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False,
+    "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "query_vector": False,
                    "presets": {"cpu": {"model": {"d_model": 32, "n_heads": 2, "n_enc_layers": 1, "n_dec_layers": 1,
                                                  "d_ff": 64, "max_enc_len": 16},
                                        "sft": {"steps": 20, "batch_size": 32}}}},

@@ -27,6 +27,11 @@ def stage_inputs(small_prepared, tmp_path_factory):
     DualTower(config, projection).save(towers_folder)
     vectors = np.random.default_rng(0).normal(size=(len(small_prepared.items), config.out_dim)).astype(np.float32)
     np.save(towers_folder / "item_item_view.npy", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    # the query views the default recipe's query-vector memory reads (sci_towers writes them)
+    rng = np.random.default_rng(1)
+    np.save(towers_folder / "item_query_view.npy", rng.normal(size=vectors.shape).astype(np.float32))
+    np.save(towers_folder / "queries.npy",
+            rng.normal(size=(len(small_prepared.queries), config.out_dim)).astype(np.float32))
     index = root / "sci_index"
     index.mkdir()
     return {"prepared_dataset": prepared, "semantic_ids": sids, "sci_towers": towers_folder, "sci_index": index}

@@ -17,7 +17,7 @@ TINY_MODEL = {"d_model": 32, "n_heads": 2, "n_enc_layers": 1, "n_dec_layers": 1,
 
 def tiny_params(small_params: dict, **sft) -> dict:
     return deep_merge(small_params, {
-        "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False,
+        "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "query_vector": False,
                        "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 6, "batch_size": 16}}}},
         "sft": {"warmup_steps": 2, "checkpoint_every": 2, "log_every": 1, **sft},
     })
@@ -122,6 +122,7 @@ def test_sigkill_during_training_then_resume_equals_an_uninterrupted_run(small_p
 
     prepared = small_prepared.save(tmp_path / "prepared")
     overrides = {"generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "threads": 1,
+                                "query_vector": False,
                                 "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 60, "batch_size": 16}}}},
                  "sft": {"warmup_steps": 2, "checkpoint_every": 5, "log_every": 1}, "demo": small_params["demo"]}
     command = [sys.executable, "-m", "sid_models.generative.train", "--prepared", str(prepared),
@@ -157,6 +158,7 @@ def test_torchrun_ddp_ranks_agree_and_match_a_single_process_run(small_params, s
                                                                  tmp_path):
     prepared = small_prepared.save(tmp_path / "prepared")
     overrides = {"generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "threads": 1,
+                                "query_vector": False,
                                 "presets": {"cpu": {"model": {**TINY_MODEL, "dropout": 0.0},
                                                     "sft": {"steps": 4, "batch_size": 16}}}},
                  "sft": {"warmup_steps": 2, "checkpoint_every": 4, "log_every": 1}, "demo": small_params["demo"]}
