@@ -1,0 +1,54 @@
+"""Ranker settings chosen on the validation split: cross-validated NDCG@10 per LightGBM setting.
+
+Features of the validation queries are computed once from the cached chain of the
+generative benchmark (run it first), for the `pool` and `hybrid` candidate settings of
+params; then every setting of GRID trains `train_ranker` (5-fold CV by query inside the
+validation split, as the ranker stage does) and prints its held-out NDCG@10. Test is never
+read: this is how `ranker.lightgbm` in params.yaml is chosen.
+
+    .venv/bin/python benchmarks/ranker_sweep.py [--data PATH|demo] [--quick] [--seeds 0]
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+import time
+
+from common import benchmark_params, emit, log, parse_args, run_chain  # sets sys.path
+
+from sid_models.data.schema import PreparedDataset  # noqa: E402
+from sid_models.ranking.ranker import RankerConfig, labels, train_ranker  # noqa: E402
+from sid_models.ranking.stage import candidate_settings, load_featurizer  # noqa: E402
+
+BENCH = "ranker_sweep"
+GRID = {"num_leaves": (15, 31, 63), "learning_rate": (0.03, 0.1), "min_data_in_leaf": (50, 200)}
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    params = benchmark_params(args)
+    base = RankerConfig.from_params(params["ranker"])
+    for seed in args.seeds:
+        seeded = {**params, "seed": seed}
+        folders = run_chain(seeded, args.quick, ("sft_checkpoint",), BENCH, build=False)
+        prepared = PreparedDataset.load(folders["prepared_dataset"])
+        relevant = prepared.relevant("valid")
+        queries = prepared.split_queries("valid")
+        queries = queries[queries["query_id"].isin(set(relevant["query_id"]))]
+        featurizer = load_featurizer(seeded, folders)
+        for system, system_params in params["ranker"]["systems"].items():
+            started = time.perf_counter()
+            candidates = featurizer.candidates(queries["text"].astype(str).tolist(), candidate_settings(system_params))
+            query_labels = labels(candidates, queries["query_id"].tolist(), featurizer.retriever.item_ids,
+                                  prepared.split_judgments("valid"), prepared.scale, base.label_steps)
+            log(f"[{BENCH}] {system} seed {seed}: features in {time.perf_counter() - started:.0f} s")
+            for values in itertools.product(*GRID.values()):
+                config = dataclasses.replace(base, **dict(zip(GRID, values)))
+                _, summary = train_ranker(candidates, query_labels, config, seed)
+                emit(BENCH, system, seed=seed, **dict(zip(GRID, values)), rounds=summary["rounds"],
+                     cv_ndcg_at_10=round(summary["cv_ndcg@10"], 4), cv_std=round(summary["cv_ndcg@10_std"], 4))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
