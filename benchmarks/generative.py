@@ -11,7 +11,8 @@ budget on the same split) and `ranker` (LightGBM on the validation split) feed:
   of the top decoded SIDs;
 - `hybrid`: the hybrid ranker over that pool ∪ BM25 top-N ∪ dense top-N.
 Ranked rows carry `pool_coverage` (share of the relevant test pairs among the candidates) and
-p50/p95 ms at batch 1 (64 test queries, from query text: MiniLM, decoding, features, ranker).
+p50/p95 ms at batch 1 (64 test queries, from query text: MiniLM, decoding, features, ranker),
+with the served model's `serving.torch_threads`.
 
 Speed (`decode_tensor`, `decode_reference`): the SARQ+ACRQ model's weights under the
 tensorised trie (`TrieConstraint`) and under the reference (`DictTrieConstraint`: a Python
@@ -71,7 +72,10 @@ def ranked_quality(params: dict, folders: dict, ranker_system: str, prepared: Pr
     candidates = searcher.featurizer.candidates(queries["text"].astype(str).tolist(), searcher.settings)
     metrics = test_metrics(prepared, queries, searcher.rank(candidates, EVAL_K))
     training = json.loads((folders["ranker"] / ranker_system / "ranker.json").read_text())["training"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(params["serving"]["torch_threads"]))     # as the served model runs
     timings = latency_ms(searcher, queries["text"].astype(str).tolist()[:LATENCY_QUERIES], EVAL_K)
+    torch.set_num_threads(threads)
     return {**{key: metrics[key] for key in REPORTED if key in metrics},
             "pool_coverage": coverage([found.rows for found in candidates], queries["query_id"].tolist(),
                                       searcher.featurizer.retriever.item_ids, prepared.relevant("test")),

@@ -58,6 +58,7 @@ class SidTrie:
         self.child_mask, self.terminal = child_mask, terminal
         self.edge_key, self.edge_child, self.edge_sid = edge_key, edge_child, edge_sid
         self.sid_index = {sid: index for index, sid in enumerate(sids)}
+        self.max_length = max(len(sid) for sid in sids)      # read by every beam search
 
     @classmethod
     def build(cls, sids: Sequence[Sequence[int]], vocab: SidVocab) -> "SidTrie":
@@ -104,10 +105,6 @@ class SidTrie:
     @property
     def n_nodes(self) -> int:
         return self.terminal.numel()
-
-    @property
-    def max_length(self) -> int:
-        return max(len(sid) for sid in self.sids)
 
     def to(self, device: torch.device | str) -> "SidTrie":
         return SidTrie(self.vocab, self.sids, *(tensor.to(device) for tensor in (

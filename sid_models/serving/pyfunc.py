@@ -119,6 +119,11 @@ class SearcherModel(mlflow.pyfunc.PythonModel):
         config = context.model_config
         loader = import_loader(config["loader"])
         folders = {argument: context.artifacts[artifact] for argument, artifact in config["artifact_args"].items()}
+        if config.get("torch_threads"):
+            import torch
+
+            # batch-1 serving: one thread answers faster than two that spin on each other
+            torch.set_num_threads(int(config["torch_threads"]))
         self.searcher = loader(**folders, **config.get("loader_kwargs", {}))
         self.limits = ServingLimits(**config["limits"])
         self.artifacts = dict(context.artifacts)
@@ -141,7 +146,8 @@ class SearcherModel(mlflow.pyfunc.PythonModel):
 
 def log_searcher_model(loader: str, artifacts: Mapping[str, str | Path], artifact_args: Mapping[str, str],
                        limits: ServingLimits, input_example: list[str], loader_kwargs: Mapping[str, Any] | None = None,
-                       name: str = "model", registered_model_name: str | None = None):
+                       name: str = "model", registered_model_name: str | None = None,
+                       torch_threads: int | None = None):
     """Log a SearcherModel to the active MLflow run (and register it when a name is given).
 
     `artifacts`: artifact name -> local folder copied into the model; `artifact_args`:
@@ -158,7 +164,8 @@ def log_searcher_model(loader: str, artifacts: Mapping[str, str | Path], artifac
         python_model=SearcherModel(),
         artifacts={key: str(folder) for key, folder in artifacts.items()},
         model_config={"loader": loader, "artifact_args": dict(artifact_args),
-                      "loader_kwargs": dict(loader_kwargs or {}), "limits": asdict(limits)},
+                      "loader_kwargs": dict(loader_kwargs or {}), "limits": asdict(limits),
+                      "torch_threads": torch_threads},
         signature=signature(limits),
         input_example=pd.DataFrame({"query": input_example}),
         registered_model_name=registered_model_name,
@@ -228,4 +235,5 @@ def log_retriever(params: Mapping[str, Any], checkpoint: str | Path, semantic_id
             loader, arguments = RANKED_LOADER, RANKED_ARGS
             loader_kwargs.update(bm25_params=dict(params["bm25"]), text_params=dict(params["text"]))
         return log_searcher_model(loader, artifacts, arguments, ServingLimits.from_params(params["serving"]),
-                                  examples, loader_kwargs=loader_kwargs, registered_model_name=registered_model_name)
+                                  examples, loader_kwargs=loader_kwargs, registered_model_name=registered_model_name,
+                                  torch_threads=int(params["serving"]["torch_threads"]))
