@@ -23,6 +23,15 @@ def tiny_params(small_params: dict, **sft) -> dict:
     })
 
 
+def command_line_overrides(small_params: dict, model: dict, steps: int, checkpoint_every: int) -> dict:
+    """--overrides of `python -m sid_models.generative.train` for a tiny single-thread run on the small demo store."""
+    return {"generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "threads": 1,
+                           "query_vector": False,
+                           "presets": {"cpu": {"model": model, "sft": {"steps": steps, "batch_size": 16}}}},
+            "sft": {"warmup_steps": 2, "checkpoint_every": checkpoint_every, "log_every": 1},
+            "demo": small_params["demo"]}
+
+
 @pytest.fixture(scope="module")
 def sids_folder(small_prepared, tmp_path_factory):
     return write_synthetic_sids(small_prepared, tmp_path_factory.mktemp("sids"))
@@ -121,10 +130,7 @@ def test_sigkill_during_training_then_resume_equals_an_uninterrupted_run(small_p
     from sid_models.params import REPO_ROOT
 
     prepared = small_prepared.save(tmp_path / "prepared")
-    overrides = {"generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "threads": 1,
-                                "query_vector": False,
-                                "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 60, "batch_size": 16}}}},
-                 "sft": {"warmup_steps": 2, "checkpoint_every": 5, "log_every": 1}, "demo": small_params["demo"]}
+    overrides = command_line_overrides(small_params, TINY_MODEL, steps=60, checkpoint_every=5)
     command = [sys.executable, "-m", "sid_models.generative.train", "--prepared", str(prepared),
                "--sids", str(sids_folder), "--overrides", json.dumps(overrides)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -157,11 +163,7 @@ def test_sigkill_during_training_then_resume_equals_an_uninterrupted_run(small_p
 def test_torchrun_ddp_ranks_agree_and_match_a_single_process_run(small_params, small_prepared, sids_folder,
                                                                  tmp_path):
     prepared = small_prepared.save(tmp_path / "prepared")
-    overrides = {"generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "threads": 1,
-                                "query_vector": False,
-                                "presets": {"cpu": {"model": {**TINY_MODEL, "dropout": 0.0},
-                                                    "sft": {"steps": 4, "batch_size": 16}}}},
-                 "sft": {"warmup_steps": 2, "checkpoint_every": 4, "log_every": 1}, "demo": small_params["demo"]}
+    overrides = command_line_overrides(small_params, {**TINY_MODEL, "dropout": 0.0}, steps=4, checkpoint_every=4)
     command = ["-m", "sid_models.generative.train", "--prepared", str(prepared), "--sids", str(sids_folder),
                "--overrides", json.dumps(overrides), "--save-every-rank"]
     assert_ddp_matches_single_process(command, tmp_path, timeout=170, steps=4)
