@@ -88,10 +88,9 @@ class CandidateFeaturizer:
 
     def __init__(self, retriever: GenerativeRetriever, bm25: BM25Retriever, encode_minilm: Callable[[list[str]], np.ndarray],
                  query_tower: Callable[[np.ndarray], np.ndarray], minilm_items: np.ndarray,
-                 titles: Sequence[str], exposure: np.ndarray, item_sids: Sequence[tuple[int, ...]]):
+                 titles: Sequence[str], exposure: np.ndarray):
         n_items = len(retriever.item_ids)
-        for name, values in (("minilm_items", minilm_items), ("titles", titles), ("exposure", exposure),
-                             ("item_sids", item_sids)):
+        for name, values in (("minilm_items", minilm_items), ("titles", titles), ("exposure", exposure)):
             if len(values) != n_items:
                 raise ValueError(f"{name} has {len(values)} rows for {n_items} catalogue items")
         self.retriever, self.bm25 = retriever, bm25
@@ -108,9 +107,10 @@ class CandidateFeaturizer:
         self.sid_of_row = np.empty(n_items, dtype=np.int64)
         for sid in range(len(buckets.ptr) - 1):
             self.sid_of_row[buckets.rows[buckets.ptr[sid]:buckets.ptr[sid + 1]]] = sid
-        self.sid_length = np.array([len(sid) for sid in item_sids], dtype=np.float32)
-        self.cell_of_row = np.array([sid[0] for sid in item_sids], dtype=np.int64)
+        # every item's SID is the trie's SID of its bucket
         self.cell_of_sid = np.array([sid[0] for sid in retriever.trie.sids], dtype=np.int64)
+        self.sid_length = np.array([len(sid) for sid in retriever.trie.sids], dtype=np.float32)[self.sid_of_row]
+        self.cell_of_row = self.cell_of_sid[self.sid_of_row]
         self.log_bucket_size = np.log(np.diff(buckets.ptr).astype(np.float32))[self.sid_of_row]
         # once, at load: computing them per candidate would cost a served query ~100 ms
         self.title_trigrams = [trigrams(title) for title in self.titles]

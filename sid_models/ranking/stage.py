@@ -21,7 +21,7 @@ from typing import Mapping
 import numpy as np
 
 from ..data.schema import PreparedDataset
-from ..generative.retriever import assets_folder, catalogue_sids, load_retriever
+from ..generative.retriever import assets_folder, load_retriever
 from ..sci.bm25 import BM25Retriever
 from ..sci.towers import load_towers
 from ..text.encoder import TextEncoder
@@ -56,10 +56,9 @@ def featurizer_from_folders(checkpoint_folder: str | Path, sids_folder: str | Pa
                           progress=False)
     minilm_items, _ = load_embeddings(embeddings_folder)
     exposure = prepared.items["item_id"].map(dict(zip(prepared.segments["item_id"], prepared.segments["exposure"])))
-    _, item_sids = catalogue_sids(sids_folder, prepared_folder, variant)
     bm25 = BM25Retriever.from_params(prepared.item_text().tolist(), bm25_params)
     return CandidateFeaturizer(retriever, bm25, encoder.encode, towers.encode_queries, minilm_items,
-                               prepared.items["title"].tolist(), exposure.fillna(0).to_numpy(), item_sids)
+                               prepared.items["title"].tolist(), exposure.fillna(0).to_numpy())
 
 
 def coverage(candidate_rows: list[np.ndarray], query_ids, item_ids: np.ndarray, relevant) -> float:
