@@ -82,6 +82,7 @@ def ranked_quality(params: dict, folders: dict, ranker_system: str, prepared: Pr
             "mean_candidates": float(np.mean([len(found.rows) for found in candidates])),
             "channels": list(searcher.settings.channels), "pool_sids": searcher.settings.pool_sids,
             "ranker_rounds": training["rounds"], "ranker_cv_ndcg@10": training["cv_ndcg@10"],
+            "ranker_oof_ndcg@10": training["oof_ndcg@10"], "ranker_oof_recall@10": training["oof_recall@10"],
             "ranker_seconds": round(training["seconds"], 1),
             "p50_ms": round(float(np.percentile(timings, 50)), 1), "p95_ms": round(float(np.percentile(timings, 95)), 1)}
 

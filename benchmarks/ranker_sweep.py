@@ -19,14 +19,19 @@ from common import benchmark_params, emit, log, parse_args, run_chain  # sets sy
 
 from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.ranking.ranker import RankerConfig, labels, train_ranker  # noqa: E402
-from sid_models.ranking.stage import candidate_settings, load_featurizer  # noqa: E402
+from sid_models.ranking.stage import candidate_settings, load_featurizer, validation_estimate  # noqa: E402
 
 BENCH = "ranker_sweep"
-GRID = {"num_leaves": (15, 31, 63), "learning_rate": (0.03, 0.1), "min_data_in_leaf": (50, 200)}
+GRID = {"num_leaves": (15, 31, 63), "min_data_in_leaf": (50, 200)}
+
+
+def own_arguments(parser) -> None:
+    parser.add_argument("--grid", choices=("full", "base"), default="full",
+                        help="base: only params' own LightGBM setting (to compare candidate settings)")
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], own_arguments)
     params = benchmark_params(args)
     base = RankerConfig.from_params(params["ranker"])
     for seed in args.seeds:
@@ -43,11 +48,16 @@ def main() -> None:
             query_labels = labels(candidates, queries["query_id"].tolist(), featurizer.retriever.item_ids,
                                   prepared.split_judgments("valid"), prepared.scale, base.label_steps)
             log(f"[{BENCH}] {system} seed {seed}: features in {time.perf_counter() - started:.0f} s")
-            for values in itertools.product(*GRID.values()):
-                config = dataclasses.replace(base, **dict(zip(GRID, values)))
-                _, summary = train_ranker(candidates, query_labels, config, seed)
-                emit(BENCH, system, seed=seed, **dict(zip(GRID, values)), rounds=summary["rounds"],
-                     cv_ndcg_at_10=round(summary["cv_ndcg@10"], 4), cv_std=round(summary["cv_ndcg@10_std"], 4))
+            grid = GRID if args.grid == "full" else {name: (getattr(base, name),) for name in GRID}
+            for values in itertools.product(*grid.values()):
+                config = dataclasses.replace(base, **dict(zip(grid, values)))
+                _, summary, out_of_fold = train_ranker(candidates, query_labels, config, seed)
+                estimate = validation_estimate(candidates, out_of_fold, queries["query_id"].tolist(),
+                                               featurizer.retriever.item_ids, prepared)
+                emit(BENCH, system, seed=seed, **dict(zip(grid, values)), pool_sids=system_params["pool_sids"],
+                     rounds=summary["rounds"], cv_ndcg_at_10=round(summary["cv_ndcg@10"], 4),
+                     cv_std=round(summary["cv_ndcg@10_std"], 4), **{key: round(value, 4) for key, value
+                                                                      in estimate.items()})
 
 
 if __name__ == "__main__":

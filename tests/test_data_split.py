@@ -142,6 +142,26 @@ def test_table_suites_report_each_broken_contract(small_prepared):
     assert "no-such-item" in failed[("judgments", "expect_column_values_to_be_null", "unknown_item_id")].examples
 
 
+def test_table_suites_cover_the_loaders_text_and_id_rules(small_prepared):
+    items = small_prepared.items.copy()
+    items.loc[0, "item_id"] = "nul\x00id"
+    items.loc[1, "title"] = "\u200b\u200b"
+    items.loc[2, "title"] = "steel\x96drill"          # a C1 control the loaders would have repaired
+    queries = small_prepared.queries.copy()
+    queries.loc[0, "text"] = " \ufeff "
+    judgments = small_prepared.judgments.assign(relevance=1.0)   # nothing reaches the threshold
+    broken = dataclasses.replace(small_prepared, items=items, queries=queries, judgments=judgments)
+    failed = {(report.suite, outcome.expectation, outcome.column): outcome
+              for report in table_suites(broken, max_examples=3) for outcome in report.failures()}
+    assert failed[("items", "expect_column_values_to_not_match_regex", "item_id")].unexpected_count == 1
+    # two regex rules on one column share a key above: count them from the reports
+    title_rules = [outcome for report in table_suites(broken, max_examples=3) if report.suite == "items"
+                   for outcome in report.failures() if outcome.column == "title"]
+    assert sorted(outcome.unexpected_count for outcome in title_rules) == [1, 1]
+    assert ("queries", "expect_column_values_to_not_match_regex", "text") in failed
+    assert ("judgments", "expect_column_max_to_be_between", "relevance") in failed
+
+
 def test_split_suites_catch_a_query_in_two_splits(small_prepared):
     judgments = small_prepared.judgments.copy()
     train_row = judgments.index[judgments["split"] == "train"][0]

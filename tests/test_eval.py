@@ -158,3 +158,40 @@ def test_report_marks_the_best_system_per_column_and_keys_the_names(measured, tm
     cells = [cell.strip() for cell in quality.strip("|").split("|")]
     assert cells[3] == f"{best.metrics['recall@10']:.4f} ★"
     assert "| bm25 | BM25 with English stemming" in markdown
+
+
+def test_per_query_values_average_to_the_metrics_and_bootstrap_brackets_them(measured, small_prepared):
+    from sid_models.eval.metrics import bootstrap_intervals, per_query
+
+    judgments = small_prepared.split_judgments("test")
+    result, rankings = measured["bm25"]
+    values = per_query(rankings, judgments, small_prepared.scale)
+    assert values["recall@10"].mean() == pytest.approx(result.metrics["recall@10"])
+    assert values["ndcg@10"].mean() == pytest.approx(result.metrics["ndcg@10"])
+    bounds = bootstrap_intervals({"ndcg@10": values["ndcg@10"].to_numpy()}, samples=500, seed=0)
+    low, high = bounds["ndcg@10"]
+    assert low < result.metrics["ndcg@10"] < high and high - low < 0.5
+    assert bootstrap_intervals({"x": values["ndcg@10"].to_numpy()}, 500, 0)["x"] == bounds["ndcg@10"]  # seeded
+    with pytest.raises(ValueError, match="equally long"):
+        bootstrap_intervals({"a": np.ones(3), "b": np.ones(4)}, 10, 0)
+
+
+def test_report_shows_intervals_the_difference_to_bm25_and_example_queries(measured, small_params, small_prepared,
+                                                                           tmp_path):
+    from sid_models.eval.stage import examples, uncertainty
+
+    rankings = {name: ranked for name, (_, ranked) in measured.items()}
+    settings = {**small_params["eval"], "headline_system": "minilm", "examples": 2,
+                "bootstrap": {"samples": 200, "seed": 0, "baseline": "bm25"}}
+    intervals, differences = uncertainty(rankings, small_prepared, settings)
+    assert set(intervals) == {"bm25", "minilm"} and list(differences) == ["minilm − bm25"]
+    gap, low, high = differences["minilm − bm25"]["recall@10"]
+    expected = measured["minilm"][0].metrics["recall@10"] - measured["bm25"][0].metrics["recall@10"]
+    assert gap == pytest.approx(expected) and low <= gap <= high
+    shown = examples(rankings, small_prepared, settings)
+    assert len(shown) == 2 and all(len(top) <= 5 for example in shown for top in example["systems"].values())
+    report = EvalReport(dataset=small_prepared.name, split="test", systems=[result for result, _ in measured.values()],
+                        headline_system="minilm", intervals=intervals, differences=differences, examples=shown)
+    markdown = write_report(report, tmp_path / "report")["report.md"].read_text()
+    assert "## Uncertainty" in markdown and "| minilm − bm25 |" in markdown
+    assert "## Example queries" in markdown and f"| {shown[0]['query']} | bm25 |" in markdown

@@ -27,9 +27,10 @@ def ranker_inputs(stage_inputs, stage_output, small_stage_folders):  # noqa: F81
 @pytest.fixture(scope="module")
 def ranker_params(small_params):
     return deep_merge(small_params, {"ranker": {
-        "systems": {"pool": {"channels": ["pool"], "pool_sids": 3, "bm25_depth": 10, "dense_depth": 10},
-                    "hybrid": {"channels": ["pool", "bm25", "dense"], "pool_sids": 3, "bm25_depth": 10,
-                               "dense_depth": 10}},
+        "systems": {"pool": {"channels": ["pool"], "pool_sids": 3, "bm25_depth": 10, "dense_depth": 10,
+                             "history_depth": 5},
+                    "hybrid": {"channels": ["pool", "bm25", "dense", "history"], "pool_sids": 3, "bm25_depth": 10,
+                               "dense_depth": 10, "history_depth": 5}},
         "lightgbm": {"num_leaves": 7, "learning_rate": 0.2, "min_data_in_leaf": 5, "feature_fraction": 1.0,
                      "max_rounds": 40, "early_stopping_rounds": 10, "folds": 3, "label_steps": 2, "threads": 1}}})
 
@@ -42,8 +43,8 @@ def test_trigrams_survive_a_misspelling():
 def test_candidates_are_the_union_of_the_channels_with_their_features(ranker_params, ranker_inputs):
     featurizer = load_featurizer(ranker_params, ranker_inputs)
     query = featurizer.titles[5]
-    pool_only = CandidateSettings(("pool",), pool_sids=3, bm25_depth=10, dense_depth=10)
-    union = CandidateSettings(("pool", "bm25", "dense"), pool_sids=3, bm25_depth=10, dense_depth=10)
+    pool_only = CandidateSettings(("pool",), pool_sids=3, bm25_depth=10, dense_depth=10, history_depth=5)
+    union = CandidateSettings(("pool", "bm25", "dense"), pool_sids=3, bm25_depth=10, dense_depth=10, history_depth=5)
     (pooled,), (merged,) = featurizer.candidates([query], pool_only), featurizer.candidates([query], union)
 
     sids, _ = featurizer.retriever.search_sids([query], featurizer.retriever.beam_size)
@@ -67,6 +68,37 @@ def test_candidates_are_the_union_of_the_channels_with_their_features(ranker_par
     assert ranks.tolist() == list(range(10))
 
 
+def test_query_history_scores_warm_items_by_their_training_queries():
+    from sid_models.ranking.features import QueryHistory
+
+    bm25_params = {"k1": 1.2, "b": 0.75, "method": "lucene", "stopwords": "en", "stemmer": "english"}
+    vectors = np.eye(4, dtype=np.float32)[[0, 1, 2]]
+    # items 0 and 2 are warm (item 2 twice), items 1 and 3 were reached by no training query
+    history = QueryHistory(np.array([2, 0, 2]), ["garden hoses", "cordless drill", "patio heater"], vectors, 4,
+                           bm25_params)
+    scores = history.bm25_scores(["drill", "heater"])
+    assert np.isnan(scores[:, [1, 3]]).all()
+    assert scores[0, 0] > 0 == scores[0, 2] and scores[1, 2] > 0 == scores[1, 0]
+    cosine = history.cosine(np.array([0.0, 0.0, 1.0, 0.0], dtype=np.float32))  # the "patio heater" vector
+    assert cosine[2] == 1.0 and cosine[0] == 0.0 and np.isnan(cosine[[1, 3]]).all()
+    with pytest.raises(ValueError, match="outside the catalogue of 4 items"):
+        QueryHistory(np.array([4]), ["x"], vectors[:1], 4, bm25_params)
+
+
+def test_history_channel_brings_the_items_of_the_nearest_training_queries(ranker_params, ranker_inputs,
+                                                                           small_prepared):
+    featurizer = load_featurizer(ranker_params, ranker_inputs)
+    train = small_prepared.relevant("train").merge(small_prepared.queries, on="query_id")
+    query, item = train.iloc[0]["text"], train.iloc[0]["item_id"]
+    settings = CandidateSettings(("history",), pool_sids=3, bm25_depth=10, dense_depth=10, history_depth=5)
+    (found,) = featurizer.candidates([str(query)], settings)
+    row = featurizer.retriever.item_ids.tolist().index(item)
+    assert row in found.rows.tolist()                  # a training query finds its own relevant item
+    own = found.features[found.rows.tolist().index(row)]
+    assert own[COLUMN["history_cosine"]] == pytest.approx(1.0, abs=1e-4) and own[COLUMN["history_bm25"]] > 0
+    assert 0 < own[COLUMN["history_ratio"]] <= 1.0
+
+
 def test_labels_are_quantised_gains_and_unjudged_items_are_zero():
     import pandas as pd
 
@@ -87,14 +119,17 @@ def test_ranker_learns_which_feature_carries_relevance(tmp_path):
         features[0, COLUMN["sci_score"]] = 3.0
         candidates.append(QueryCandidates(rows=np.arange(20), features=features))
         query_labels.append(label)
-    booster, summary = train_ranker(candidates, query_labels, CONFIG, seed=0)
+    booster, summary, out_of_fold = train_ranker(candidates, query_labels, CONFIG, seed=0)
     assert summary["cv_ndcg@10"] > 0.9 and summary["rounds"] >= 1 and summary["train_queries"] == 60
+    # every query is ranked by the fold model that did not train on it, and well
+    assert [len(scores) for scores in out_of_fold] == [20] * 60
+    assert np.mean([label[np.argmax(scores)] > 0 for scores, label in zip(out_of_fold, query_labels)]) > 0.95
     test = rng.normal(size=(50, len(FEATURES))).astype(np.float32)
     test[:, COLUMN["sci_score"]] = np.linspace(-2, 2, 50)
     scores = booster.predict(test)
     assert scores[-5:].mean() > scores[:5].mean()
 
-    settings = CandidateSettings(("pool",), 3, 10, 10)
+    settings = CandidateSettings(("pool",), 3, 10, 10, 5)
     save_ranker(tmp_path, booster, settings, summary)
     loaded, loaded_settings = load_ranker(tmp_path)
     assert loaded_settings == settings and np.allclose(loaded.predict(test), scores)

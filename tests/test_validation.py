@@ -54,11 +54,63 @@ def test_missing_column_names_file_and_column(store):
 
 
 def test_wrong_type_names_row(store):
-    _rewrite(store / "judgments.parquet",
-             lambda frame: frame.assign(relevance=pd.Series(["3", "high", "2"], dtype=object)))
+    _rewrite(store / "judgments.parquet", lambda frame: frame.assign(relevance=[3.0, float("inf"), 2.0]))
     error = _error(store)
-    assert "'high' is not a number" in str(error)
+    assert "inf is not a number" in str(error)
     assert (error.file, error.row, error.column) == (str(store / "judgments.parquet"), 2, "relevance")
+
+
+def test_numbers_stored_as_strings_in_parquet_are_a_wrong_type(store):
+    _rewrite(store / "judgments.parquet",
+             lambda frame: frame.assign(relevance=pd.Series(["3", "1", "2"], dtype=object)))
+    error = _error(store)
+    assert "expected a numeric column" in str(error)
+    assert (error.file, error.column) == (str(store / "judgments.parquet"), "relevance")
+
+
+def test_control_characters_in_an_id_are_rejected(store):
+    _rewrite(store / "items.parquet", lambda frame: frame.assign(item_id=["a", "b\x00", "c"]))
+    _rewrite(store / "judgments.parquet", lambda frame: frame.assign(item_id=["a", "c", "b\x00"]))
+    error = _error(store)
+    assert "control character" in str(error)
+    assert (error.file, error.row, error.column) == (str(store / "items.parquet"), 2, "item_id")
+
+
+def test_windows_1252_punctuation_read_as_latin_1_is_repaired(store):
+    _rewrite(store / "items.parquet", lambda frame: frame.assign(title=["oak shelf\x99", "steel \x96 drill",
+                                                                        "brass lamp"]))
+    assert load_parquet_layout(store).items["title"].tolist()[:2] == ["oak shelf™", "steel – drill"]
+    _rewrite(store / "items.parquet", lambda frame: frame.assign(title=["oak shelf", "steel\x90drill",
+                                                                        "brass lamp"]))
+    assert load_parquet_layout(store).items["title"].tolist()[1] == "steel drill"   # 0x90: no cp1252 character
+
+
+def test_a_query_of_zero_width_spaces_is_empty(store):
+    _rewrite(store / "queries.parquet", lambda frame: frame.assign(text=["shelf", "\u200b\u200b \ufeff"]))
+    error = _error(store)
+    assert "empty text" in str(error) and (error.row, error.column) == (2, "text")
+
+
+@pytest.mark.parametrize("scale, message", [
+    ({**SCALE, "threshold": 3.5}, "threshold 3.5 must lie in"),
+    ({**SCALE, "threshold": float("nan")}, "threshold must be finite"),
+    ({**SCALE, "minimum": 4.0}, "minimum 4.0 must be below its maximum 3.0"),
+    ({**SCALE, "maximum": "3"}, "maximum must be a number, got str"),
+])
+def test_a_broken_scale_is_refused_before_the_labels_are_read(store, scale, message):
+    (store / "dataset.json").write_text(json.dumps({"name": "tiny", "scale": scale}))
+    error = _error(store)
+    assert message in str(error) and error.file == str(store)
+
+
+def test_degenerate_datasets_fail_in_the_data_layer(store):
+    _rewrite(store / "judgments.parquet", lambda frame: frame.assign(relevance=[2.0, 1.0, 2.0]))
+    error = _error(store)
+    assert "no judgment reaches the relevance threshold 2.5" in str(error)
+    assert error.file == str(store / "judgments.parquet")
+    _rewrite(store / "items.parquet", lambda frame: frame.head(1))
+    _rewrite(store / "judgments.parquet", lambda frame: frame.head(1))
+    assert "at least 2 items" in str(_error(store))
 
 
 def test_numeric_title_is_a_wrong_type(store):
@@ -161,6 +213,33 @@ def test_wrong_encoding_in_csv_names_line(tmp_path):
         load_wands(folder)
     assert "undecodable text: byte 0xe9 at line 4 is not utf-8" in str(error.value)
     assert (error.value.file, error.value.row) == (str(product), 3)
+
+
+def test_csv_rows_count_records_not_lines(tmp_path):
+    from sid_models.data.validate import read_table
+
+    file = tmp_path / "items.csv"
+    file.write_text('id,title\n1,"two\nlines"\n2,fine\n3,"x",extra\n')
+    with pytest.raises(DataError) as error:
+        read_table(file, ("id", "title"))
+    assert "3 fields where the header has 2" in str(error.value) and error.value.row == 3
+    file.write_text('id,title\n1,"two\nlines"\n2,"never closed\n3,x\n')
+    with pytest.raises(DataError) as error:
+        read_table(file, ("id", "title"))
+    assert "never closes" in str(error.value) and error.value.row == 2
+    file.write_bytes('id,title\n1,"two\nlines"\n2,caf\xe9\n'.encode("latin-1"))
+    with pytest.raises(DataError) as error:
+        read_table(file, ("id", "title"))
+    assert error.value.row == 2
+
+
+def test_home_depot_csv_in_utf8_is_not_read_as_latin1(tmp_path):
+    rows = ('"id","product_uid","product_title","search_term","relevance"\n'
+            '2,100001,"Café Shelf™ 12 in.","shelf",3\n3,100002,"Brass Lamp","lamp",2.5\n')
+    for encoding in ("utf-8", "cp1252"):
+        file = tmp_path / f"train-{encoding}.csv"
+        file.write_bytes(rows.encode(encoding))
+        assert load_home_depot(file).items["title"].tolist()[0] == "Café Shelf™ 12 in."
 
 
 def test_empty_csv_is_rejected(tmp_path):

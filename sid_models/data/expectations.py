@@ -18,9 +18,12 @@ import pandas as pd
 
 from .schema import SEGMENTS, SPLITS, Dataset, PreparedDataset
 from .split import split_key
+from .validate import C1_CONTROL, ID_CONTROL, UNDECODABLE
 
-BLANK = r"^\s*$"
-UNDECODABLE = "[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f]"
+# whitespace and the zero-width format characters a blank query is made of (is_blank's rule)
+BLANK = "^[\\s\u00ad\u200b-\u200f\u2060-\u2064\ufeff]*$"
+# after loading no C1 control is left (validate.repair_cp1252 maps them to Windows-1252)
+UNDECODABLE_TEXT = f"{UNDECODABLE.pattern}|{C1_CONTROL.pattern}"
 
 
 @dataclass
@@ -65,7 +68,7 @@ def table_suites(dataset: Dataset, max_examples: int) -> list[SuiteReport]:
     judgments = judgments.assign(unknown_item_id=_unknown(judgments["item_id"], items["item_id"]),
                                  unknown_query_id=_unknown(judgments["query_id"], queries["query_id"]))
     specs = {
-        "items": (items, [*_id_and_text("item_id", "title", gxe)]),
+        "items": (items, [*_id_and_text("item_id", "title", gxe), gxe.ExpectTableRowCountToBeBetween(min_value=2)]),
         "queries": (queries, [*_id_and_text("query_id", "text", gxe)]),
         "judgments": (judgments, [
             gxe.ExpectTableRowCountToBeBetween(min_value=1),
@@ -74,6 +77,7 @@ def table_suites(dataset: Dataset, max_examples: int) -> list[SuiteReport]:
             gxe.ExpectColumnValuesToNotBeNull(column="relevance"),
             gxe.ExpectCompoundColumnsToBeUnique(column_list=["query_id", "item_id"]),
             gxe.ExpectColumnValuesToBeBetween(column="relevance", min_value=scale.minimum, max_value=scale.maximum),
+            gxe.ExpectColumnMaxToBeBetween(column="relevance", min_value=scale.threshold),  # some pair is relevant
             gxe.ExpectColumnValuesToBeNull(column="unknown_item_id"),
             gxe.ExpectColumnValuesToBeNull(column="unknown_query_id"),
         ]),
@@ -134,8 +138,9 @@ def _id_and_text(id_column: str, text_column: str, gxe) -> list:
         gxe.ExpectColumnValuesToNotBeNull(column=id_column),
         gxe.ExpectColumnValuesToBeUnique(column=id_column),
         gxe.ExpectColumnValuesToNotBeNull(column=text_column),
+        gxe.ExpectColumnValuesToNotMatchRegex(column=id_column, regex=ID_CONTROL.pattern),
         gxe.ExpectColumnValuesToNotMatchRegex(column=text_column, regex=BLANK),
-        gxe.ExpectColumnValuesToNotMatchRegex(column=text_column, regex=UNDECODABLE),
+        gxe.ExpectColumnValuesToNotMatchRegex(column=text_column, regex=UNDECODABLE_TEXT),
     ]
 
 

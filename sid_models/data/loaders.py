@@ -101,7 +101,7 @@ def load_parquet_layout(folder: str | Path, scale: dict | None = None) -> Datase
                         "mapping or set dataset.scale in params.yaml", file=folder)
     try:
         relevance_scale = RelevanceScale(**scale_fields)
-    except TypeError as error:
+    except (TypeError, DataError) as error:
         raise DataError(f"bad scale {scale_fields!r}: {error}", file=folder) from error
     files = {name: folder / f"{name}.parquet" for name in ("items", "queries", "judgments")}
     sources = {name: Source(file) for name, file in files.items()}
@@ -208,7 +208,10 @@ def _home_depot_folder(folder: Path) -> Dataset:
 def _home_depot_csv(file: Path) -> Dataset:
     columns = {"item_id": "product_uid", "title": "product_title", "text": "search_term"}
     source = Source(file, columns)
-    raw = read_table(file, ("product_uid", "product_title", "search_term", "relevance"), encoding="ISO-8859-1")
+    # The Kaggle export is Windows-1252 with a few bytes that code page leaves undefined, so it
+    # is read as Latin-1 and `to_text` maps the C1 range back to Windows-1252; a re-saved UTF-8
+    # copy is read as UTF-8 (read as Latin-1 it would turn into mojibake).
+    raw = read_table(file, ("product_uid", "product_title", "search_term", "relevance"), encoding=("utf-8", "latin-1"))
     item_ids = to_ids(raw, "product_uid", source)
     titles = to_text(raw, "product_title", source, required=True)
     terms = to_text(raw, "search_term", source, required=True)

@@ -6,6 +6,7 @@ plus the query split and item segments), stored as parquet files in one folder.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,11 +21,18 @@ SPLITS = ("train", "valid", "test")
 SEGMENTS = ("head", "torso", "tail", "cold")
 
 
+def is_blank(text: str) -> bool:
+    """True when `text` has no visible character: only whitespace and format characters such as
+    U+200B ZERO WIDTH SPACE or U+FEFF, which `str.strip` keeps."""
+    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
+
+
 class DataError(ValueError):
     """Input that breaks the data contract. The message names file, row and column.
 
-    `row` is the 1-based record number in the file, the header not counted (a CSV row r is
-    on line r + 1); `column` is the column as the file names it.
+    `row` is the 1-based record number in the file, the header not counted (a CSV record
+    may span lines when a quoted field holds a newline); `column` is the column as the file
+    names it.
     """
 
     def __init__(self, message: str, *, file: str | Path | None = None, row: int | None = None,
@@ -52,6 +60,19 @@ class RelevanceScale:
     maximum: float
     threshold: float
     gain_offset: float
+
+    def __post_init__(self):
+        for name in ("minimum", "maximum", "threshold", "gain_offset"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise DataError(f"relevance scale {name} must be a number, got {type(value).__name__} {value!r}")
+            if not np.isfinite(value):
+                raise DataError(f"relevance scale {name} must be finite, got {value!r}")
+        if self.minimum >= self.maximum:
+            raise DataError(f"relevance scale minimum {self.minimum!r} must be below its maximum {self.maximum!r}")
+        if not self.minimum < self.threshold <= self.maximum:
+            raise DataError(f"relevance scale threshold {self.threshold!r} must lie in ({self.minimum!r}, "
+                            f"{self.maximum!r}]: otherwise no grade, or every grade, counts as relevant")
 
     def gain(self, relevance: np.ndarray | pd.Series | float):
         return np.maximum(np.asarray(relevance, dtype=np.float64) - self.gain_offset, 0.0)

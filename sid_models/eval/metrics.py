@@ -9,6 +9,10 @@ Definitions (queries with at least one relevant judged item only):
   relevant (query, item) pairs whose item is in that segment, the fraction found in the
   top 10 (micro-averaged over pairs, since a query's relevant items span segments).
 - recall@10_single / recall@10_multi: Recall@10 over queries with one / several relevant items.
+
+Uncertainty (`bootstrap_intervals`): the percentile interval of a macro-averaged metric over
+`samples` resamples of the queries with replacement; for the difference of two systems the
+same resampled queries score both (a paired bootstrap).
 """
 from __future__ import annotations
 
@@ -27,6 +31,36 @@ SEEN_SEGMENTS = ("head", "torso", "tail")
 
 def evaluate(rankings: Mapping[str, Sequence[str]], judgments: pd.DataFrame, scale: RelevanceScale,
              item_segment: Mapping[str, str] | None = None) -> dict[str, float]:
+    """The metrics of the module docstring, averaged (see `per_query` for the values per query)."""
+    return _evaluate(rankings, judgments, scale, item_segment)[0]
+
+
+def per_query(rankings: Mapping[str, Sequence[str]], judgments: pd.DataFrame,
+              scale: RelevanceScale) -> pd.DataFrame:
+    """One row per query with a relevant item (query_id, recall@K, ndcg@10, mrr), the values whose
+    means `evaluate` reports."""
+    return _evaluate(rankings, judgments, scale, None)[1]
+
+
+def bootstrap_intervals(values: Mapping[str, np.ndarray], samples: int, seed: int,
+                        level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """(low, high) percentile interval of the mean of each array in `values` (one value per
+    query, all in the same query order), every array resampled with the same query draws."""
+    lengths = {len(array) for array in values.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(f"bootstrap needs equally long non-empty per-query arrays, got lengths {sorted(lengths)}")
+    n = lengths.pop()
+    draws = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+    tail = (1 - level) / 2 * 100
+    out = {}
+    for name, array in values.items():
+        means = np.asarray(array, dtype=np.float64)[draws].mean(axis=1)
+        low, high = np.percentile(means, [tail, 100 - tail])
+        out[name] = (float(low), float(high))
+    return out
+
+
+def _evaluate(rankings, judgments, scale, item_segment) -> tuple[dict[str, float], pd.DataFrame]:
     """Score ranked item lists against graded judgments.
 
     `rankings`: query_id -> item ids, best first. A query with relevant judgments but no
@@ -79,5 +113,8 @@ def evaluate(rankings: Mapping[str, Sequence[str]], judgments: pd.DataFrame, sca
     for segment, hits in sorted(segment_hits.items()):
         result[f"recall@{SEGMENT_K}_{segment}"] = float(np.mean(hits))
         result[f"n_pairs_{segment}"] = len(hits)
-    return result
+    queries = pd.DataFrame({"query_id": list(relevant_by_query), **{f"recall@{k}": values for k, values
+                                                                    in recalls.items()},
+                            "ndcg@10": ndcgs, "mrr": reciprocal_ranks})
+    return result, queries
 

@@ -39,6 +39,12 @@ class EvalReport:
     sid_health: dict[str, dict] = field(default_factory=dict)           # variant -> quantize.health.codebook_health
     curves: Curves = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # system -> metric -> (low, high): 95 % bootstrap interval over queries (metrics.bootstrap_intervals)
+    intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    # "<headline> − <baseline>" -> metric -> (mean difference, low, high), paired bootstrap
+    differences: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
+    # [{"query": text, "systems": {system: [(title, relevant?), ...top 5]}}]
+    examples: list[dict] = field(default_factory=list)
 
     def system(self, name: str) -> SystemResult:
         for result in self.systems:
@@ -129,7 +135,33 @@ def _sections(report: EvalReport) -> list[tuple[str, str, list[str], list[list[s
         ("Semantic IDs by segment", "Mean SID length, share of items sharing their SID, largest bucket.",
          sid_header, sid_rows),
         ("Codebook health", "Per-level utilisation and perplexity of each SID variant.", health_header, health_rows),
+        ("Uncertainty", "95 % bootstrap intervals over the queries (resampled with replacement); a difference "
+                        "whose interval excludes 0 is one the query sample supports.",
+         ["system", *(f"{metric} [95 % interval]" for metric in INTERVAL_METRICS)], _interval_rows(report)),
+        ("Example queries", "Top 5 titles of each system; ✓ marks a relevant item.", ["query", "system", "top 5"],
+         _example_rows(report)),
     ]
+
+
+INTERVAL_METRICS = ("recall@10", "ndcg@10")
+
+
+def _interval_rows(report: EvalReport) -> list[list[str]]:
+    def cell(mean: float, low: float, high: float) -> str:
+        return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
+
+    rows = [[name, *(cell(report.system(name).metrics[metric], *bounds[metric]) for metric in INTERVAL_METRICS)]
+            for name, bounds in report.intervals.items()]
+    rows += [[name, *(cell(*figures[metric]) for metric in INTERVAL_METRICS)]
+             for name, figures in report.differences.items()]
+    return rows
+
+
+def _example_rows(report: EvalReport) -> list[list[str]]:
+    return [[example["query"] if position == 0 else "", system,
+             " · ".join(("✓ " if relevant else "") + title for title, relevant in top)]
+            for example in report.examples
+            for position, (system, top) in enumerate(example["systems"].items())]
 
 
 def render_markdown(report: EvalReport, plot_files: Mapping[str, str]) -> str:

@@ -18,6 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .. import tracking
 from ..tracking import mlflow_key
 from ..data.schema import PreparedDataset
@@ -25,7 +27,8 @@ from ..params import REPO_ROOT
 from ..quantize.table import VARIANT_FILES, load_sid_table, segment_summary
 from .curves import training_curves
 from .harness import measure
-from .report import CURVE_KEYS, EvalReport, quality_table, write_report
+from .metrics import bootstrap_intervals, per_query
+from .report import CURVE_KEYS, INTERVAL_METRICS, EvalReport, quality_table, write_report
 from .systems import build_system
 
 TRAINING_STAGES = ("sci_towers", "sft_checkpoint", "dpo_checkpoint")
@@ -59,6 +62,41 @@ def sid_statistics(folder: Path) -> tuple[dict[str, list[dict]], dict[str, dict]
     return summaries, rows
 
 
+def uncertainty(rankings: dict[str, dict[str, list[str]]], prepared: PreparedDataset, settings: dict):
+    """Bootstrap intervals of each system's INTERVAL_METRICS and of the headline system minus
+    `eval.bootstrap.baseline`, over the split's queries (params `eval.bootstrap`)."""
+    bootstrap = settings["bootstrap"]
+    judgments = prepared.split_judgments(settings["split"])
+    scored = {name: per_query(ranked, judgments, prepared.scale) for name, ranked in rankings.items()}
+    intervals = {name: bootstrap_intervals({metric: frame[metric].to_numpy() for metric in INTERVAL_METRICS},
+                                           bootstrap["samples"], bootstrap["seed"])
+                 for name, frame in scored.items()}
+    headline, baseline = settings["headline_system"], bootstrap["baseline"]
+    differences = {}
+    if baseline in scored and baseline != headline:
+        gaps = {metric: scored[headline][metric].to_numpy() - scored[baseline][metric].to_numpy()
+                for metric in INTERVAL_METRICS}
+        bounds = bootstrap_intervals(gaps, bootstrap["samples"], bootstrap["seed"])
+        differences[f"{headline} − {baseline}"] = {metric: (float(gaps[metric].mean()), *bounds[metric])
+                                                   for metric in INTERVAL_METRICS}
+    return intervals, differences
+
+
+def examples(rankings: dict[str, dict[str, list[str]]], prepared: PreparedDataset, settings: dict) -> list[dict]:
+    """`eval.examples` queries of the split (spread evenly over its queries in id order) with
+    each system's top 5 titles and whether each is relevant."""
+    judgments = prepared.split_judgments(settings["split"])
+    relevant = judgments[judgments["relevant"]].groupby("query_id")["item_id"].apply(set).to_dict()
+    query_ids = sorted(relevant)
+    chosen = [query_ids[int(i)] for i in np.linspace(0, len(query_ids) - 1, settings["examples"])] if query_ids else []
+    titles = dict(zip(prepared.items["item_id"], prepared.items["title"].astype(str)))
+    texts = dict(zip(prepared.queries["query_id"], prepared.queries["text"].astype(str)))
+    return [{"query": texts[query],
+             "systems": {name: [(titles[item], item in relevant[query]) for item in ranked.get(query, [])[:5]]
+                         for name, ranked in rankings.items()}}
+            for query in dict.fromkeys(chosen)]
+
+
 def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     settings = params["eval"]
     prepared = PreparedDataset.load(inputs["prepared_dataset"])
@@ -66,19 +104,21 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
         raise ValueError(f"eval.headline_system {settings['headline_system']!r} is not among eval.systems "
                          f"{settings['systems']}")
     item_segment = dict(zip(prepared.segments["item_id"], prepared.segments["segment"]))
-    results = []
+    results, rankings = [], {}
     for name in settings["systems"]:
         print(f"eval_report: {name}", file=sys.stderr, flush=True)
         searcher = build_system(name, params, inputs)
-        result, _ = measure(name, searcher, prepared, settings["split"], settings["depth"],
-                            settings["throughput_batch"], settings["latency_queries"], item_segment)
+        result, rankings[name] = measure(name, searcher, prepared, settings["split"], settings["depth"],
+                                         settings["throughput_batch"], settings["latency_queries"], item_segment)
         tracking.log_metrics({mlflow_key(f"{name}.{key}"): value for key, value in result.flat().items()})
         results.append(result)
+    intervals, differences = uncertainty(rankings, prepared, settings)
     sid_segments, sid_health = sid_statistics(Path(inputs["semantic_ids"]))
     curves, curve_source = training_curves({stage: inputs[stage] for stage in TRAINING_STAGES}, CURVE_KEYS)
     report = EvalReport(
         dataset=prepared.name, split=settings["split"], systems=results, headline_system=settings["headline_system"],
-        sid_segments=sid_segments, sid_health=sid_health, curves=curves,
+        sid_segments=sid_segments, sid_health=sid_health, curves=curves, intervals=intervals,
+        differences=differences, examples=examples(rankings, prepared, settings),
         notes=[f"Training curves from the {curve_source}." if curves else "No training curves were recorded.",
                "The dual-tower baseline (tower) is trained inside this stage with λ_swap = 0 and the sci budget."],
     )

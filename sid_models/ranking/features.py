@@ -4,8 +4,10 @@ Candidates of a query come from up to three channels:
 - `pool`: the items of the top `pool_sids` SIDs the generative retriever decodes (constrained
   beam of max(decode.beam_size, pool_sids), beam order): every item of each SID's leaf bucket;
 - `bm25`: BM25's top `bm25_depth` items (stemmed, `sci/bm25.py`);
-- `dense`: the SCI towers' top `dense_depth` items by f_q(query) · f_i(item), exact.
-The generative system ranks the pool alone; `hybrid` ranks the union of the three.
+- `dense`: the SCI towers' top `dense_depth` items by f_q(query) · f_i(item), exact;
+- `history`: the top `history_depth` items by `history_cosine` (below): the warm items whose
+  training queries read like this one.
+The generative system ranks the pool alone; `hybrid` ranks the union of the channels.
 
 Features of a (query, item) pair, whatever channel brought it (FEATURES, in column order;
 NaN where a feature does not exist for the pair, which LightGBM routes as missing):
@@ -25,6 +27,13 @@ NaN where a feature does not exist for the pair, which LightGBM routes as missin
   `generative/views.py` — found in the query: "gas mower" names what "Toro ... Gas Lawn Mower
   with Briggs Engine" is);
 - popularity: `log_exposure` (relevant training judgments of the item: training split only);
+- query history (`QueryHistory`; training split only, NaN for an item no training query
+  reached): `history_bm25` (BM25 of the query against the texts of the training queries
+  judged relevant to the item, one document per item), `history_ratio` (that / the query's
+  best), `history_cosine` (the highest MiniLM cosine between the query and one of those
+  training queries). Without them the ranker under-ranks warm items: a query much like one
+  seen in training is the strongest evidence there is, and neither the title nor the SID
+  carries it;
 - sizes: `query_words`, `title_words`.
 """
 from __future__ import annotations
@@ -42,8 +51,8 @@ from ..sci.bm25 import BM25Retriever, snowball_stemmer
 FEATURES = ("beam_rank", "beam_score", "beam_gap", "sid_length", "log_bucket_size", "cell_beam_rank",
             "sci_score", "sci_rank", "minilm_cosine", "sci_gap",
             "bm25_score", "bm25_rank", "bm25_ratio", "trigram_jaccard", "query_terms_in_title", "type_terms_in_query",
-            "log_exposure", "query_words", "title_words")
-CHANNELS = ("pool", "bm25", "dense")
+            "log_exposure", "history_bm25", "history_ratio", "history_cosine", "query_words", "title_words")
+CHANNELS = ("pool", "bm25", "dense", "history")
 WORD = re.compile(r"\w+")
 
 
@@ -64,14 +73,51 @@ class CandidateSettings:
     pool_sids: int
     bm25_depth: int
     dense_depth: int
+    history_depth: int
 
     def __post_init__(self):
         unknown = [channel for channel in self.channels if channel not in CHANNELS]
         if unknown or not self.channels:
             raise ValueError(f"ranker channels must be a non-empty subset of {CHANNELS}, got {list(self.channels)}")
-        for name in ("pool_sids", "bm25_depth", "dense_depth"):
+        for name in ("pool_sids", "bm25_depth", "dense_depth", "history_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ranker {name} must be >= 1, got {getattr(self, name)}")
+
+
+class QueryHistory:
+    """The training queries judged relevant to each item, as one BM25 document per warm item
+    and as MiniLM vectors, for the `history_*` features and the `history` channel."""
+
+    def __init__(self, item_rows: np.ndarray, query_texts: Sequence[str], query_vectors: np.ndarray, n_items: int,
+                 bm25_params: dict):
+        item_rows = np.asarray(item_rows, dtype=np.int64)
+        if len(item_rows) != len(query_texts) or len(item_rows) != len(query_vectors):
+            raise ValueError(f"query history needs one item row, text and vector per pair; got {len(item_rows)}, "
+                             f"{len(query_texts)}, {len(query_vectors)}")
+        if len(item_rows) and (item_rows.min() < 0 or item_rows.max() >= n_items):
+            raise ValueError(f"query history names item rows outside the catalogue of {n_items} items")
+        order = np.argsort(item_rows, kind="stable")
+        self.pair_rows, self.pair_vectors = item_rows[order], np.asarray(query_vectors, dtype=np.float32)[order]
+        texts = [str(query_texts[index]) for index in order]
+        self.warm_rows, self.starts = np.unique(self.pair_rows, return_index=True)
+        self.n_items = n_items
+        documents = [" ".join(texts[start:end]) for start, end
+                     in zip(self.starts, list(self.starts[1:]) + [len(texts)])]
+        self.bm25 = BM25Retriever.from_params(documents, bm25_params) if documents else None
+
+    def bm25_scores(self, queries: Sequence[str]) -> np.ndarray:
+        """[n_queries, n_items] BM25 score of each query against each item's history; NaN for cold items."""
+        out = np.full((len(queries), self.n_items), np.nan, dtype=np.float32)
+        if self.bm25 is not None:
+            out[:, self.warm_rows] = self.bm25.scores(queries)
+        return out
+
+    def cosine(self, query_vector: np.ndarray) -> np.ndarray:
+        """[n_items] highest cosine of `query_vector` with one of each item's training queries; NaN for cold items."""
+        out = np.full(self.n_items, np.nan, dtype=np.float32)
+        if len(self.pair_rows):
+            out[self.warm_rows] = np.maximum.reduceat(self.pair_vectors @ query_vector, self.starts)
+        return out
 
 
 @dataclass
@@ -84,16 +130,19 @@ class QueryCandidates:
 
 class CandidateFeaturizer:
     """Everything features are computed from: the generative retriever (its decoder, trie buckets,
-    SCI query tower and item views), BM25, MiniLM item vectors and the items' training exposure."""
+    SCI query tower and item views), BM25, MiniLM item vectors, the items' training exposure
+    and their training queries."""
 
     def __init__(self, retriever: GenerativeRetriever, bm25: BM25Retriever, encode_minilm: Callable[[list[str]], np.ndarray],
                  query_tower: Callable[[np.ndarray], np.ndarray], minilm_items: np.ndarray,
-                 titles: Sequence[str], exposure: np.ndarray):
+                 titles: Sequence[str], exposure: np.ndarray, history: QueryHistory):
         n_items = len(retriever.item_ids)
         for name, values in (("minilm_items", minilm_items), ("titles", titles), ("exposure", exposure)):
             if len(values) != n_items:
                 raise ValueError(f"{name} has {len(values)} rows for {n_items} catalogue items")
-        self.retriever, self.bm25 = retriever, bm25
+        if history.n_items != n_items:
+            raise ValueError(f"query history covers {history.n_items} items, the catalogue has {n_items}")
+        self.retriever, self.bm25, self.history = retriever, bm25, history
         self.encode_minilm, self.query_tower = encode_minilm, query_tower
         self.minilm_items = minilm_items
         self.titles = [str(title) for title in titles]
@@ -109,7 +158,8 @@ class CandidateFeaturizer:
             self.sid_of_row[buckets.rows[buckets.ptr[sid]:buckets.ptr[sid + 1]]] = sid
         # every item's SID is the trie's SID of its bucket
         self.cell_of_sid = np.array([sid[0] for sid in retriever.trie.sids], dtype=np.int64)
-        self.sid_length = np.array([len(sid) for sid in retriever.trie.sids], dtype=np.float32)[self.sid_of_row]
+        self.sid_length_of_sid = np.array([len(sid) for sid in retriever.trie.sids], dtype=np.float32)
+        self.sid_length = self.sid_length_of_sid[self.sid_of_row]
         self.cell_of_row = self.cell_of_sid[self.sid_of_row]
         self.log_bucket_size = np.log(np.diff(buckets.ptr).astype(np.float32))[self.sid_of_row]
         # once, at load: computing them per candidate would cost a served query ~100 ms
@@ -126,14 +176,16 @@ class CandidateFeaturizer:
         sids, beam_scores = self.retriever.search_sids(queries, max(self.retriever.beam_size, settings.pool_sids),
                                                        sci_queries)
         bm25_scores = self.bm25.scores(queries)
+        history_bm25 = self.history.bm25_scores(queries)
         out = []
         for position, query in enumerate(queries):
             out.append(self._query(query, settings, sids[position], beam_scores[position], bm25_scores[position],
-                                   minilm_queries[position], sci_queries[position]))
+                                   history_bm25[position], minilm_queries[position], sci_queries[position]))
         return out
 
     def _query(self, query: str, settings: CandidateSettings, sids: np.ndarray, beam_scores: np.ndarray,
-               bm25_scores: np.ndarray, minilm_query: np.ndarray, sci_query: np.ndarray) -> QueryCandidates:
+               bm25_scores: np.ndarray, history_bm25: np.ndarray, minilm_query: np.ndarray,
+               sci_query: np.ndarray) -> QueryCandidates:
         buckets = self.retriever.buckets
         finished = sids[sids >= 0]
         sci_scores = self.retriever.item_vectors @ sci_query
@@ -141,6 +193,9 @@ class CandidateFeaturizer:
         dense_top = dense_top[np.argsort(-sci_scores[dense_top], kind="stable")]
         bm25_top = np.flatnonzero(bm25_scores > 0)
         bm25_top = bm25_top[np.argsort(-bm25_scores[bm25_top], kind="stable")][:settings.bm25_depth]
+        history_cosine = self.history.cosine(minilm_query)
+        warm = np.flatnonzero(~np.isnan(history_cosine))
+        history_top = warm[np.argsort(-history_cosine[warm], kind="stable")][:settings.history_depth]
         parts = []
         if "pool" in settings.channels:
             parts += [buckets.rows[buckets.ptr[sid]:buckets.ptr[sid + 1]] for sid in finished[:settings.pool_sids]]
@@ -148,20 +203,21 @@ class CandidateFeaturizer:
             parts.append(bm25_top)
         if "dense" in settings.channels:
             parts.append(dense_top)
+        if "history" in settings.channels:
+            parts.append(history_top)
         rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
         n = len(rows)
         features = np.full((n, len(FEATURES)), np.nan, dtype=np.float32)
         column = {name: index for index, name in enumerate(FEATURES)}
-        beam_rank_of_sid = {int(sid): rank for rank, sid in reversed(list(enumerate(finished)))}
-        ranks = np.array([beam_rank_of_sid.get(int(sid), -1) for sid in self.sid_of_row[rows]], dtype=np.int64)
+        ranks = _first_rank(finished, len(self.sid_length_of_sid))[self.sid_of_row[rows]]
         decoded = ranks >= 0
         features[decoded, column["beam_rank"]] = ranks[decoded]
         features[decoded, column["beam_score"]] = beam_scores[ranks[decoded]]
         if len(finished):
             features[decoded, column["beam_gap"]] = beam_scores[0] - beam_scores[ranks[decoded]]
-        cell_rank = {int(cell): rank for rank, cell in reversed(list(enumerate(self.cell_of_sid[finished])))}
-        features[:, column["cell_beam_rank"]] = [cell_rank.get(int(cell), np.nan) for cell in self.cell_of_row[rows]]
+        cell_ranks = _first_rank(self.cell_of_sid[finished], int(self.cell_of_sid.max()) + 1)[self.cell_of_row[rows]]
+        features[:, column["cell_beam_rank"]] = np.where(cell_ranks >= 0, cell_ranks, np.nan)
         features[:, column["sid_length"]] = self.sid_length[rows]
         features[:, column["log_bucket_size"]] = self.log_bucket_size[rows]
         features[:, column["sci_score"]] = sci_scores[rows]
@@ -182,6 +238,11 @@ class CandidateFeaturizer:
         features[:, column["type_terms_in_query"]] = [
             sum(term in query_set for term in self.type_terms[row]) / max(len(self.type_terms[row]), 1) for row in rows]
         features[:, column["log_exposure"]] = self.log_exposure[rows]
+        features[:, column["history_bm25"]] = history_bm25[rows]
+        best_history = np.nanmax(history_bm25) if len(warm) else 0.0
+        features[:, column["history_ratio"]] = (history_bm25[rows] / best_history if best_history > 0
+                                                 else history_bm25[rows] * 0.0)  # cold rows stay NaN
+        features[:, column["history_cosine"]] = history_cosine[rows]
         features[:, column["query_words"]] = len(query_terms)
         features[:, column["title_words"]] = self.title_words[rows]
         return QueryCandidates(rows=rows, features=features)
@@ -189,5 +250,14 @@ class CandidateFeaturizer:
 
 def _rank_in(rows: np.ndarray, ranked: np.ndarray) -> np.ndarray:
     """0-based position of each of `rows` in `ranked`, NaN where absent."""
-    position = {int(row): rank for rank, row in enumerate(ranked)}
-    return np.array([position.get(int(row), np.nan) for row in rows], dtype=np.float32)
+    ranks = _first_rank(ranked, int(max(rows.max(initial=0), ranked.max(initial=0))) + 1)[rows].astype(np.float32)
+    ranks[ranks < 0] = np.nan
+    return ranks
+
+
+def _first_rank(ranked: np.ndarray, size: int) -> np.ndarray:
+    """[size] int64: the first position of each value in `ranked`, -1 for values absent from it."""
+    out = np.full(size, -1, dtype=np.int64)
+    values, first = np.unique(np.asarray(ranked, dtype=np.int64), return_index=True)
+    out[values] = first
+    return out

@@ -76,37 +76,56 @@ def _booster_params(config: RankerConfig, label_gain: list[float], seed: int) ->
 
 def train_ranker(candidates: Sequence[QueryCandidates], query_labels: Sequence[np.ndarray], config: RankerConfig,
                  seed: int):
-    """(booster trained on every query, cross-validation summary). Queries whose candidates hold
-    no positive label carry no ranking signal and are left out of training."""
+    """(booster trained on every query, cross-validation summary, out-of-fold scores).
+
+    Folds are drawn over all the queries given (so two candidate settings over the same
+    queries share their folds); queries whose candidates hold no positive label carry no
+    ranking signal and are left out of training. The out-of-fold scores (one array per query,
+    each from the fold model that did not see it) rank every query, so `evaluate` on them
+    is the validation estimate of the system, misses of the candidate set included."""
     import lightgbm
 
-    keep = [index for index, found in enumerate(query_labels) if len(found) and found.max() > 0]
-    if len(keep) < config.folds:
+    fold_of = np.random.default_rng(seed).permutation(len(candidates)) % config.folds
+    has_positive = np.array([len(found) > 0 and found.max() > 0 for found in query_labels])
+    if has_positive.sum() < config.folds or any(not has_positive[fold_of == fold].any() for fold in range(config.folds)):
         raise ValueError(f"the ranker needs at least {config.folds} validation queries with a relevant candidate "
-                         f"(one per fold), got {len(keep)}")
-    candidates = [candidates[index] for index in keep]
-    query_labels = [query_labels[index] for index in keep]
-    top_label = max(int(found.max()) for found in query_labels)
+                         f"(one per fold), got {int(has_positive.sum())}")
+    top_label = max(int(found.max()) for found, positive in zip(query_labels, has_positive) if positive)
     label_gain = [level / config.label_steps for level in range(top_label + 1)]
     booster_params = _booster_params(config, label_gain, seed)
-    fold_of = np.random.default_rng(seed).permutation(len(candidates)) % config.folds
+
+    def subset(indices):
+        return [candidates[i] for i in indices], [query_labels[i] for i in indices]
+
     best_rounds, held_out = [], []
+    out_of_fold: list[np.ndarray] = [np.zeros(0)] * len(candidates)
     for fold in range(config.folds):
-        train = [index for index in range(len(candidates)) if fold_of[index] != fold]
-        valid = [index for index in range(len(candidates)) if fold_of[index] == fold]
-        train_set = _dataset([candidates[i] for i in train], [query_labels[i] for i in train], label_gain)
-        valid_set = _dataset([candidates[i] for i in valid], [query_labels[i] for i in valid], label_gain)
-        booster = lightgbm.train(booster_params, train_set, num_boost_round=config.max_rounds, valid_sets=[valid_set],
+        train = np.flatnonzero((fold_of != fold) & has_positive)
+        valid = np.flatnonzero((fold_of == fold) & has_positive)
+        booster = lightgbm.train(booster_params, _dataset(*subset(train), label_gain), num_boost_round=config.max_rounds,
+                                 valid_sets=[_dataset(*subset(valid), label_gain)],
                                  callbacks=[lightgbm.early_stopping(config.early_stopping_rounds, verbose=False)])
         best_rounds.append(int(booster.best_iteration))
         held_out.append(float(booster.best_score["valid_0"]["ndcg@10"]))
+        for index in np.flatnonzero(fold_of == fold):
+            if len(candidates[index].rows):
+                out_of_fold[index] = booster.predict(candidates[index].features, num_iteration=booster.best_iteration,
+                                                     num_threads=config.threads)
     rounds = max(1, int(round(float(np.mean(best_rounds)))))
-    final = lightgbm.train(booster_params, _dataset(candidates, query_labels, label_gain), num_boost_round=rounds)
+    kept = np.flatnonzero(has_positive)
+    final = lightgbm.train(booster_params, _dataset(*subset(kept), label_gain), num_boost_round=rounds)
     importance = dict(zip(FEATURES, final.feature_importance("gain").round(1).tolist()))
     summary = {"rounds": rounds, "fold_rounds": best_rounds, "cv_ndcg@10": float(np.mean(held_out)),
-               "cv_ndcg@10_std": float(np.std(held_out)), "train_queries": len(candidates),
-               "train_rows": int(sum(len(found.rows) for found in candidates)), "feature_gain": importance}
-    return final, summary
+               "cv_ndcg@10_std": float(np.std(held_out)), "train_queries": len(kept),
+               "train_rows": int(sum(len(candidates[i].rows) for i in kept)), "feature_gain": importance}
+    return final, summary, out_of_fold
+
+
+def out_of_fold_rankings(candidates: Sequence[QueryCandidates], scores: Sequence[np.ndarray], query_ids: Sequence[str],
+                         item_ids: np.ndarray, k: int) -> dict[str, list[str]]:
+    """query id -> the top-k item ids of its candidates by out-of-fold score."""
+    return {query: [str(item_ids[found.rows[i]]) for i in np.argsort(-score, kind="stable")[:k]]
+            for query, found, score in zip(query_ids, candidates, scores)}
 
 
 class RankedSearcher:

@@ -26,16 +26,20 @@ from ..sci.bm25 import BM25Retriever
 from ..sci.towers import load_towers
 from ..text.encoder import TextEncoder
 from ..text.stage import load_embeddings
-from .features import CandidateFeaturizer, CandidateSettings
-from .ranker import RankedSearcher, RankerConfig, labels, load_ranker, save_ranker, train_ranker
+from .features import CandidateFeaturizer, CandidateSettings, QueryHistory
+from ..eval.metrics import evaluate
+from .ranker import (RankedSearcher, RankerConfig, labels, load_ranker, out_of_fold_rankings, save_ranker,
+                     train_ranker)
 
 VARIANT = "sarq_acrq"
 SUMMARY_FILE = "ranker.json"
+ESTIMATE_K = 10
 
 
 def candidate_settings(system_params: dict) -> CandidateSettings:
     return CandidateSettings(channels=tuple(system_params["channels"]), pool_sids=int(system_params["pool_sids"]),
-                             bm25_depth=int(system_params["bm25_depth"]), dense_depth=int(system_params["dense_depth"]))
+                             bm25_depth=int(system_params["bm25_depth"]), dense_depth=int(system_params["dense_depth"]),
+                             history_depth=int(system_params["history_depth"]))
 
 
 def load_featurizer(params: dict, inputs: Mapping[str, Path], checkpoint: Path | None = None,
@@ -54,11 +58,24 @@ def featurizer_from_folders(checkpoint_folder: str | Path, sids_folder: str | Pa
     towers = load_towers(assets_folder(checkpoint_folder, variant))
     encoder = TextEncoder(text_params["model_name"], None, text_params["batch_size"], text_params["max_seq_length"],
                           progress=False)
-    minilm_items, _ = load_embeddings(embeddings_folder)
+    minilm_items, minilm_queries = load_embeddings(embeddings_folder)
     exposure = prepared.items["item_id"].map(dict(zip(prepared.segments["item_id"], prepared.segments["exposure"])))
     bm25 = BM25Retriever.from_params(prepared.item_text().tolist(), bm25_params)
     return CandidateFeaturizer(retriever, bm25, encoder.encode, towers.encode_queries, minilm_items,
-                               prepared.items["title"].tolist(), exposure.fillna(0).to_numpy())
+                               prepared.items["title"].tolist(), exposure.fillna(0).to_numpy(),
+                               training_history(prepared, minilm_queries, bm25_params))
+
+
+def training_history(prepared: PreparedDataset, minilm_queries: np.ndarray, bm25_params: dict) -> QueryHistory:
+    """The training queries judged relevant to each item (training split only: validation and
+    test queries never reach a feature)."""
+    pairs = prepared.relevant("train")[["query_id", "item_id"]]
+    query_position = {query: position for position, query in enumerate(prepared.queries["query_id"])}
+    item_row = {item: row for row, item in enumerate(prepared.items["item_id"])}
+    positions = np.array([query_position[query] for query in pairs["query_id"]], dtype=np.int64)
+    texts = prepared.queries["text"].astype(str).to_numpy()
+    return QueryHistory(np.array([item_row[item] for item in pairs["item_id"]], dtype=np.int64), texts[positions],
+                        minilm_queries[positions], len(prepared.items), bm25_params)
 
 
 def coverage(candidate_rows: list[np.ndarray], query_ids, item_ids: np.ndarray, relevant) -> float:
@@ -70,6 +87,15 @@ def coverage(candidate_rows: list[np.ndarray], query_ids, item_ids: np.ndarray, 
         found += len(wanted.get(query, set()) & items)
         total += len(wanted.get(query, set()))
     return found / total if total else 0.0
+
+
+def validation_estimate(candidates, out_of_fold, query_ids, item_ids: np.ndarray, prepared: PreparedDataset) -> dict:
+    """`oof_<metric>`: the shared metrics of the out-of-fold rankings on the validation split
+    (queries whose candidates miss every relevant item score 0): the figure to choose
+    candidate settings and ranker params by, since it is comparable across them."""
+    rankings = out_of_fold_rankings(candidates, out_of_fold, query_ids, item_ids, ESTIMATE_K)
+    metrics = evaluate(rankings, prepared.split_judgments("valid"), prepared.scale)
+    return {f"oof_{key}": metrics[key] for key in ("recall@10", "ndcg@10", "mrr")}
 
 
 def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
@@ -91,8 +117,9 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
         candidates = featurizer.candidates(texts, candidate)
         query_labels = labels(candidates, query_ids, item_ids, prepared.split_judgments("valid"), prepared.scale,
                               config.label_steps)
-        booster, training = train_ranker(candidates, query_labels, config, int(params["seed"]))
+        booster, training, out_of_fold = train_ranker(candidates, query_labels, config, int(params["seed"]))
         training["valid_coverage"] = coverage([found.rows for found in candidates], query_ids, item_ids, relevant)
+        training.update(validation_estimate(candidates, out_of_fold, query_ids, item_ids, prepared))
         training["mean_candidates"] = float(np.mean([len(found.rows) for found in candidates]))
         training["seconds"] = time.perf_counter() - started
         save_ranker(out / system, booster, candidate, training)

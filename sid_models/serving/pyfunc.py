@@ -34,6 +34,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
+from ..data.schema import is_blank
+
 INPUT_SCHEMA = Schema([ColSpec("string", "query")])
 OUTPUT_SCHEMA = Schema([ColSpec("string", "query"), ColSpec(Array("string"), "item_ids"),
                         ColSpec(Array("double"), "scores")])
@@ -52,11 +54,13 @@ class ServingLimits:
     max_k: int
     max_query_chars: int
     max_batch: int
+    max_results: int          # queries x k of one request
+    max_request_bytes: int    # body size the server reads (sid_models.serving.app)
 
     @classmethod
     def from_params(cls, serving: Mapping[str, Any]) -> "ServingLimits":
         limits = cls(int(serving["default_k"]), int(serving["max_k"]), int(serving["max_query_chars"]),
-                     int(serving["max_batch"]))
+                     int(serving["max_batch"]), int(serving["max_results"]), int(serving["max_request_bytes"]))
         if not 1 <= limits.default_k <= limits.max_k:
             raise ValueError(f"serving.default_k must lie in [1, serving.max_k={limits.max_k}], got {limits.default_k}")
         return limits
@@ -86,12 +90,16 @@ def parse_request(model_input: Any, k: Any, limits: ServingLimits) -> tuple[list
         raise _invalid(f"{len(queries)} queries in one request; at most {limits.max_batch} allowed")
     for row, query in enumerate(queries):
         if not isinstance(query, str):
-            raise _invalid(f"query at row {row} must be a string, got {type(query).__name__}: {query!r}")
-        if not query.strip():
+            raise _invalid(f"query at row {row} must be a string, got {type(query).__name__}: {repr(query)[:40]}")
+        if is_blank(query):
             raise _invalid(f"query at row {row} is empty")
         if len(query) > limits.max_query_chars:
             raise _invalid(f"query at row {row} has {len(query)} characters; at most {limits.max_query_chars} allowed")
-    return queries, _parse_k(k, limits)
+    k = _parse_k(k, limits)
+    if len(queries) * k > limits.max_results:
+        raise _invalid(f"{len(queries)} queries x k = {len(queries) * k} results in one request; "
+                       f"at most {limits.max_results} allowed")
+    return queries, k
 
 
 def _parse_k(k: Any, limits: ServingLimits) -> int:

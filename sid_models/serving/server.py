@@ -1,8 +1,7 @@
-"""Start and stop MLflow's scoring server for a registered model (tests, benchmarks, smoke checks).
+"""Start and stop the scoring server of a registered model (tests, benchmarks, smoke checks).
 
-`mlflow models serve -m models:/<name>@champion --env-manager local` runs uvicorn from the
-current environment, so the environment's bin folder must be on PATH; this module puts it
-there. The server runs in its own process group so stopping it ends its workers too.
+The server is `python -m sid_models.serving.app` (MLflow's scoring app behind the request
+guard of `app.py`) on 127.0.0.1, in its own process group so stopping it ends its workers too.
 """
 from __future__ import annotations
 
@@ -29,9 +28,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def post_json(url: str, body: str, timeout: float) -> tuple[int, dict]:
+def post_json(url: str, body: str | bytes, timeout: float,
+              headers: dict[str, str] | None = None) -> tuple[int, dict]:
     """(HTTP status, decoded JSON body) of a POST; error statuses are returned, not raised."""
-    request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
+    data = body.encode() if isinstance(body, str) else body
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if headers is None
+                                     else headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -48,14 +50,11 @@ def scoring_server(model_uri: str, tracking_uri: str, start_timeout_s: float, lo
     up within `start_timeout_s`. The server is stopped on exit (SIGTERM, then SIGKILL).
     """
     port = port or free_port()
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     base = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "sid_models.serving.app", "-m", model_uri, "--host", "127.0.0.1", "-p", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + start_timeout_s
