@@ -43,6 +43,7 @@ from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.eval.harness import latency_ms  # noqa: E402
 from sid_models.eval.systems import load_bm25  # noqa: E402
 from sid_models.ranking.stage import coverage, load_ranked_searcher  # noqa: E402
+from sid_models.ranking.features import FEATURES  # noqa: E402
 from sid_models.generative.retriever import load_retriever  # noqa: E402
 from sid_models.generative.stage import VALIDATION_FILE  # noqa: E402
 from sid_models.generative.trie import DictTrieConstraint, TrieConstraint, UnconstrainedConstraint, invalid_rate  # noqa: E402
@@ -59,6 +60,8 @@ QUICK = {
 }
 SYSTEMS = {"gr_tiger": "tiger", "gr_sarq_acrq_no_ranker": "sarq_acrq"}
 RANKED = {"gr_sarq_acrq": "pool", "hybrid": "hybrid"}          # system -> ranker.systems entry
+TOP_SIDS = 20
+BEAM_RANK = FEATURES.index("beam_rank")
 REPORTED = ("recall@10", "ndcg@10", "recall@10_cold", "recall@10_seen", "recall@10_multi", "mrr", "n_queries")
 
 
@@ -79,6 +82,10 @@ def ranked_quality(params: dict, folders: dict, ranker_system: str, prepared: Pr
     return {**{key: metrics[key] for key in REPORTED if key in metrics},
             "pool_coverage": coverage([found.rows for found in candidates], queries["query_id"].tolist(),
                                       searcher.featurizer.retriever.item_ids, prepared.relevant("test")),
+            # the yardstick: the items of the first 20 SIDs of the beam
+            "pool_coverage_20_sids": coverage([found.rows[found.features[:, BEAM_RANK] < TOP_SIDS] for found in candidates],
+                                              queries["query_id"].tolist(), searcher.featurizer.retriever.item_ids,
+                                              prepared.relevant("test")),
             "mean_candidates": float(np.mean([len(found.rows) for found in candidates])),
             "channels": list(searcher.settings.channels), "pool_sids": searcher.settings.pool_sids,
             "ranker_rounds": training["rounds"], "ranker_cv_ndcg@10": training["cv_ndcg@10"],
@@ -205,7 +212,7 @@ def main() -> None:
             emit(BENCH, system, seed=seed, bucket_pool=retriever.bucket_pool,
                  seconds=round(validation[variant]["train_seconds"], 1),
                  sft_steps=validation[variant]["steps"], **figures)
-    emit_summary(BENCH, results, (*REPORTED[:-1], "pool_coverage"))
+    emit_summary(BENCH, results, (*REPORTED[:-1], "pool_coverage", "pool_coverage_20_sids", "p50_ms"))
     if args.no_speed:
         return
     retriever, texts = retrievers["gr_sarq_acrq_no_ranker"]

@@ -9,10 +9,11 @@ import dagster as dg
 import mlflow
 
 from sid_models.params import load_params
-from sid_models.tracking import DEFAULT_ARTIFACT_ROOT, DEFAULT_TRACKING_URI, EXPERIMENT
+from sid_models.tracking import DEFAULT_ARTIFACT_ROOT, DEFAULT_TRACKING_URI, EXPERIMENT, flatten, mlflow_key
 from sid_models.stage_runner import close_orphan_runs, run_tags
 
 DAGSTER_RUN_TAG = "dagster.run_id"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 class ParamsResource(dg.ConfigurableResource):
@@ -41,10 +42,15 @@ class MlflowTracking(dg.ConfigurableResource):
             experiment_id = mlflow.create_experiment(self.experiment, artifact_location=Path(self.artifact_root).as_uri())
         else:
             experiment_id = experiment.experiment_id
+        # without it MLflow 3 opens the experiment as a GenAI one
+        if (experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags):
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         mlflow.set_experiment(experiment_id=experiment_id)
         return experiment_id
 
-    def parent_run_id(self, dagster_run_id: str, job_name: str) -> str:
+    def parent_run_id(self, dagster_run_id: str, job_name: str, params: dict | None = None) -> str:
+        """The parent run of this Dagster run, created on first use with the pipeline's params
+        (when given) and a description."""
         experiment_id = self.setup()
         # Nested stage runs carry the run id tag too; only the parent carries the job tag.
         found = mlflow.search_runs(experiment_ids=[experiment_id],
@@ -53,14 +59,22 @@ class MlflowTracking(dg.ConfigurableResource):
                                    output_format="list")
         if found:
             return found[0].info.run_id
-        run = mlflow.MlflowClient().create_run(experiment_id, run_name=f"dagster-{job_name}-{dagster_run_id[:8]}",
-                                               tags={DAGSTER_RUN_TAG: dagster_run_id, "dagster.job": job_name})
+        client = mlflow.MlflowClient()
+        run = client.create_run(experiment_id, run_name=f"dagster-{job_name}-{dagster_run_id[:8]}",
+                                tags={DAGSTER_RUN_TAG: dagster_run_id, "dagster.job": job_name,
+                                      "mlflow.note.content": f"Dagster run {dagster_run_id} of job {job_name}: one "
+                                      "nested run per stage; params.yaml as params, the dataset as input, the "
+                                      "report's headline metrics and the report itself."})
+        if params is not None:
+            client.log_batch(run.info.run_id, params=[mlflow.entities.Param(mlflow_key(key), str(value)[:500])
+                                                      for key, value in flatten(params).items()])
         return run.info.run_id
 
     @contextlib.contextmanager
-    def stage_run(self, context: dg.AssetExecutionContext, stage: str) -> Iterator[mlflow.ActiveRun]:
+    def stage_run(self, context: dg.AssetExecutionContext, stage: str,
+                  params: dict | None = None) -> Iterator[mlflow.ActiveRun]:
         """Nested MLflow run for one asset, under this Dagster run's parent run."""
-        parent = self.parent_run_id(context.run.run_id, context.run.job_name)
+        parent = self.parent_run_id(context.run.run_id, context.run.job_name, params)
         while mlflow.active_run() is not None:  # a failed earlier asset in this process left a run open
             mlflow.end_run("FAILED")
         close_orphan_runs(mlflow.MlflowClient(), mlflow.get_run(parent).info.experiment_id, stage)

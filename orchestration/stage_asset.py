@@ -1,9 +1,12 @@
 """The one way an asset runs a pipeline stage: versioned folder, nested MLflow run, hashed output."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import dagster as dg
+import mlflow
+import mlflow.data
 
 from sid_models.artifacts import content_hash
 from sid_models.params import REPO_ROOT
@@ -22,6 +25,28 @@ def _metadata_value(value):
     return dg.MetadataValue.json(value)
 
 
+DATASET_STAGE, REPORT_STAGE = "raw_dataset", "eval_report"
+
+
+def log_dataset_input(run_id: str, folder: Path, config: dict) -> None:
+    """The canonical items table as the run's MLflow dataset input, with the DVC version."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    from sid_models.data.loaders import load_parquet_layout
+    from sid_models.data.schema import DataError
+    from sid_models.data.versioning import dataset_version
+
+    dataset = load_parquet_layout(folder)
+    try:
+        version = dataset_version(config)
+    except DataError as error:       # a dataset DVC does not track yet: say so on the input
+        version = f"untracked ({error})"
+    logged = mlflow.data.from_pandas(dataset.items, source=dataset.source or str(folder), name=dataset.name)
+    mlflow.MlflowClient().log_inputs(run_id, datasets=[DatasetInput(logged._to_mlflow_entity(), tags=[
+        InputTag("mlflow.data.context", "training"), InputTag("dvc.version", version[:500]),
+        InputTag("n_queries", str(len(dataset.queries))), InputTag("n_judgments", str(len(dataset.judgments)))])])
+
+
 def materialize_stage(context: dg.AssetExecutionContext, stage: str, inputs: dict[str, str],
                       params: ParamsResource, mlflow_tracking: MlflowTracking) -> dg.Output[str]:
     """Run `stage` into artifacts/<stage>/<run id>/, return its folder path with metadata.
@@ -33,7 +58,7 @@ def materialize_stage(context: dg.AssetExecutionContext, stage: str, inputs: dic
     config = params.load()
     position = list(STAGES).index(stage) + 1
     context.log.info(f"stage {position} of {len(STAGES)}: {stage} ...")
-    with mlflow_tracking.stage_run(context, stage) as run:
+    with mlflow_tracking.stage_run(context, stage, config) as run:
         tracking.log_params({"stage": stage})
         metadata = write_stage(stage, config, {key: Path(value) for key, value in inputs.items()}, final)
         digest = content_hash(final)
@@ -42,6 +67,14 @@ def materialize_stage(context: dg.AssetExecutionContext, stage: str, inputs: dic
                    if isinstance(value, (int, float)) and not isinstance(value, bool)}
         tracking.log_metrics(numeric)
         mlflow_run_id = run.info.run_id
+        parent = run.data.tags["mlflow.parentRunId"]
+    if stage == DATASET_STAGE:
+        log_dataset_input(parent, final, config)
+    elif stage == REPORT_STAGE:
+        client = mlflow.MlflowClient()
+        client.log_batch(parent, metrics=[mlflow.entities.Metric(key, float(value), int(time.time() * 1000), 0)
+                                          for key, value in numeric.items()])
+        client.log_artifact(parent, str(final / "report.html"), "report")
     context.log.info(f"{stage}: wrote {final} (sha256 {digest[:12]})")
     return dg.Output(str(final), metadata={
         "artifact_path": dg.MetadataValue.path(str(final)),

@@ -40,7 +40,7 @@ def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
     if active():
         import mlflow
 
-        flat = _flatten(params, prefix)
+        flat = flatten(params, prefix)
         mlflow.log_params({mlflow_key(key): str(value)[:500] for key, value in flat.items()})
 
 
@@ -62,12 +62,12 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
             mlflow.log_artifact(str(path), artifact_path)
 
 
-def _flatten(params: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, name))
+            flat.update(flatten(value, name))
         else:
             flat[name] = value
     return flat

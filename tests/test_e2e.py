@@ -105,3 +105,22 @@ def test_first_model_is_champion_and_the_served_champion_answers(pipeline, small
         assert [len(row["item_ids"]) for row in body["predictions"]] == [5, 5]
         status, body = post_json(url, json.dumps({"inputs": [""]}), timeout)
         assert status == 400 and "empty" in body["message"]
+
+
+def test_parent_run_carries_params_dataset_metrics_and_report(pipeline):
+    client = MlflowClient(tracking_uri=pipeline["tracking_uri"])
+    experiment = client.get_experiment_by_name("sid-retrieval")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    parents = [run for run in client.search_runs([experiment.experiment_id]) if "dagster.job" in run.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.params["sft.warmup_steps"] == "6" and parent.data.params["dataset.kind"] == "demo"
+    assert "Dagster run" in parent.data.tags["mlflow.note.content"]
+    assert "recall_at_10" in parent.data.metrics and "ndcg_at_10" in parent.data.metrics
+    (dataset_input,) = parent.inputs.dataset_inputs
+    tags = {tag.key: tag.value for tag in dataset_input.tags}
+    assert tags["mlflow.data.context"] == "training" and "dvc.version" in tags
+    assert "report/report.html" in [item.path for item in client.list_artifacts(parent.info.run_id, "report")]
+    registry = pipeline["params"]["registry"]
+    version = client.get_model_version(registry["model_name"], "1")
+    assert version.description.startswith("champion:") and "ndcg@10" in version.description

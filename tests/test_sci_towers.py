@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sid_models.params import deep_merge
+from sid_models.params import deep_merge, load_params
 from sid_models.sci.losses import consistency, info_nce
 from sid_models.sci.stage import train_towers as run_towers_stage
 from sid_models.sci.towers import DualTower, TowerConfig, initial_projection, load_towers
@@ -84,8 +84,8 @@ def test_accidental_hit_is_not_a_negative():
     assert info_nce(anchors, positives, weights, 0.1) > masked  # unmasked, it would push a positive away
 
 
-def test_training_batches_flag_other_positives_of_the_same_query(small_prepared):
-    data = TrainingData.build(small_prepared, TrainConfig())
+def test_training_batches_flag_other_positives_of_the_same_query(small_prepared, small_params):
+    data = TrainingData.build(small_prepared, TrainConfig.from_params(small_params["sci"], 0))
     counts = np.bincount(data.pair_queries)
     query = int(np.flatnonzero(counts >= 2)[0])
     same = np.flatnonzero(data.pair_queries == query)[:2]
@@ -98,8 +98,8 @@ def test_training_batches_flag_other_positives_of_the_same_query(small_prepared)
     assert hits[0, 2] == other_relevant
 
 
-def test_hard_negatives_are_judged_items_below_the_threshold(small_prepared):
-    data = TrainingData.build(small_prepared, TrainConfig())
+def test_hard_negatives_are_judged_items_below_the_threshold(small_prepared, small_params):
+    data = TrainingData.build(small_prepared, TrainConfig.from_params(small_params["sci"], 0))
     train = small_prepared.split_judgments("train")
     query = int(data.pair_queries[0])
     query_id = small_prepared.queries["query_id"].iloc[query]
@@ -119,7 +119,8 @@ def test_weighted_loss_counts_high_grades_more():
 
 
 def _objective_terms(towers: DualTower, lambda_swap: float, lambda_cons: float = 0.0):
-    config = TrainConfig(lambda_swap=lambda_swap, lambda_cons=lambda_cons, temperature=0.1)
+    config = dataclasses.replace(TrainConfig.from_params(load_params()["sci"], 0), lambda_swap=lambda_swap,
+                                 lambda_cons=lambda_cons, temperature=0.1)
     queries, items, negatives = _unit(6, 32, 7), _unit(6, 32, 8), _unit(12, 32, 9).reshape(6, 2, 32)
     return objective(towers, towers.query_tower.projection.weight.detach(), queries, items, negatives,
                      torch.ones(6, 2, dtype=torch.bool), torch.zeros(6, 6, dtype=torch.bool), torch.ones(6), None,
@@ -155,9 +156,9 @@ def test_consistency_is_zero_for_identical_towers_and_positive_otherwise():
     assert consistency(x, _unit(5, 16, 11)) > 0
 
 
-def test_training_is_deterministic_under_a_seed(small_prepared, small_base):
+def test_training_is_deterministic_under_a_seed(small_prepared, small_base, small_params):
     items, queries = small_base
-    config = dataclasses.replace(TrainConfig(), **FAST_TRAIN, lambda_preserve=0.1, seed=3)
+    config = dataclasses.replace(TrainConfig.from_params(small_params["sci"], 3), **FAST_TRAIN, lambda_preserve=0.1)
     tower_config = TowerConfig(hidden_dim=64)
     first = train_towers(small_prepared, items, queries, tower_config, config)
     second = train_towers(small_prepared, items, queries, tower_config, config)
@@ -191,8 +192,9 @@ def test_towers_stage_writes_normalised_views_and_loadable_towers(small_params, 
     assert metadata["valid_recall@10"] >= 0 and "valid_recall@10_minilm" in metadata
 
 
-def test_hard_negative_cutoff_never_exceeds_the_relevance_threshold(small_prepared):
-    data = TrainingData.build(small_prepared, TrainConfig(hard_negative_max_relevance=99.0))
+def test_hard_negative_cutoff_never_exceeds_the_relevance_threshold(small_prepared, small_params):
+    data = TrainingData.build(small_prepared, dataclasses.replace(TrainConfig.from_params(small_params["sci"], 0),
+                                                          hard_negative_max_relevance=99.0))
     negative_keys = np.repeat(np.arange(len(data.negative_offsets) - 1), np.diff(data.negative_offsets)) * data.n_items
     assert not np.isin(negative_keys + data.negative_items, data.positive_keys).any()
     assert len(data.negative_items) > 0

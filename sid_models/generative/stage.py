@@ -29,6 +29,8 @@ VARIANTS = {"sarq_acrq": "", "tiger": "tiger"}
 EVAL_K = 10
 REPORTED = ("recall@10", "ndcg@10", "mrr", "recall@10_seen", "recall@10_cold", "recall@10_multi")
 
+FINAL_LOSS_STEPS = 20        # the reported final loss averages the last this many logged steps
+
 
 def validation_queries(prepared: PreparedDataset, max_queries: int):
     """Validation queries with at least one relevant item, the first `max_queries` of them."""
@@ -84,7 +86,7 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
         summary[variant] = {**validate(retriever, prepared, int(params["sft"]["valid_max_queries"])),
                             "train_seconds": seconds, "steps": len(history)}
         if history:
-            tail = history[-20:]
+            tail = history[-FINAL_LOSS_STEPS:]
             summary[variant]["final_loss"] = sum(record["loss"] for record in tail) / len(tail)
     (out / VALIDATION_FILE).write_text(json.dumps(summary, indent=2))
     return {f"{variant}_{key}": value for variant, figures in summary.items() for key, value in figures.items()}

@@ -148,9 +148,17 @@ class CandidateFeaturizer:
         self.titles = [str(title) for title in titles]
         self.title_words = np.array([len(WORD.findall(title)) for title in self.titles], dtype=np.float32)
         self.stem = snowball_stemmer("english").stemWords
-        self.title_terms = [frozenset(self.stem(WORD.findall(title.lower()))) for title in self.titles]
-        self.type_terms = [self.stem(WORD.findall(HEAD_END.split(title.lower(), maxsplit=1)[0])[-2:])
-                           for title in self.titles]
+        # title words, product-type words and character trigrams as sparse item x vocabulary
+        # matrices, built once: per-candidate set operations cost a served query ~25 ms
+        self.term_vocab: dict[str, int] = {}
+        self.title_terms = _incidence([set(self.stem(WORD.findall(title.lower()))) for title in self.titles],
+                                      self.term_vocab)
+        self.type_terms = _incidence([self.stem(WORD.findall(HEAD_END.split(title.lower(), maxsplit=1)[0])[-2:])
+                                      for title in self.titles], self.term_vocab)
+        self.type_term_counts = np.asarray(self.type_terms.sum(axis=1)).ravel().astype(np.float32)
+        self.gram_vocab: dict[str, int] = {}
+        self.title_trigrams = _incidence([trigrams(title) for title in self.titles], self.gram_vocab)
+        self.title_gram_counts = np.asarray(self.title_trigrams.sum(axis=1)).ravel().astype(np.float32)
         self.log_exposure = np.log1p(np.asarray(exposure, dtype=np.float32))
         buckets = retriever.buckets
         self.sid_of_row = np.empty(n_items, dtype=np.int64)
@@ -162,8 +170,6 @@ class CandidateFeaturizer:
         self.sid_length = self.sid_length_of_sid[self.sid_of_row]
         self.cell_of_row = self.cell_of_sid[self.sid_of_row]
         self.log_bucket_size = np.log(np.diff(buckets.ptr).astype(np.float32))[self.sid_of_row]
-        # once, at load: computing them per candidate would cost a served query ~100 ms
-        self.title_trigrams = [trigrams(title) for title in self.titles]
 
     def candidates(self, queries: list[str], settings: CandidateSettings) -> list[QueryCandidates]:
         """Candidates and features of every query, in order."""
@@ -229,14 +235,17 @@ class CandidateFeaturizer:
         best_bm25 = float(bm25_scores[bm25_top[0]]) if len(bm25_top) else 0.0
         features[:, column["bm25_ratio"]] = bm25_scores[rows] / best_bm25 if best_bm25 > 0 else 0.0
         query_grams, query_terms = trigrams(query), self.stem(WORD.findall(query.lower()))
-        query_set = frozenset(query_terms)
-        features[:, column["trigram_jaccard"]] = [
-            len(query_grams & grams) / max(len(query_grams | grams), 1)
-            for grams in (self.title_trigrams[row] for row in rows)]
-        features[:, column["query_terms_in_title"]] = [
-            sum(term in self.title_terms[row] for term in query_terms) / max(len(query_terms), 1) for row in rows]
-        features[:, column["type_terms_in_query"]] = [
-            sum(term in query_set for term in self.type_terms[row]) / max(len(self.type_terms[row]), 1) for row in rows]
+        gram_ids = [self.gram_vocab[gram] for gram in query_grams if gram in self.gram_vocab]
+        shared_grams = _row_sums(self.title_trigrams, rows, gram_ids)
+        union = len(query_grams) + self.title_gram_counts[rows] - shared_grams
+        features[:, column["trigram_jaccard"]] = shared_grams / np.maximum(union, 1)
+        # a repeated query word counts each time, as the share of the query's words
+        term_ids = [self.term_vocab[term] for term in query_terms if term in self.term_vocab]
+        features[:, column["query_terms_in_title"]] = (_row_sums(self.title_terms, rows, term_ids)
+                                                       / max(len(query_terms), 1))
+        distinct_ids = sorted(set(term_ids))
+        features[:, column["type_terms_in_query"]] = (_row_sums(self.type_terms, rows, distinct_ids)
+                                                      / np.maximum(self.type_term_counts[rows], 1))
         features[:, column["log_exposure"]] = self.log_exposure[rows]
         features[:, column["history_bm25"]] = history_bm25[rows]
         best_history = np.nanmax(history_bm25) if len(warm) else 0.0
@@ -253,6 +262,29 @@ def _rank_in(rows: np.ndarray, ranked: np.ndarray) -> np.ndarray:
     ranks = _first_rank(ranked, int(max(rows.max(initial=0), ranked.max(initial=0))) + 1)[rows].astype(np.float32)
     ranks[ranks < 0] = np.nan
     return ranks
+
+
+def _incidence(token_lists: Sequence, vocab: dict[str, int]):
+    """Sparse CSR [n_rows, len(vocab)] float32 counts of each row's tokens; grows `vocab`."""
+    from scipy.sparse import csr_matrix
+
+    indptr, indices = [0], []
+    for tokens in token_lists:
+        indices.extend(vocab.setdefault(token, len(vocab)) for token in tokens)
+        indptr.append(len(indices))
+    data = np.ones(len(indices), dtype=np.float32)
+    matrix = csr_matrix((data, np.array(indices, dtype=np.int64), np.array(indptr, dtype=np.int64)),
+                        shape=(len(token_lists), max(len(vocab), 1)))
+    matrix.sum_duplicates()
+    return matrix
+
+
+def _row_sums(matrix, rows: np.ndarray, columns: list[int]) -> np.ndarray:
+    """Sum over `columns` (repeats count again) of each of `rows` of a sparse matrix."""
+    if not columns or not len(rows):
+        return np.zeros(len(rows), dtype=np.float32)
+    weights = np.bincount(np.asarray(columns, dtype=np.int64), minlength=matrix.shape[1]).astype(np.float32)
+    return np.asarray(matrix[rows] @ weights, dtype=np.float32).ravel()
 
 
 def _first_rank(ranked: np.ndarray, size: int) -> np.ndarray:

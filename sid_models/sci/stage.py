@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import tracking
 from ..data.schema import PreparedDataset
-from ..eval.metrics import evaluate
+from ..eval.metrics import RECALL_KS, evaluate
 from ..text.stage import load_embeddings
 from .index import DualViewIndex, FlatIndex, dense_rankings, n_lists
 from .towers import TowerConfig
@@ -31,6 +31,8 @@ LOGGER = logging.getLogger(__name__)
 QUERY_VIEW_FILE = "item_query_view.npy"
 ITEM_VIEW_FILE = "item_item_view.npy"
 QUERIES_FILE = "queries.npy"
+
+INDEX_CHECK_K = 10           # recall@k of the IVF index against exact search on validation
 
 
 def zero_shot_metrics(prepared: PreparedDataset, item_base: np.ndarray, query_base: np.ndarray,
@@ -54,7 +56,7 @@ def train_towers(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     np.save(out / QUERY_VIEW_FILE, result.towers.encode_queries(item_base))
     np.save(out / ITEM_VIEW_FILE, result.towers.encode_items(item_base))
     np.save(out / QUERIES_FILE, result.towers.encode_queries(query_base))
-    minilm = zero_shot_metrics(prepared, item_base, query_base, "valid", max(config.eval_k, 50))
+    minilm = zero_shot_metrics(prepared, item_base, query_base, "valid", max(config.eval_k, max(RECALL_KS)))
     summary = {"train": asdict(config), "best_epoch": result.best_epoch, "seconds": result.seconds,
                "valid": result.best_valid, "valid_minilm": minilm}
     (out / "train.json").write_text(json.dumps(summary, indent=2))
@@ -87,7 +89,7 @@ def build_index(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     valid = prepared.split_queries("valid")
     query_ids, item_ids = valid["query_id"].tolist(), prepared.items["item_id"].tolist()
     judged = prepared.split_judgments("valid")
-    k = 10
+    k = INDEX_CHECK_K
     exact = evaluate(dense_rankings(query_vectors[valid.index.to_numpy()], FlatIndex(item_view), k, query_ids, item_ids),
                      judged, prepared.scale)
     ivf = evaluate(dense_rankings(query_vectors[valid.index.to_numpy()], index, k, query_ids, item_ids),

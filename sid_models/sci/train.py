@@ -23,7 +23,7 @@ import torch
 
 from .. import tracking
 from ..data.schema import PreparedDataset
-from ..eval.metrics import evaluate
+from ..eval.metrics import RECALL_KS, evaluate
 from .index import FlatIndex, dense_rankings
 from .losses import consistency, info_nce, preservation
 from .towers import DualTower, TowerConfig, initial_projection
@@ -31,23 +31,25 @@ from .towers import DualTower, TowerConfig, initial_projection
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    temperature: float = 0.05
-    lambda_swap: float = 1.0
-    lambda_cons: float = 0.0
-    lambda_preserve: float = 0.0
-    preserve_sample: int = 256            # random catalogue items per batch for L_pres (cold items included)
-    hard_negatives: int = 4
-    hard_negative_max_relevance: float | None = None
-    graded_weights: bool = True
-    patience: int = 3
-    eval_k: int = 10
-    init_projection: str = "pca"
-    seed: int = 0
-    threads: int = 1
+    """Tower training settings: params `sci.train` plus the seed (no defaults: params.yaml is the one source)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    temperature: float
+    lambda_swap: float
+    lambda_cons: float
+    lambda_preserve: float
+    preserve_sample: int                  # random catalogue items per batch for L_pres (cold items included)
+    hard_negatives: int
+    hard_negative_max_relevance: float | None
+    graded_weights: bool
+    patience: int
+    eval_k: int
+    init_projection: str
+    seed: int
+    threads: int
 
     @classmethod
     def from_params(cls, sci_params: dict, seed: int) -> "TrainConfig":
@@ -200,7 +202,8 @@ def train_towers(prepared: PreparedDataset, item_base: np.ndarray, query_base: n
     metric = f"recall@{config.eval_k}"
 
     def validate(epoch: int, loss: dict[str, float]) -> dict[str, float]:
-        valid = validation_metrics(towers, prepared, item_base, query_base, "valid", max(config.eval_k, 50))
+        valid = validation_metrics(towers, prepared, item_base, query_base, "valid",
+                                   max(config.eval_k, max(RECALL_KS)))
         record = {"epoch": epoch, **{f"loss_{k}": v for k, v in loss.items()},
                   **{f"valid_{k}": v for k, v in valid.items() if not k.startswith("n_")}}
         tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)

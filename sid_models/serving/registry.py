@@ -89,10 +89,18 @@ def record_decision(client: MlflowClient, name: str, version: str, decision: Pro
                      if key in RECORDED_METRICS})
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(name, version, description=version_description(decision, registry))
     if decision.promote:
         client.set_registered_model_alias(name, registry["champion_alias"], version)
     else:
         client.set_model_version_tag(name, version, registry["challenger_tag"], "true")
+
+
+def version_description(decision: PromotionDecision, registry: Mapping) -> str:
+    """What the MLflow UI shows for a model version: the decision, why, and its metrics."""
+    metrics = ", ".join(f"{key} {value:.4f}" for key, value in decision.candidate.items() if key in RECORDED_METRICS)
+    verdict = "champion" if decision.promote else f"{registry['challenger_tag']} (not promoted)"
+    return f"{verdict}: {decision.reason}. Measured through its pyfunc on the eval split: {metrics}."
 
 
 def decision_record(decision: PromotionDecision) -> dict:
