@@ -28,6 +28,7 @@ GRID = {"num_leaves": (15, 31, 63), "min_data_in_leaf": (50, 200)}
 def own_arguments(parser) -> None:
     parser.add_argument("--grid", choices=("full", "base"), default="full",
                         help="base: only params' own LightGBM setting (to compare candidate settings)")
+    parser.add_argument("--systems", nargs="+", default=None, help="ranker.systems entries to sweep (default: all)")
 
 
 def main() -> None:
@@ -43,6 +44,8 @@ def main() -> None:
         queries = queries[queries["query_id"].isin(set(relevant["query_id"]))]
         featurizer = load_featurizer(seeded, folders)
         for system, system_params in params["ranker"]["systems"].items():
+            if args.systems is not None and system not in args.systems:
+                continue
             started = time.perf_counter()
             candidates = featurizer.candidates(queries["text"].astype(str).tolist(), candidate_settings(system_params))
             query_labels = labels(candidates, queries["query_id"].tolist(), featurizer.retriever.item_ids,

@@ -219,6 +219,12 @@ def test_cli_prints_titles_and_flags_a_query_without_a_confident_match(served, c
     assert blocks[1].startswith("# zzzz qqqq") and "no confident match" in blocks[1]
 
 
+def test_cli_refuses_a_store_that_does_not_exist(served, capsys, tmp_path):
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    code = cli.main(["search", "drill", "--params", str(served["params_file"]), "--tracking-uri", f"sqlite:///{missing}"])
+    assert code == 2 and "no MLflow store at" in capsys.readouterr().err and not missing.exists()
+
+
 def test_cli_reports_a_missing_model_clearly(served, capsys):
     code = cli.main(["search", "drill", "--alias", "no-such-alias", "--params", str(served["params_file"]),
                      "--tracking-uri", served["uri"]])

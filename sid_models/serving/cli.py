@@ -20,6 +20,7 @@ from ..params import load_params
 from ..tracking import tracking_uri
 
 CONFIDENT_TRIGRAMS = 0.25
+HTTP_TIMEOUT_S = 10          # per request to a remote tracking server (MLflow's default retries for minutes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +74,19 @@ class Catalogue:
                             for rank, (item, score) in enumerate(zip(item_ids, scores), start=1)]}
 
 
+def check_store(uri: str) -> None:
+    """Refuse a SQLite store that does not exist (MLflow would create an empty one and report
+    "no model"), and bound how long an unreachable tracking server is waited for."""
+    import os
+    from pathlib import Path
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise FileNotFoundError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: run `make run` first, or pass "
+                                f"--tracking-uri")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+
+
 def print_answer(answer: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(answer, ensure_ascii=False), flush=True)
@@ -106,6 +120,7 @@ def _main(argv: list[str]) -> int:
     search.add_argument("--json", action="store_true", help="print one JSON object per query")
     args = parser.parse_args(argv)
 
+    check_store(args.tracking_uri)
     import mlflow
     import pandas as pd
     from mlflow.exceptions import MlflowException

@@ -101,7 +101,7 @@ def _main(argv: list[str]) -> int:
     from ..eval.systems import load_bm25
     from ..params import load_params
     from ..tracking import tracking_uri
-    from .cli import Catalogue
+    from .cli import Catalogue, check_store
 
     parser = argparse.ArgumentParser(prog="sidr page", description="A local search page: the champion beside BM25.")
     parser.add_argument("--alias", default=None, help="registry alias (default: params registry.champion_alias)")
@@ -110,6 +110,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("-k", type=int, default=None, help="results per system (default: params serving.default_k)")
     parser.add_argument("-p", "--port", type=int, default=8000)
     args = parser.parse_args(argv)
+    check_store(args.tracking_uri)
     params = load_params(args.params)
     uri = f"models:/{params['registry']['model_name']}@{args.alias or params['registry']['champion_alias']}"
     mlflow.set_tracking_uri(args.tracking_uri)
