@@ -1,4 +1,4 @@
-"""Serving speed of the registered champion: in process (pyfunc predict) vs over HTTP (mlflow models serve).
+"""Serving speed of the registered champion: in process (pyfunc predict) vs over HTTP (the guarded scoring server).
 
 Serves `models:/<registry.model_name>@<registry.champion_alias>` from the tracking store
 (`$MLFLOW_TRACKING_URI`, default mlflow/mlflow.db: run `make run` first). Queries are the

@@ -142,3 +142,21 @@ def test_stage_cli_leaves_nothing_behind_on_bad_input(tmp_path, small_params, mo
         cli_main(["run", "raw_dataset", "--params", str(params_file), "--out", str(out), "--debug"])
     assert (error.value.row, error.value.column) == (4, "product_name")
     assert not out.exists() and not out.with_name("raw_dataset.partial").exists()
+
+
+def test_a_fresh_clone_has_no_stage_whose_code_or_params_changed():
+    """dvc.lock matches the committed code and params: `dvc status` may miss the outputs a clone
+    has not produced (and their downstream data deps), never a changed code folder or param."""
+    import json
+
+    status = json.loads(_dvc("status", "--json", cwd=REPO_ROOT) or "{}")
+    stale = {}
+    for stage, changes in status.items():
+        for change in changes:
+            if not isinstance(change, dict):
+                continue
+            for path, state in change.get("changed deps", {}).items():
+                produced = path.startswith("data/stages/") or path.startswith("reports/")
+                if not produced:
+                    stale.setdefault(stage, []).append(f"{path}: {state}")
+    assert not stale, f"dvc.lock is older than the code or params ({stale}): run `make repro` and commit dvc.lock"

@@ -219,6 +219,12 @@ def test_cli_prints_titles_and_flags_a_query_without_a_confident_match(served, c
     assert blocks[1].startswith("# zzzz qqqq") and "no confident match" in blocks[1]
 
 
+def test_cli_refuses_an_argument_that_is_not_utf8(served, capsys):
+    not_utf8 = b"caf\xff drill".decode("utf-8", "surrogateescape")     # as Python receives such argv bytes
+    code = cli.main(["search", not_utf8, "--params", str(served["params_file"]), "--tracking-uri", served["uri"]])
+    assert code == 2 and "query 1 is not UTF-8 text" in capsys.readouterr().err
+
+
 def test_cli_refuses_a_store_that_does_not_exist(served, capsys, tmp_path):
     missing = tmp_path / "nowhere" / "mlflow.db"
     code = cli.main(["search", "drill", "--params", str(served["params_file"]), "--tracking-uri", f"sqlite:///{missing}"])

@@ -119,6 +119,10 @@ def _main(argv: list[str]) -> int:
     search.add_argument("--tracking-uri", default=tracking_uri(), help="default: $MLFLOW_TRACKING_URI or mlflow/mlflow.db")
     search.add_argument("--json", action="store_true", help="print one JSON object per query")
     args = parser.parse_args(argv)
+    for position, query in enumerate(args.queries, start=1):
+        if not query.isprintable() and any(0xDC80 <= ord(char) <= 0xDCFF for char in query):
+            # the shell passed bytes that are not UTF-8 (Python keeps them as lone surrogates)
+            raise ValueError(f"query {position} is not UTF-8 text: {query.encode('utf-8', 'replace')[:40]!r}")
 
     check_store(args.tracking_uri)
     import mlflow
