@@ -225,6 +225,25 @@ def test_cli_refuses_an_argument_that_is_not_utf8(served, capsys):
     assert code == 2 and "query 1 is not UTF-8 text" in capsys.readouterr().err
 
 
+def test_cli_gives_up_quickly_on_an_unreachable_tracking_server(served, capsys, monkeypatch):
+    import time
+
+    from sid_models.serving.server import free_port
+
+    for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+    started = time.monotonic()
+    code = cli.main(["search", "drill", "--params", str(served["params_file"]),
+                     "--tracking-uri", f"http://127.0.0.1:{free_port()}"])
+    assert code == 2 and "Connection refused" in capsys.readouterr().err
+    assert time.monotonic() - started < 60        # MLflow's own retries would wait minutes
+
+
+def test_cli_names_a_missing_params_file(capsys, tmp_path):
+    code = cli.main(["search", "drill", "--params", str(tmp_path / "nope.yaml")])
+    assert code == 2 and f"params file not found: {tmp_path / 'nope.yaml'}" in capsys.readouterr().err
+
+
 def test_cli_refuses_a_store_that_does_not_exist(served, capsys, tmp_path):
     missing = tmp_path / "nowhere" / "mlflow.db"
     code = cli.main(["search", "drill", "--params", str(served["params_file"]), "--tracking-uri", f"sqlite:///{missing}"])
