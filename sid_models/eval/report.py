@@ -213,27 +213,31 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _figure(width: float, height: float, ncols: int = 1):
+def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
+    return plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
 
 
 def plot_recall_by_segment(report: EvalReport) -> bytes:
-    """Grouped bars: Recall@10 per segment, one bar per system."""
-    figure, axes = _figure(10, 4)
+    """Grouped bars: Recall@10 per segment, one bar per system; the legend sits beside the axes,
+    so it covers no bar."""
+    figure, axes = _figure(11, 4)
     axis = axes[0, 0]
     width = 0.8 / max(len(report.systems), 1)
+    colours = _colours(len(report.systems))
     for position, result in enumerate(report.systems):
         values = [result.metrics.get(f"recall@10_{segment}", 0.0) for segment in SEGMENT_ORDER]
-        axis.bar([index + position * width for index in range(len(SEGMENT_ORDER))], values, width, label=result.name)
+        axis.bar([index + position * width for index in range(len(SEGMENT_ORDER))], values, width, label=result.name,
+                 color=colours[position])
     axis.set_xticks([index + 0.4 - width / 2 for index in range(len(SEGMENT_ORDER))], SEGMENT_ORDER)
     axis.set_ylabel("Recall@10")
+    axis.set_ylim(0, 1)
     axis.set_title("Recall@10 by segment of the relevant item")
-    axis.legend(fontsize="small", ncol=2)
+    axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(figure)
 
 
@@ -255,17 +259,35 @@ def plot_sid_length_by_segment(report: EvalReport) -> bytes:
 
 
 def plot_training_curves(curves: Curves) -> bytes:
-    """One panel per training stage: its loss and validation curves against step."""
+    """One column per training stage: its losses on the top row, its validation metrics (another
+    scale) on the bottom row; every series its own colour, legends below the panels."""
     stages = [stage for stage, metrics in curves.items() if metrics]
-    figure, axes = _figure(5 * len(stages), 3.5, ncols=len(stages))
-    for axis, stage in zip(axes[0], stages):
-        for metric, points in sorted(curves[stage].items()):
-            steps, values = zip(*points)
-            axis.plot(steps, values, label=metric)
-        axis.set_title(stage)
-        axis.set_xlabel("step")
-        axis.legend(fontsize="x-small")
+    figure, axes = _figure(5 * len(stages), 7, ncols=len(stages), nrows=2)
+    for column, stage in enumerate(stages):
+        rows = {"loss": sorted(name for name in curves[stage] if "loss" in name),
+                "validation": sorted(name for name in curves[stage] if "loss" not in name)}
+        for row, (kind, names) in enumerate(rows.items()):
+            axis = axes[row, column]
+            colours = _colours(len(names))
+            for colour, metric in zip(colours, names):
+                steps, values = zip(*curves[stage][metric])
+                axis.plot(steps, values, label=metric, color=colour, marker="." if len(steps) < 30 else None)
+            axis.set_title(f"{stage}: {kind}")
+            axis.set_xlabel("step" if stage != "sci_towers" else "epoch")
+            if names:
+                axis.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+            else:
+                axis.text(0.5, 0.5, f"no {kind} curve recorded", ha="center", va="center", transform=axis.transAxes)
+                axis.set_axis_off()
+    figure.tight_layout()
     return _png(figure)
+
+
+def _colours(n: int) -> list:
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [palette(index % palette.N) for index in range(n)]
 
 
 def plots(report: EvalReport) -> dict[str, bytes]:
