@@ -82,7 +82,10 @@ def test_report_compares_every_system_and_lands_in_reports(pipeline):
     reports = pipeline["root"] / "reports"
     metrics = json.loads((reports / "metrics.json").read_text())
     assert set(metrics["systems"]) == set(pipeline["params"]["eval"]["systems"])
-    assert metrics["headline_system"] == "gr_rad_dpo"
+    registered = next(event for event in pipeline["result"].get_asset_materialization_events()
+                      if event.asset_key.to_user_string() == "registered_model").materialization.metadata
+    served = {"sft": "gr_sarq_acrq", "rad_dpo": "gr_rad_dpo"}[registered["checkpoint"].value]
+    assert metrics["headline_system"] == served          # the report's headline is the model the registry serves
     page = (reports / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3  # recall by segment, SID length by segment, training curves
     lines = run_summary(pipeline["result"], pipeline["params"], pipeline["tracking_uri"])

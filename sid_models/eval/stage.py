@@ -97,8 +97,30 @@ def examples(rankings: dict[str, dict[str, list[str]]], prepared: PreparedDatase
             for query in dict.fromkeys(chosen)]
 
 
+# (checkpoint the registry deploys, ranker it serves) -> the eval system that is that model
+SERVED_SYSTEMS = {("sft", "pool"): "gr_sarq_acrq", ("rad_dpo", "pool"): "gr_rad_dpo",
+                  ("sft", None): "gr_sarq_acrq_no_ranker"}
+SERVED = "served"
+
+
+def served_system(params: dict, inputs: dict[str, Path]) -> str:
+    """The eval system the registered_model step will register: the checkpoint
+    `deployable_checkpoint` picks on validation, ranked as `registry.ranker` says."""
+    from ..align.stage import deployable_checkpoint
+
+    registry = params["registry"]
+    chosen, _, _ = deployable_checkpoint(inputs["sft_checkpoint"], inputs["dpo_checkpoint"], registry["primary_metric"])
+    key = (chosen, registry["ranker"])
+    if key not in SERVED_SYSTEMS:
+        raise ValueError(f"no eval system is the served model ({chosen} checkpoint, ranker {registry['ranker']!r}): "
+                         f"set eval.headline_system to one of {params['eval']['systems']}")
+    return SERVED_SYSTEMS[key]
+
+
 def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
-    settings = params["eval"]
+    settings = dict(params["eval"])
+    if settings["headline_system"] == SERVED:
+        settings["headline_system"] = served_system(params, inputs)
     prepared = PreparedDataset.load(inputs["prepared_dataset"])
     if settings["headline_system"] not in settings["systems"]:
         raise ValueError(f"eval.headline_system {settings['headline_system']!r} is not among eval.systems "
@@ -119,7 +141,10 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
         dataset=prepared.name, split=settings["split"], systems=results, headline_system=settings["headline_system"],
         sid_segments=sid_segments, sid_health=sid_health, curves=curves, intervals=intervals,
         differences=differences, examples=examples(rankings, prepared, settings),
-        notes=[f"Training curves from the {curve_source}." if curves else "No training curves were recorded.",
+        notes=[f"Headline: {settings['headline_system']}"
+               + (", the model the registry serves (the checkpoint chosen on validation, with registry.ranker)."
+                  if params["eval"]["headline_system"] == SERVED else " (eval.headline_system)."),
+               f"Training curves from the {curve_source}." if curves else "No training curves were recorded.",
                "The dual-tower baseline (tower) is trained inside this stage with λ_swap = 0 and the sci budget."],
     )
     paths = write_report(report, out)
