@@ -26,10 +26,8 @@ import json
 import sys
 from typing import Any
 
-from ..data.schema import is_blank
-from .pyfunc import ServingLimits
+from .pyfunc import QUOTED_CHARS, ServingLimits, parse_request
 
-QUOTED_CHARS = 40
 INVOCATIONS = "/invocations"
 ACCEPTED_TYPES = ("application/json", "text/csv", "application/x-parquet")
 
@@ -82,22 +80,14 @@ def json_queries(payload: Any) -> tuple[list[Any], Any]:
 
 
 def check_queries(queries: list[Any], k: Any, limits: ServingLimits) -> None:
-    if not queries:
-        raise Refused(400, "no queries in the request")
-    if len(queries) > limits.max_batch:
-        raise Refused(400, f"{len(queries)} queries in one request; at most {limits.max_batch} allowed")
-    for row, query in enumerate(queries):
-        if not isinstance(query, str):
-            raise Refused(400, f"query at row {row} must be a string, got {type(query).__name__}: {quote(query)}")
-        if is_blank(query):
-            raise Refused(400, f"query at row {row} is empty")
-        if len(query) > limits.max_query_chars:
-            raise Refused(400, f"query at row {row} has {len(query)} characters; at most {limits.max_query_chars} "
-                               f"allowed: {quote(query)}")
-    results = len(queries) * (k if isinstance(k, int) and not isinstance(k, bool) and k > 0 else limits.default_k)
-    if results > limits.max_results:
-        raise Refused(400, f"{len(queries)} queries x k = {results} results in one request; at most "
-                           f"{limits.max_results} allowed (send fewer queries per request)")
+    """The model's own request rules (`pyfunc.parse_request`), applied to the raw JSON values
+    before MLflow turns them into strings."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        parse_request(queries, k, limits)
+    except MlflowException as error:
+        raise Refused(400, error.message) from None
 
 
 class RequestGuard:

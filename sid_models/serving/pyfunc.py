@@ -37,6 +37,7 @@ from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 from ..data.schema import is_blank
 
 INPUT_SCHEMA = Schema([ColSpec("string", "query")])
+QUOTED_CHARS = 40            # an error message quotes at most this much of a client's input
 OUTPUT_SCHEMA = Schema([ColSpec("string", "query"), ColSpec(Array("string"), "item_ids"),
                         ColSpec(Array("double"), "scores")])
 
@@ -90,7 +91,8 @@ def parse_request(model_input: Any, k: Any, limits: ServingLimits) -> tuple[list
         raise _invalid(f"{len(queries)} queries in one request; at most {limits.max_batch} allowed")
     for row, query in enumerate(queries):
         if not isinstance(query, str):
-            raise _invalid(f"query at row {row} must be a string, got {type(query).__name__}: {repr(query)[:40]}")
+            raise _invalid(f"query at row {row} must be a string, got {type(query).__name__}: "
+                           f"{repr(query)[:QUOTED_CHARS]}")
         if is_blank(query):
             raise _invalid(f"query at row {row} is empty")
         if len(query) > limits.max_query_chars:
