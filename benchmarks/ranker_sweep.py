@@ -6,7 +6,12 @@ params; then every setting of GRID trains `train_ranker` (5-fold CV by query ins
 validation split, as the ranker stage does) and prints its held-out NDCG@10. Test is never
 read: this is how `ranker.lightgbm` in params.yaml is chosen.
 
+Each row also carries the out-of-fold estimate (`oof_recall@10`, `oof_ndcg@10`: misses of the
+candidate set count), which compares candidate settings too: `--grid base --overrides` with
+extra `ranker.systems` entries (e.g. a pool of 40 SIDs) sweeps pool sizes and depths.
+
     .venv/bin/python benchmarks/ranker_sweep.py [--data PATH|demo] [--quick] [--seeds 0]
+        [--grid full|base] [--systems pool hybrid ...]
 """
 from __future__ import annotations
 
