@@ -21,7 +21,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from .stages import run_stage
+from . import tracking
+from .stages import STAGES, run_stage
 
 PID_TAG, HOST_TAG = "sidr.pid", "sidr.host"
 RENAME_EXCHANGE = 2
@@ -63,6 +64,11 @@ def write_stage(name: str, params: dict, inputs: dict[str, Path], final: Path) -
     final = Path(final)
     staging = final.with_name(final.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
+    # every stage run carries the params.yaml sections it reads (all of them for a stage that
+    # declares none), under "params." so they never clash with what the stage logs itself
+    sections = STAGES[name].params
+    tracking.log_params({section: params.get(section) for section in (params if sections is None else sections)},
+                        prefix="params")
     try:
         metadata = run_stage(name, params, {key: Path(value) for key, value in inputs.items()}, staging)
     except BaseException:

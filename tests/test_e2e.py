@@ -124,6 +124,16 @@ def test_parent_run_carries_params_dataset_metrics_and_report(pipeline):
     tags = {tag.key: tag.value for tag in dataset_input.tags}
     assert tags["mlflow.data.context"] == "training" and "dvc.version" in tags
     assert "report/report.html" in [item.path for item in client.list_artifacts(parent.info.run_id, "report")]
+    from sid_models.stages import STAGES
+
+    stage_runs = [run for run in client.search_runs([experiment.experiment_id]) if "stage" in run.data.tags]
+    for run in stage_runs:
+        stage = run.data.tags["stage"]
+        if stage in STAGES:
+            # a stage that declares no sections reads them all
+            sections = STAGES[stage].params if STAGES[stage].params is not None else ("dataset", "sci", "eval")
+            logged = {key.split(".")[1] for key in run.data.params if key.startswith("params.")}
+            assert set(sections) <= logged, (stage, sorted(logged))
     registry = pipeline["params"]["registry"]
     version = client.get_model_version(registry["model_name"], "1")
     assert version.description.startswith("champion:") and "ndcg@10" in version.description
