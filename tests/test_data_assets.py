@@ -20,6 +20,8 @@ CHECKS = {"raw_dataset_expectations", "split_expectations", "segments_from_train
 
 def _materialize(tmp: Path, params: dict) -> tuple[dg.ExecuteInProcessResult, str]:
     params_file = tmp / "params.yaml"
+    # published metrics (reports/segment_stats.json) land in the test's folder, not the repository's
+    params = deep_merge(params, {"eval": {"reports_dir": str(tmp / "reports")}})
     params_file.write_text(yaml.safe_dump(params))
     tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
     # the same resource classes as orchestration.definitions.RESOURCES, pointed at temporary stores

@@ -86,6 +86,8 @@ def test_report_compares_every_system_and_lands_in_reports(pipeline):
                       if event.asset_key.to_user_string() == "registered_model").materialization.metadata
     served = {"sft": "gr_sarq_acrq", "rad_dpo": "gr_rad_dpo"}[registered["checkpoint"].value]
     assert metrics["headline_system"] == served          # the report's headline is the model the registry serves
+    # every file `dvc metrics show` reads is there after a Dagster run too
+    assert json.loads((reports / "segment_stats.json").read_text())["n_items"] > 0
     page = (reports / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3  # recall by segment, SID length by segment, training curves
     lines = run_summary(pipeline["result"], pipeline["params"], pipeline["tracking_uri"])
