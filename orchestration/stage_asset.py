@@ -1,7 +1,6 @@
 """The one way an asset runs a pipeline stage: versioned folder, nested MLflow run, hashed output."""
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import mlflow
 import mlflow.data
 
 from sid_models.artifacts import content_hash
-from sid_models.cli import PUBLISHED_METRICS
+from sid_models.cli import publish_metrics
 from sid_models.eval.stage import reports_dir
 from sid_models.params import REPO_ROOT
 from sid_models.stage_runner import write_stage
@@ -71,11 +70,8 @@ def materialize_stage(context: dg.AssetExecutionContext, stage: str, inputs: dic
         tracking.log_metrics(numeric)
         mlflow_run_id = run.info.run_id
         parent = run.data.tags["mlflow.parentRunId"]
-    if stage in PUBLISHED_METRICS:
-        # where `dvc metrics show` reads it, as the DVC command line publishes it
-        published = reports_dir(config["eval"]) / PUBLISHED_METRICS[stage][0]
-        published.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(final / PUBLISHED_METRICS[stage][0], published)
+    # where `dvc metrics show` reads it, as the DVC command line publishes it
+    publish_metrics(stage, final, reports_dir(config["eval"]))
     if stage == DATASET_STAGE:
         log_dataset_input(parent, final, config)
     elif stage == REPORT_STAGE:

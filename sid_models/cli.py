@@ -47,13 +47,20 @@ def run(stage: str, out: Path, stages_root: Path, params_file: Path | None) -> d
         metadata = write_stage(stage, params, inputs, out)
         tracking.log_metrics({key: value for key, value in metadata.items()
                               if isinstance(value, (int, float)) and not isinstance(value, bool)})
-    if stage in PUBLISHED_METRICS:
-        name, target = PUBLISHED_METRICS[stage]
-        if not (out / name).is_file():
-            raise FileNotFoundError(f"stage {stage!r} must write {name} into its folder {out}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / name, target)
+    publish_metrics(stage, out, PUBLISHED_METRICS[stage][1].parent if stage in PUBLISHED_METRICS else None)
     return metadata
+
+
+def publish_metrics(stage: str, out: Path, folder: Path | None) -> None:
+    """Copy the metrics file `stage` wrote into `out` (PUBLISHED_METRICS) into `folder`, where
+    `dvc metrics show` reads it; nothing for a stage that publishes none."""
+    if stage not in PUBLISHED_METRICS:
+        return
+    name = PUBLISHED_METRICS[stage][0]
+    if not (out / name).is_file():
+        raise FileNotFoundError(f"stage {stage!r} must write {name} into its folder {out}")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / name, folder / name)
 
 
 def _mlflow_experiment() -> str:
