@@ -1,29 +1,34 @@
-"""Alignment benchmark: SFT vs vanilla DPO vs RAD-DPO and RAD-DPO with each part switched off.
+"""Alignment benchmark: SFT and every system of params `align.systems`, under the shipped decoding and in beam order.
 
-Runs the pipeline's own stages (sid_models.stages) up to sft_checkpoint once, mines the
-preference table once from that SFT model (align.seed), then per seed trains every aligned
-system from the same SFT checkpoint with the same budget (align.train) and evaluates all of
-them on the test split with the shared metrics. Seeds vary what alignment training draws
-(batch order, pairwise samples, the RDRW warm-up order); the SFT model is trained once, so
-its line repeats the same figures for every seed.
+Per seed, the pipeline's own stages (sid_models.stages) up to `sft_checkpoint` and `ranker`
+run (or are reused) with that seed, so the towers, SIDs, SFT model and pool ranker are the
+seed's own, as in benchmarks/generative.py (the two share the stage cache). Preferences are
+mined from that SFT model once per distinct `align.mining` (seeded by the same seed), then
+each system is aligned from it with the same budget (`align.train`) and scored on the test
+split two ways:
 
-Output: one JSON line per (system, seed) with recall@10, ndcg@10, recall@10_multi,
-n_queries, seconds (alignment training time). Upstream stage folders are cached under
-artifacts/bench/chain/<quick|full>/<stage>-<hash of its params sections and inputs>, shared
-with the generative benchmark (so its SFT model is reused), and a rerun reuses a stage only
-when nothing it reads changed; aligned models go to artifacts/bench/alignment/.
+- `shipped_*`: the shipped decoding, the pool ranker (`ranker.systems.pool`, trained on
+  validation over the SFT model's pool) over the aligned checkpoint's pool: what users get;
+  with `shipped_pool_coverage` (share of relevant test items inside the pool);
+- `beam_*`: strictly in beam order (`decode.bucket_pool` 1, no ranker): the generation alone;
+- `valid_ndcg@10`: the validation figure the dpo_checkpoint stage and the registry choose by
+  (`align.stage.validation_metrics`): a choice between systems is made on it, never on test.
+
+Output: one JSON line per (system, seed) with those figures, `seconds` (alignment training)
+and `mining_seconds`; then a summary line per system with mean and sample std over the seeds.
+Aligned models go to artifacts/bench/alignment/<quick|full>/seed<N>/<system>/.
+
+  .venv/bin/python benchmarks/alignment.py --seeds 0 1 2
+  .venv/bin/python benchmarks/alignment.py --data demo --quick --seeds 0 --systems rad_dpo dpo
+  .venv/bin/python benchmarks/alignment.py --seeds 0 1 2 --eval-only
 
 --quick shrinks the upstream chain only (demo store of 800 items / 900 queries, 3 SCI
-epochs, 100 ACRQ steps per phase, 150 SFT steps of 128, no TIGER model); the alignment
-budget stays align.train's.
-
-  .venv/bin/python benchmarks/alignment.py --data demo --quick --seeds 0 1 2 3 4
-  .venv/bin/python benchmarks/alignment.py --seeds 0 1 2 --eval-only --bucket-pool 1
-
-A summary line per system gives mean and sample standard deviation over the seeds.
+epochs, 100 ACRQ steps per phase, 150 SFT steps of 128, no TIGER model, a small ranker);
+the alignment budget stays align.train's.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -32,19 +37,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (add_bucket_pool_argument, benchmark_params, bucket_pool, emit, emit_summary, log, parse_args,  # sets sys.path
-                    run_chain, test_metrics, test_queries)
+from common import (benchmark_params, emit, emit_summary, log, parse_args, run_chain, test_metrics,  # sets sys.path
+                    test_queries)
 
-from sid_models.align.trainer import SYSTEMS, prepare_preferences, train_alignment  # noqa: E402
-from sid_models.sci.stage import QUERIES_FILE as SCI_QUERIES_FILE  # noqa: E402
+from sid_models.align.trainer import (SID_VARIANT, mining_of, prepare_preferences, system_names,  # noqa: E402
+                                      system_params, train_alignment)
+from sid_models.align.mining import preference_summary  # noqa: E402
+from sid_models.align.stage import validation_metrics  # noqa: E402
 from sid_models.data.schema import PreparedDataset  # noqa: E402
-from sid_models.generative.retriever import copy_retriever_assets  # noqa: E402
+from sid_models.generative.retriever import copy_retriever_assets, load_retriever  # noqa: E402
 from sid_models.generative.train import DistContext  # noqa: E402
 from sid_models.params import REPO_ROOT  # noqa: E402
+from sid_models.ranking.stage import coverage, load_ranked_searcher  # noqa: E402
+from sid_models.sci.stage import QUERIES_FILE as SCI_QUERIES_FILE  # noqa: E402
 
 BENCH = "alignment"
-ORDER = ("sft", *SYSTEMS)
 EVAL_K = 10
+RANKER = "pool"
 WORK = REPO_ROOT / "artifacts" / "bench" / BENCH
 QUICK = {
     "sft": {"train_tiger_baseline": False},
@@ -52,65 +61,82 @@ QUICK = {
     "sci": {"train": {"epochs": 3}},
     "acrq": {"max_steps_per_phase": 100},
     "generative": {"preset": "cpu", "presets": {"cpu": {"sft": {"steps": 150, "batch_size": 128}}}},
+    "ranker": {"lightgbm": {"max_rounds": 60, "folds": 3}},
 }
+METRICS = ("recall@10", "ndcg@10", "recall@10_multi", "recall@10_cold")
+SUMMARISED = tuple(f"{way}_{key}" for way in ("shipped", "beam") for key in METRICS) + ("shipped_pool_coverage",
+                                                                                      "valid_ndcg@10", "seconds")
 
 
-def split_metrics(checkpoint: Path, folders: dict[str, Path], prepared: PreparedDataset, pool: int) -> dict:
-    """Test-split figures of one aligned (or the SFT) checkpoint."""
-    from sid_models.generative.retriever import load_retriever
-
+def figures(checkpoint: Path, params: dict, folders: dict[str, Path], prepared: PreparedDataset) -> dict:
+    """Test-split figures of one checkpoint under the shipped decoding and in beam order."""
     queries = test_queries(prepared)
-    retriever = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"], folders["sci_index"],
-                               variant="sarq_acrq", bucket_pool=pool)
-    metrics = test_metrics(prepared, queries, retriever.search(queries["text"].astype(str).tolist(), EVAL_K))
-    return {key: metrics[key] for key in ("recall@10", "ndcg@10", "recall@10_multi", "n_queries")}
+    texts = queries["text"].astype(str).tolist()
+    searcher = load_ranked_searcher(params, folders, RANKER, checkpoint=checkpoint)
+    candidates = searcher.featurizer.candidates(texts, searcher.settings)
+    shipped = test_metrics(prepared, queries, searcher.rank(candidates, EVAL_K))
+    beam = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"], folders["sci_index"],
+                          variant=SID_VARIANT, bucket_pool=1)
+    in_order = test_metrics(prepared, queries, beam.search(texts, EVAL_K))
+    result = {f"shipped_{key}": shipped[key] for key in METRICS if key in shipped}
+    result.update({f"beam_{key}": in_order[key] for key in METRICS if key in in_order})
+    result["shipped_pool_coverage"] = coverage([found.rows for found in candidates], queries["query_id"].tolist(),
+                                               searcher.featurizer.retriever.item_ids, prepared.relevant("test"))
+    result["n_queries"] = shipped["n_queries"]
+    result["valid_ndcg@10"] = validation_metrics(checkpoint, folders, prepared, params, torch.device("cpu"))["ndcg@10"]
+    return result
 
 
 def own_arguments(parser) -> None:
+    parser.add_argument("--systems", nargs="+", default=None, help="rows of align.systems (default: all of them)")
     parser.add_argument("--eval-only", action="store_true",
                         help="score the aligned checkpoints a previous run left; train nothing")
-    add_bucket_pool_argument(parser)
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], own_arguments)
     params = benchmark_params(args, QUICK if args.quick else None)
-    torch.set_num_threads(int(params["generative"]["threads"]))
+    systems = tuple(args.systems or system_names(params))
+    for system in systems:
+        system_params(params, system)               # an unknown name fails before any training
     work = WORK / ("quick" if args.quick else "full")
-    log(f"[{BENCH}] data={args.data} quick={args.quick} seeds={args.seeds} work={work}")
-    folders = run_chain(params, args.quick, ("sft_checkpoint", "sci_towers"), BENCH)
-    prepared = PreparedDataset.load(folders["prepared_dataset"])
-    pool = bucket_pool(args, params)
-    torch.set_num_threads(int(params["align"]["threads"]))
+    log(f"[{BENCH}] data={args.data} quick={args.quick} seeds={args.seeds} systems={systems} work={work}")
     dist = DistContext(device=torch.device("cpu"))
-    if not args.eval_only:
-        started = time.perf_counter()
-        _, data = prepare_preferences(params, prepared, folders["sft_checkpoint"], folders["semantic_ids"],
-                                      sci_queries=np.load(folders["sci_towers"] / SCI_QUERIES_FILE))
-        log(f"[{BENCH}] mined preferences of {data.n_queries} queries, {len(data.targets)} sequences "
-            f"in {time.perf_counter() - started:.0f} s")
-    sft_figures = split_metrics(folders["sft_checkpoint"], folders, prepared, pool)
-    results: dict[str, list[dict]] = {system: [] for system in ORDER}
+    results: dict[str, list[dict]] = {system: [] for system in ("sft", *systems)}
     for seed in args.seeds:
-        emit(BENCH, "sft", seed=seed, bucket_pool=pool, seconds=0.0, **sft_figures)
-        results["sft"].append(sft_figures)
-        for system in SYSTEMS:
-            out = work / "aligned" / f"seed{seed}" / system
+        seeded = {**params, "seed": seed, "align": {**params["align"], "seed": seed}}
+        torch.set_num_threads(int(params["generative"]["threads"]))
+        folders = run_chain(seeded, args.quick, ("sft_checkpoint", "ranker", "sci_towers"), BENCH)
+        prepared = PreparedDataset.load(folders["prepared_dataset"])
+        torch.set_num_threads(int(params["align"]["threads"]))
+        results["sft"].append(figures(folders["sft_checkpoint"], seeded, folders, prepared))
+        emit(BENCH, "sft", seed=seed, seconds=0.0, **results["sft"][-1])
+        mined: dict[str, tuple] = {}
+        for system in systems:
+            out = work / f"seed{seed}" / system
             timing = {}
             if args.eval_only:
                 if not (out / "model.pt").is_file():
                     raise FileNotFoundError(f"--eval-only: no aligned checkpoint at {out}; run without it first")
             else:
+                key = json.dumps(mining_of(seeded, system), sort_keys=True)
+                if key not in mined:
+                    started = time.perf_counter()
+                    preferences, data = prepare_preferences(
+                        seeded, system, prepared, folders["sft_checkpoint"], folders["semantic_ids"],
+                        sci_queries=np.load(folders["sci_towers"] / SCI_QUERIES_FILE))
+                    mined[key] = (data, round(time.perf_counter() - started, 1))
+                    log(f"[{BENCH}] seed {seed} {system}: mined {preference_summary(preferences)} "
+                        f"in {mined[key][1]} s")
+                data, timing["mining_seconds"] = mined[key]
                 shutil.rmtree(out, ignore_errors=True)
                 started = time.perf_counter()
-                train_alignment(params, system, data, folders["sft_checkpoint"], out, dist=dist, progress=False,
-                                seed=seed)
+                train_alignment(seeded, system, data, folders["sft_checkpoint"], out, dist=dist, progress=False)
                 timing["seconds"] = round(time.perf_counter() - started, 1)
                 copy_retriever_assets(folders["sft_checkpoint"], out)
-            figures = split_metrics(out, folders, prepared, pool)
-            emit(BENCH, system, seed=seed, bucket_pool=pool, **timing, **figures)
-            results[system].append(figures)
-    emit_summary(BENCH, results, ("recall@10", "ndcg@10", "recall@10_multi"))
+            results[system].append({**figures(out, seeded, folders, prepared), **timing})
+            emit(BENCH, system, seed=seed, **results[system][-1])
+    emit_summary(BENCH, results, SUMMARISED)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import pytest
 
 from sid_models.align.mining import mine_preferences, preference_summary
 
-MINING = {"max_positives": 3, "max_judged_negatives": 2, "max_pseudo_negatives": 4}
+MINING = {"max_positives": 3, "max_judged_negatives": 2, "max_pseudo_negatives": 4, "positive_weight": "best_item",
+          "pseudo_negatives": "beam_top", "beam_size": 10, "pool_beam_size": 10}
 
 
 def item_sids(prepared, levels=3, codes=8):
@@ -84,3 +85,44 @@ def test_missing_sid_for_a_judged_item_is_an_error(small_prepared, mined):
     item = small_prepared.split_judgments("train")["item_id"].iloc[0]
     with pytest.raises(ValueError, match="no SID"):
         mine_preferences(small_prepared, {k: v for k, v in sids.items() if k != item}, beam, MINING, seed=0)
+
+
+def test_bucket_gain_weighs_a_bucket_by_all_of_its_relevant_items(small_prepared, mined):
+    sids, beam, best = mined
+    summed = mine_preferences(small_prepared, sids, beam, {**MINING, "positive_weight": "bucket_gain"}, seed=3)
+    judged = small_prepared.split_judgments("train")
+    scale = small_prepared.scale
+    top = scale.gain(scale.maximum)
+    checked_shared = 0
+    for (query_id, role), group in summed.groupby(["query_id", "role"]):
+        if role != "positive":
+            continue
+        rows = judged[(judged["query_id"] == query_id) & (judged["relevance"] >= scale.threshold)]
+        for sid, weight in zip(group["sid"], group["weight"]):
+            members = rows[[sids[item] == tuple(sid) for item in rows["item_id"]]]
+            assert weight == pytest.approx(sum(scale.gain(g) for g in members["relevance"]) / top)
+            checked_shared += len(members) > 1
+    assert checked_shared > 0, "the fixture has no bucket holding two relevant items of one query"
+    assert preference_summary(summed)["n_multi_item_positives"] == checked_shared
+    assert preference_summary(best)["n_multi_item_positives"] == 0
+
+
+def test_pool_edge_takes_half_the_beam_top_and_half_the_pool_edge(small_prepared, mined):
+    sids, beam, _ = mined
+    edge = mine_preferences(small_prepared, sids, beam, {**MINING, "pseudo_negatives": "pool_edge"}, seed=3)
+    judged = small_prepared.split_judgments("train")
+    for query_id, group in edge[edge["role"] == "pseudo_negative"].groupby("query_id"):
+        judged_sids = {sids[item] for item in judged.loc[judged["query_id"] == query_id, "item_id"]}
+        unjudged = [sid for sid in dict.fromkeys(beam[query_id]) if sid not in judged_sids]
+        picked = [tuple(sid) for sid in group.sort_values("rank")["sid"]]
+        expected = unjudged if len(unjudged) <= 4 else unjudged[:2] + unjudged[-2:]
+        assert picked == expected
+        assert list(group.sort_values("rank")["beam_rank"]) == [beam[query_id].index(sid) for sid in picked]
+
+
+def test_unknown_mining_modes_are_refused(small_prepared, mined):
+    sids, beam, _ = mined
+    with pytest.raises(ValueError, match="pseudo_negatives"):
+        mine_preferences(small_prepared, sids, beam, {**MINING, "pseudo_negatives": "random"}, seed=0)
+    with pytest.raises(ValueError, match="positive_weight"):
+        mine_preferences(small_prepared, sids, beam, {**MINING, "positive_weight": "mean"}, seed=0)

@@ -49,7 +49,7 @@ def setup(small_params, small_prepared, tmp_path_factory):
     sids = write_sid_folder(small_prepared, root / "semantic_ids")
     torch.set_num_threads(2)
     train_sft(params, small_prepared, sids, root / "sft", dist=DistContext(), progress=False)
-    preferences, data = prepare_preferences(params, small_prepared, root / "sft", sids)
+    preferences, data = prepare_preferences(params, "rad_dpo", small_prepared, root / "sft", sids)
     return params, root, preferences, data
 
 
@@ -119,8 +119,8 @@ def test_a_query_vector_policy_is_aligned_on_the_sci_query_vectors(small_params,
     np.save(towers / "item_query_view.npy", rng.normal(size=(len(small_prepared.items), 8)).astype(np.float32))
     train_sft(params, small_prepared, sids, tmp_path / "sft", dist=DistContext(), progress=False, towers_folder=towers)
     with pytest.raises(ValueError, match="reads SCI query vectors"):
-        prepare_preferences(params, small_prepared, tmp_path / "sft", sids)
-    _, data = prepare_preferences(params, small_prepared, tmp_path / "sft", sids, sci_queries=sci_queries)
+        prepare_preferences(params, "rad_dpo", small_prepared, tmp_path / "sft", sids)
+    _, data = prepare_preferences(params, "rad_dpo", small_prepared, tmp_path / "sft", sids, sci_queries=sci_queries)
     train_ids = small_prepared.queries["query_id"].astype(str).tolist()
     first = train_ids.index(data.query_ids[0])
     assert np.allclose(data.query_vectors[0].numpy(), sci_queries[first])
@@ -132,3 +132,21 @@ def test_a_query_vector_policy_is_aligned_on_the_sci_query_vectors(small_params,
     model, history = train_alignment(params, "rad_dpo", data, tmp_path / "sft", tmp_path / "aligned",
                                      dist=DistContext(), progress=False)
     assert model.config.query_vector_dim == 8 and history
+
+
+def test_an_alignment_system_is_one_row_of_params_merged_over_align():
+    from sid_models.align.trainer import AlignmentConfig, mining_of, system_names
+    from sid_models.params import load_params
+
+    params = deep_merge(load_params(), {"align": {"systems": {
+        "rad_dpo_edge_simpo": {"loss": {"reference_free": True, "contrast": "listwise"},
+                               "mining": {"pseudo_negatives": "pool_edge"}}}}})
+    assert "rad_dpo_edge_simpo" in system_names(params)
+    config = AlignmentConfig.for_system(params, "rad_dpo_edge_simpo")
+    assert config.loss.reference_free and config.loss.contrast == "listwise" and config.loss.tlgd
+    assert mining_of(params, "rad_dpo_edge_simpo")["pseudo_negatives"] == "pool_edge"
+    assert mining_of(params, "rad_dpo")["pseudo_negatives"] == params["align"]["mining"]["pseudo_negatives"]
+    dpo = AlignmentConfig.for_system(params, "dpo")
+    assert dpo.pairwise and not dpo.rdrw and not dpo.loss.tlgd
+    with pytest.raises(ValueError, match="align.systems"):
+        AlignmentConfig.for_system(params, "rad_dpo_typo")

@@ -51,7 +51,8 @@ def train(model, data, batch, config):
 
 def loss_config(mlgc: bool, sft_weight: float) -> AlignmentConfig:
     return AlignmentConfig(loss=PreferenceLossConfig(beta=0.5, margin=0.0, reference_free=False, tlgd=mlgc,
-                                                     mlgc=mlgc, sft_weight=sft_weight),
+                                                     mlgc=mlgc, sft_weight=sft_weight,
+                                                     contrast="per_positive"),
                            rdrw=False, similarity="hidden")
 
 

@@ -19,7 +19,7 @@ SHARED = 2
 
 
 def config(**switches) -> PreferenceLossConfig:
-    values = dict(beta=0.5, margin=0.0, reference_free=False, tlgd=True, mlgc=False, sft_weight=0.0)
+    values = dict(beta=0.5, margin=0.0, reference_free=False, tlgd=True, mlgc=False, sft_weight=0.0, contrast="per_positive")
     values.update(switches)
     return PreferenceLossConfig(**values)
 
@@ -147,6 +147,38 @@ def test_mlgc_softmax_matches_its_formula_and_padding_is_ignored():
     r = token_logp.sum(-1) / 2
     contrast = -(r[0] - 0.2) + torch.log(torch.exp(r[0] - 0.2) + 1.0 * torch.exp(r[1]) + 0.5 * torch.exp(r[2]))
     assert float(loss) == pytest.approx(float(contrast + 0.5 * -r[0]), rel=1e-6)
+
+
+def test_listwise_mlgc_matches_its_formula_with_positives_in_one_numerator():
+    token_logp = torch.tensor([[-1.0, -0.5], [-2.0, -0.1], [-0.7, -0.3], [-1.5, -0.2]])
+    targets = torch.tensor([[5, EOS], [6, EOS], [7, EOS], [8, EOS]])
+    pair_weight = torch.tensor([[[1.0, 0.5], [0.5, 0.5]]])
+    grades = torch.tensor([[1.0, 0.5]])
+    loss, _ = preference_loss(token_logp, None, targets, torch.tensor([[0, 1]]), grades, torch.tensor([[2, 3]]),
+                              pair_weight, config(mlgc=True, tlgd=False, reference_free=True, beta=1.0, margin=0.2,
+                                                  sft_weight=0.5, contrast="listwise"), PAD)
+    r = token_logp.sum(-1) / 2
+    numerator = 1.0 * torch.exp(r[0] - 0.2) + 0.5 * torch.exp(r[1] - 0.2)
+    mean_weight = (grades[0].unsqueeze(-1) * pair_weight[0]).sum(0) / grades.sum()
+    contrast = -torch.log(numerator / (numerator + mean_weight[0] * torch.exp(r[2]) + mean_weight[1] * torch.exp(r[3])))
+    sft = (1.0 * -r[0] + 0.5 * -r[1]) / 1.5
+    assert float(loss) == pytest.approx(float(contrast + 0.5 * sft), rel=1e-6)
+
+
+def test_listwise_tlgd_detaches_the_prefix_a_negative_shares_with_any_positive():
+    targets = torch.tensor([[5, 7, 9, EOS], [6, 8, 9, EOS], [6, 8, 10, EOS]])   # negative shares (6, 8) with 2nd
+    token_logp = (-torch.rand(3, 4, generator=torch.Generator().manual_seed(3)) - 0.1).requires_grad_()
+    loss, _ = preference_loss(token_logp, torch.zeros(3, 4), targets, torch.tensor([[0, 1]]), torch.ones(1, 2),
+                              torch.tensor([[2]]), torch.ones(1, 2, 1),
+                              config(mlgc=True, tlgd=True, sft_weight=0.0, contrast="listwise"), PAD)
+    loss.backward()
+    assert torch.equal(token_logp.grad[2, :2], torch.zeros(2))
+    assert (token_logp.grad[2, 2:] > 0).all()
+
+
+def test_an_unknown_contrast_is_refused():
+    with pytest.raises(ValueError, match="contrast"):
+        config(contrast="pairwise_sum")
 
 
 def test_rdrw_down_weighted_pair_contributes_less_to_pairwise_loss():

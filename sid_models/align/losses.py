@@ -83,6 +83,9 @@ def sequence_reward(policy_logp: Tensor, reference_logp: Tensor | None, lengths:
     return beta * (policy_logp - reference_logp)
 
 
+CONTRASTS = ("per_positive", "listwise")
+
+
 @dataclass(frozen=True)
 class PreferenceLossConfig:
     """Switches and constants of `preference_loss` (params.yaml `align.loss`)."""
@@ -93,14 +96,17 @@ class PreferenceLossConfig:
     tlgd: bool
     mlgc: bool
     sft_weight: float       # λ of MLGC's global SFT term
+    contrast: str           # MLGC's form: per_positive | listwise (see preference_loss)
+
+    def __post_init__(self):
+        if self.contrast not in CONTRASTS:
+            raise ValueError(f"align.loss.contrast must be one of {CONTRASTS}, got {self.contrast!r}")
 
     @classmethod
-    def from_params(cls, loss: dict, *, tlgd: bool | None = None, mlgc: bool | None = None) -> "PreferenceLossConfig":
+    def from_params(cls, loss: dict) -> "PreferenceLossConfig":
         return cls(beta=float(loss["beta"]), margin=float(loss["margin"]),
-                   reference_free=bool(loss["reference_free"]),
-                   tlgd=bool(loss["tlgd"] if tlgd is None else tlgd),
-                   mlgc=bool(loss["mlgc"] if mlgc is None else mlgc),
-                   sft_weight=float(loss["sft_weight"]))
+                   reference_free=bool(loss["reference_free"]), tlgd=bool(loss["tlgd"]), mlgc=bool(loss["mlgc"]),
+                   sft_weight=float(loss["sft_weight"]), contrast=str(loss["contrast"]))
 
 
 def preference_loss(token_logp: Tensor, reference_token_logp: Tensor | None, targets: Tensor,
@@ -117,6 +123,12 @@ def preference_loss(token_logp: Tensor, reference_token_logp: Tensor | None, tar
         L_SFT  = Σ_p g_p · −(1/|y⁺_p|) log π(y⁺_p|q) / Σ_p g_p
         L = mean_q L_MLGC + λ_sft · mean_q L_SFT
     Each positive has its own denominator: positives never compete with each other.
+
+    Listwise MLGC (`contrast: listwise`, the multi-label form of the RAD-DPO paper), per query:
+        L_MLGC = −log[ Σ_p g_p e^{r⁺_p − γ} / (Σ_p g_p e^{r⁺_p − γ} + Σ_n w̄_n e^{r⁻_n}) ]
+    with `w̄_n = Σ_p g_p w_pn / Σ_p g_p` and, under TLGD, `r⁻_n` detached over the longest prefix
+    `y⁻_n` shares with any positive; L_SFT as above. The positives share one numerator: the
+    query is served when any relevant bucket comes first, so mass may move between them.
 
     Pairwise (`not mlgc`), over the valid (q, p, n) triples:
         L = Σ w_pn · −log σ(r⁺_p − r⁻_pn − γ) / #pairs
@@ -159,6 +171,10 @@ def preference_loss(token_logp: Tensor, reference_token_logp: Tensor | None, tar
                                reward_rejected=float(neg_reward[pair_valid].mean()),
                                reward_accuracy=float((margins > 0).float().mean()))
 
+    if config.mlgc and config.contrast == "listwise":
+        return _listwise_contrast(token_logp, reference_seq, targets, lengths, pos_rows, pos_valid, pos_weight,
+                                  pos_reward, neg_rows, neg_valid, pair_weight, pair_valid, config, pad_id,
+                                  diagnostics)
     if config.mlgc:
         chosen = pos_reward - config.margin
         log_w = torch.log(pair_weight.clamp(min=torch.finfo(pair_weight.dtype).tiny))
@@ -181,6 +197,40 @@ def preference_loss(token_logp: Tensor, reference_token_logp: Tensor | None, tar
     loss = (pair_loss * pair_weight)[pair_valid].sum() / pair_valid.sum()
     diagnostics["loss_pairwise"] = float(loss.detach())
     return loss, diagnostics
+
+
+def _listwise_contrast(token_logp: Tensor, reference_seq: Tensor | None, targets: Tensor, lengths: Tensor,
+                       pos_rows: Tensor, pos_valid: Tensor, pos_weight: Tensor, pos_reward: Tensor,
+                       neg_rows: Tensor, neg_valid: Tensor, pair_weight: Tensor, pair_valid: Tensor,
+                       config: PreferenceLossConfig, pad_id: int,
+                       diagnostics: dict[str, float]) -> tuple[Tensor, dict[str, float]]:
+    """The listwise MLGC loss of `preference_loss` (its docstring gives the formula)."""
+    grade = pos_weight * pos_valid                                                              # [Q, P]
+    has_pos = grade.sum(-1) > 0
+    if not has_pos.any():
+        raise ValueError("MLGC batch without any positive")
+    norm = grade.sum(-1).clamp(min=torch.finfo(grade.dtype).tiny)
+    if config.tlgd:
+        prefix = shared_prefix_length(targets[pos_rows].unsqueeze(2), targets[neg_rows].unsqueeze(1), pad_id)
+        longest = torch.where(pair_valid, prefix, torch.zeros_like(prefix)).max(dim=1).values    # [Q, N]
+        neg_policy = prefix_detached_logprob(token_logp[neg_rows], longest)
+    else:
+        neg_policy = token_logp.sum(-1)[neg_rows]
+    neg_reward = sequence_reward(neg_policy, None if reference_seq is None else reference_seq[neg_rows],
+                                 lengths[neg_rows], config.beta)                                   # [Q, N]
+    neg_weight = (pair_weight * grade.unsqueeze(-1)).sum(1) / norm.unsqueeze(-1)
+    tiny = torch.finfo(pos_reward.dtype).tiny
+    chosen = torch.where(pos_valid & (grade > 0), pos_reward - config.margin + torch.log(grade.clamp(min=tiny)),
+                         torch.full_like(pos_reward, float("-inf")))
+    rejected = torch.where(neg_valid, neg_reward + torch.log(neg_weight.clamp(min=tiny)),
+                           torch.full_like(neg_reward, float("-inf")))
+    numerator = torch.logsumexp(chosen, dim=-1)
+    per_query = torch.logsumexp(torch.cat([chosen, rejected], dim=-1), dim=-1) - numerator
+    contrast = per_query[has_pos].mean()
+    pos_nll = -token_logp[pos_rows].sum(-1) / lengths[pos_rows].clamp(min=1)
+    sft = ((pos_nll * grade).sum(-1) / norm)[has_pos].mean()
+    diagnostics.update(loss_contrast=float(contrast.detach()), loss_sft=float(sft.detach()))
+    return contrast + config.sft_weight * sft, diagnostics
 
 
 class RewardWeighter:

@@ -1,20 +1,29 @@
 """Preference mining: per training query, positive and negative semantic-ID sequences.
 
-Preferences live at the level of SIDs, not items, because the policy scores sequences: a
-SARQ leaf bucket can hold several tail items under one SID. Per training query:
+Preferences live at the level the product ranks, the SARQ leaf bucket: a SID names a bucket
+that may hold several tail items, and the served system pools and ranks the items of the
+top decoded buckets. Per training query:
 
-- positives: SIDs of the items judged at or above the relevance threshold, graded by
-  `w = gain(relevance) / gain(scale maximum)` (a SID keeps the best grade of its items),
-  best grade first, at most `max_positives`;
-- judged negatives: SIDs of items judged below the threshold that are not positive SIDs
-  of the query, at most `max_judged_negatives` (a seeded sample: all are real rejections);
-- pseudo-negatives: the SFT model's own constrained-beam SIDs for the query that are
-  neither positive nor already judged negative, first `max_pseudo_negatives` in beam order
-  (the model's most confident mistakes, hence the most informative — and noisy, since an
-  unjudged item may be relevant; RDRW is what discounts the likely false ones).
+- positives: SIDs whose bucket holds an item judged at or above the relevance threshold,
+  best weight first, at most `max_positives`. `positive_weight`:
+  `best_item`: `w = gain(best grade in the bucket) / gain(scale maximum)`;
+  `bucket_gain`: `w = Σ gain(grade) / gain(scale maximum)` over the bucket's relevant items
+  (a bucket that puts two relevant items in the pool is worth both);
+- judged negatives: SIDs of items judged below the threshold whose bucket holds no relevant
+  item of the query, at most `max_judged_negatives` (a seeded sample: all are real rejections);
+- pseudo-negatives: the SFT model's own constrained-beam SIDs for the query whose bucket
+  holds no judged item of the query (the model's mistakes, and noisy, since an unjudged item
+  may be relevant; RDRW is what discounts the likely false ones). `pseudo_negatives`:
+  `beam_top`: the first `max_pseudo_negatives` in beam order (the most confident mistakes);
+  `pool_edge`: half of them from the beam's top, half from the last such SIDs of a beam as
+  wide as the served pool (`pool_beam_size`). The pool ranker re-orders what is inside the
+  pool, so what alignment can still change there is which buckets get in: a relevant bucket
+  just outside the pool has to overtake the SIDs at its edge.
 
-Queries without a positive are dropped (nothing to prefer). Ties and samples use a
-generator seeded by (seed, query id), so the result does not depend on query order.
+Every row records the SID's rank in the mining beam (`beam_rank`, -1 when absent), so the
+summary can say how many positives the SFT beam already holds. Queries without a positive
+are dropped (nothing to prefer). Ties and samples use a generator seeded by (seed, query id),
+so the result does not depend on query order.
 """
 from __future__ import annotations
 
@@ -30,6 +39,8 @@ from ..generative.model import Seq2SeqRetriever
 from ..generative.trie import SidTrie, constrained_beam_search
 
 ROLES = ("positive", "judged_negative", "pseudo_negative")
+POSITIVE_WEIGHTS = ("best_item", "bucket_gain")
+PSEUDO_NEGATIVES = ("beam_top", "pool_edge")
 Sid = tuple[int, ...]
 
 
@@ -43,14 +54,19 @@ def mine_preferences(prepared: PreparedDataset, item_sid: Mapping[str, Sid],
     """Mine the preference table of the training split.
 
     `item_sid`: item_id -> SID codes; `beam_sids`: training query_id -> the SFT model's
-    constrained-beam SIDs, best first; `mining`: params `align.mining` (max_positives,
-    max_judged_negatives, max_pseudo_negatives). Returns one row per (query, SID):
-    query_id, sid (list of codes), role (positive / judged_negative / pseudo_negative),
-    weight (grade weight for positives, 1 for negatives), rank (position within its role).
+    constrained-beam SIDs, best first (as wide as `mining_beam_size(mining)`); `mining`: params
+    `align.mining`. Returns one row per (query, SID): query_id, sid (list of codes), role
+    (positive / judged_negative / pseudo_negative), weight (grade weight for positives, 1 for
+    negatives), rank (position within its role), beam_rank (-1: not in the mining beam).
     """
     limits = {key: int(mining[key]) for key in ("max_positives", "max_judged_negatives", "max_pseudo_negatives")}
     if limits["max_positives"] < 1 or min(limits.values()) < 0:
         raise ValueError(f"align.mining sizes must be >= 0 (max_positives >= 1), got {limits}")
+    positive_weight, pseudo_mode = str(mining["positive_weight"]), str(mining["pseudo_negatives"])
+    if positive_weight not in POSITIVE_WEIGHTS:
+        raise ValueError(f"align.mining.positive_weight must be one of {POSITIVE_WEIGHTS}, got {positive_weight!r}")
+    if pseudo_mode not in PSEUDO_NEGATIVES:
+        raise ValueError(f"align.mining.pseudo_negatives must be one of {PSEUDO_NEGATIVES}, got {pseudo_mode!r}")
     judged = prepared.split_judgments("train")
     unknown = sorted(set(judged["item_id"]) - set(item_sid))
     if unknown:
@@ -67,7 +83,9 @@ def mine_preferences(prepared: PreparedDataset, item_sid: Mapping[str, Sid],
         for item_id, relevance in zip(group["item_id"], group["relevance"]):
             if relevance >= scale.threshold:
                 sid = tuple(int(c) for c in item_sid[item_id])
-                grade_of[sid] = max(grade_of.get(sid, 0.0), float(scale.gain(relevance)) / top_gain)
+                weight = float(scale.gain(relevance)) / top_gain
+                grade_of[sid] = (grade_of.get(sid, 0.0) + weight if positive_weight == "bucket_gain"
+                                 else max(grade_of.get(sid, 0.0), weight))
         if not grade_of:
             continue
         candidates = list(grade_of)
@@ -87,28 +105,45 @@ def mine_preferences(prepared: PreparedDataset, item_sid: Mapping[str, Sid],
             keep = np.sort(rng.choice(len(judged_negatives), limits["max_judged_negatives"], replace=False))
             judged_negatives = [judged_negatives[i] for i in keep]
 
-        pseudo_negatives = []
-        for sid in beam_sids.get(query_id, ()):
-            sid = tuple(int(c) for c in sid)
-            if len(pseudo_negatives) >= limits["max_pseudo_negatives"]:
-                break
-            if sid not in taken:
-                taken.add(sid)
-                pseudo_negatives.append(sid)
+        beam = [tuple(int(c) for c in sid) for sid in beam_sids.get(query_id, ())]
+        beam_rank = {}
+        for rank, sid in enumerate(beam):
+            beam_rank.setdefault(sid, rank)
+        unjudged = [sid for sid in dict.fromkeys(beam) if sid not in taken]
+        pseudo_negatives = pick_pseudo_negatives(unjudged, limits["max_pseudo_negatives"], pseudo_mode)
 
         for role, sids in zip(ROLES, (positives, judged_negatives, pseudo_negatives)):
             for rank, sid in enumerate(sids):
-                rows.append((query_id, list(sid), role, grade_of[sid] if role == "positive" else 1.0, rank))
-    return pd.DataFrame(rows, columns=["query_id", "sid", "role", "weight", "rank"])
+                rows.append((query_id, list(sid), role, grade_of[sid] if role == "positive" else 1.0, rank,
+                             beam_rank.get(sid, -1)))
+    return pd.DataFrame(rows, columns=["query_id", "sid", "role", "weight", "rank", "beam_rank"])
+
+
+def pick_pseudo_negatives(unjudged: list[Sid], count: int, mode: str) -> list[Sid]:
+    """`count` of the beam's unjudged SIDs (beam order): the first ones (`beam_top`), or half
+    the first and half the last (`pool_edge`), never one twice."""
+    if mode == "beam_top" or len(unjudged) <= count:
+        return unjudged[:count]
+    top = count - count // 2
+    return unjudged[:top] + unjudged[len(unjudged) - count // 2:]
+
+
+def mining_beam_size(mining: dict) -> int:
+    """How wide the mining beam is: `beam_size`, or the served pool's `pool_beam_size` for `pool_edge`."""
+    return int(mining["pool_beam_size"] if mining["pseudo_negatives"] == "pool_edge" else mining["beam_size"])
 
 
 def preference_summary(preferences: pd.DataFrame) -> dict[str, float]:
-    """Counts for metadata: queries, mean sequences per role, multi-positive queries."""
+    """Counts for metadata: queries, mean sequences per role, multi-positive queries, positives
+    worth more than one item, and the share of positives the mining beam already holds."""
     per_query = preferences.groupby(["query_id", "role"]).size().unstack(fill_value=0)
     summary = {"n_preference_queries": int(len(per_query))}
     for role in ROLES:
         summary[f"mean_{role}s"] = float(per_query[role].mean()) if role in per_query else 0.0
     summary["n_multi_positive_queries"] = int((per_query.get("positive", 0) >= 2).sum())
+    positives = preferences[preferences["role"] == "positive"]
+    summary["n_multi_item_positives"] = int((positives["weight"] > 1.0).sum())
+    summary["positives_in_mining_beam"] = float((positives["beam_rank"] >= 0).mean()) if len(positives) else 0.0
     return summary
 
 

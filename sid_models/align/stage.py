@@ -30,7 +30,7 @@ from ..generative.stage import validate
 from ..generative.train import DistContext
 from ..sci.stage import QUERIES_FILE as SCI_QUERIES_FILE
 from .mining import preference_summary
-from .trainer import SID_VARIANT, prepare_preferences, train_alignment
+from .trainer import SID_VARIANT, mining_of, prepare_preferences, train_alignment
 
 VANILLA_FOLDER = "vanilla_dpo"
 REPORTED = ("ndcg@10", "recall@10", "recall@10_multi", "valid_sid_rate")
@@ -54,9 +54,9 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     if align["rdrw"]["enabled"] and align["rdrw"]["similarity"] == "sci_item":
         item_vectors = np.load(inputs["sci_towers"] / "item_item_view.npy")
     sft = inputs["sft_checkpoint"]
-    preferences, data = prepare_preferences(params, prepared, sft, inputs["semantic_ids"], dist.device,
-                                            item_vectors=item_vectors,
-                                            sci_queries=np.load(inputs["sci_towers"] / SCI_QUERIES_FILE))
+    sci_queries = np.load(inputs["sci_towers"] / SCI_QUERIES_FILE)
+    preferences, data = prepare_preferences(params, "rad_dpo", prepared, sft, inputs["semantic_ids"], dist.device,
+                                            item_vectors=item_vectors, sci_queries=sci_queries)
     preferences.to_parquet(out / "preferences.parquet", index=False)
     summary = preference_summary(preferences)
     tracking.log_params(summary, prefix="align_mining")
@@ -65,7 +65,11 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     copy_retriever_assets(sft, out)    # vanilla_dpo/ finds them in its parent
     metadata = {**summary, "rad_dpo_steps": len(history), "rad_dpo_final_loss": history[-1]["loss"]}
     if align["train_vanilla_baseline"]:
-        _, vanilla_history = train_alignment(params, "dpo", data, sft, out / VANILLA_FOLDER, dist=dist)
+        vanilla_data = data
+        if mining_of(params, "dpo") != mining_of(params, "rad_dpo"):
+            _, vanilla_data = prepare_preferences(params, "dpo", prepared, sft, inputs["semantic_ids"], dist.device,
+                                                  item_vectors=item_vectors, sci_queries=sci_queries)
+        _, vanilla_history = train_alignment(params, "dpo", vanilla_data, sft, out / VANILLA_FOLDER, dist=dist)
         checkpoints["vanilla_dpo"] = out / VANILLA_FOLDER
         metadata["vanilla_dpo_final_loss"] = vanilla_history[-1]["loss"]
     validation = {name: validation_metrics(folder, inputs, prepared, params, dist.device)

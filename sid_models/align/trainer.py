@@ -1,9 +1,12 @@
 """RAD-DPO / vanilla DPO training of the generative retriever, starting from the SFT checkpoint.
 
-Systems (one trainer, one loss; `SYSTEMS` maps a name to its switches):
-- `rad_dpo`: the switches of params `align.loss` / `align.rdrw` (all on by default);
+Systems (one trainer, one loss): the rows of params `align.systems`, each a name and the
+overrides it merges over `align` (`system_params`). The table holds
+- `rad_dpo`: `align.loss` / `align.rdrw` / `align.mining` as they are (all parts on);
 - `rad_dpo_no_tlgd`, `rad_dpo_no_rdrw`, `rad_dpo_no_mlgc`: the same with one part off;
-- `dpo`: vanilla pairwise DPO — no TLGD, no RDRW, pairwise with one positive per pair.
+- `dpo`: vanilla pairwise DPO — no TLGD, no RDRW, pairwise with one positive per pair;
+- variants of the loss or the mining (SimPO's reference-free reward, the listwise contrast,
+  pool-edge negatives): one row each, no code.
 
 The reference policy is a frozen copy of the SFT model; since it never changes, its token
 log-probabilities of every mined sequence are computed once before training. Dropout is
@@ -33,21 +36,32 @@ from ..generative.train import (DistContext, LoopConfig, cli_params, fingerprint
                                 training_cli)
 from ..generative.trie import SidTrie
 from ..generative.vocab import PAD, SidVocab
+from ..params import deep_merge
 from ..sci.stage import QUERIES_FILE as SCI_QUERIES_FILE
 from .batches import (PreferenceDataset, PreferenceTensors, SequenceScorer, batch_similarity,
                       build_preference_tensors, pair_mask, reference_logprobs, score_batch,
                       with_reference)
 from .losses import PreferenceLossConfig, RewardWeighter, preference_loss
-from .mining import beam_sids, mine_preferences
+from .mining import beam_sids, mine_preferences, mining_beam_size
 
-SYSTEMS: dict[str, dict[str, bool]] = {
-    "rad_dpo": {},
-    "rad_dpo_no_tlgd": {"tlgd": False},
-    "rad_dpo_no_rdrw": {"rdrw": False},
-    "rad_dpo_no_mlgc": {"mlgc": False},
-    "dpo": {"tlgd": False, "rdrw": False, "mlgc": False},
-}
 SID_VARIANT = "sarq_acrq"
+
+
+def system_names(params: dict) -> tuple[str, ...]:
+    return tuple(params["align"]["systems"])
+
+
+def system_params(params: dict, system: str) -> dict:
+    """`params` with the system's row of `align.systems` merged over `align`."""
+    systems = params["align"]["systems"]
+    if system not in systems:
+        raise ValueError(f"unknown alignment system {system!r}; align.systems has {sorted(systems)}")
+    return deep_merge(params, {"align": systems[system] or {}})
+
+
+def mining_of(params: dict, system: str) -> dict:
+    """The `align.mining` section a system mines with (systems that share it share one table)."""
+    return system_params(params, system)["align"]["mining"]
 
 
 @dataclass(frozen=True)
@@ -61,13 +75,10 @@ class AlignmentConfig:
         return not self.loss.mlgc
 
     @classmethod
-    def for_system(cls, align: dict, system: str) -> "AlignmentConfig":
-        if system not in SYSTEMS:
-            raise ValueError(f"unknown alignment system {system!r}; expected one of {sorted(SYSTEMS)}")
-        switches = SYSTEMS[system]
-        loss = PreferenceLossConfig.from_params(align["loss"], tlgd=switches.get("tlgd"), mlgc=switches.get("mlgc"))
-        rdrw = bool(align["rdrw"]["enabled"] if switches.get("rdrw") is None else switches["rdrw"])
-        return cls(loss=loss, rdrw=rdrw, similarity=str(align["rdrw"]["similarity"]))
+    def for_system(cls, params: dict, system: str) -> "AlignmentConfig":
+        align = system_params(params, system)["align"]
+        return cls(loss=PreferenceLossConfig.from_params(align["loss"]), rdrw=bool(align["rdrw"]["enabled"]),
+                   similarity=str(align["rdrw"]["similarity"]))
 
 
 def alignment_loss(scorer: torch.nn.Module, batch: dict[str, Tensor], config: AlignmentConfig,
@@ -153,11 +164,12 @@ def sid_vectors(sid_table: pd.DataFrame, item_ids: pd.Series, item_vectors: np.n
     return vectors
 
 
-def prepare_preferences(params: dict, prepared: PreparedDataset, sft_folder: str | Path, sids_folder: str | Path,
-                        device: torch.device | str = "cpu",
+def prepare_preferences(params: dict, system: str, prepared: PreparedDataset, sft_folder: str | Path,
+                        sids_folder: str | Path, device: torch.device | str = "cpu",
                         item_vectors: np.ndarray | None = None,
                         sci_queries: np.ndarray | None = None) -> tuple[pd.DataFrame, PreferenceTensors]:
-    """Mine preferences with the SFT model's beam and tensorise them with the reference log-probs.
+    """Mine `system`'s preferences (its `align.mining`) with the SFT model's beam and tensorise
+    them with the reference log-probs.
 
     `item_vectors` (SCI item view, items.parquet row order) feeds the sci_item similarity;
     `sci_queries` (f_q of every query, queries.parquet row order: the sci_towers artifact's
@@ -165,7 +177,7 @@ def prepare_preferences(params: dict, prepared: PreparedDataset, sft_folder: str
     """
     from ..text.encoder import load_tokenizer
 
-    align = params["align"]
+    align = system_params(params, system)["align"]
     policy, vocab = load_policy(sft_folder, device)
     policy.eval()
     table = read_sid_table(sids_folder, SID_VARIANT)
@@ -182,7 +194,7 @@ def prepare_preferences(params: dict, prepared: PreparedDataset, sft_folder: str
         query_vectors = np.asarray(sci_queries, dtype=np.float32)[trained.to_numpy()]
     input_ids, attention_mask = tokenize(load_tokenizer(), queries["text"].astype(str).tolist(),
                                          policy.config.max_enc_len)
-    beams = beam_sids(policy, trie, input_ids, attention_mask, int(align["mining"]["beam_size"]),
+    beams = beam_sids(policy, trie, input_ids, attention_mask, mining_beam_size(align["mining"]),
                       int(params["decode"]["batch_size"]), float(params["decode"]["length_penalty"]), query_vectors)
     query_ids = queries["query_id"].astype(str).tolist()
     preferences = mine_preferences(prepared, item_sid, dict(zip(query_ids, beams)), align["mining"],
@@ -200,11 +212,12 @@ def train_alignment(params: dict, system: str, data: PreferenceTensors, sft_fold
                     seed: int | None = None) -> tuple[Seq2SeqRetriever, list[dict]]:
     """Align the SFT model of `sft_folder` as `system` into `out` (model.pt, config.json,
     vocab.json, train_state.pt, metrics.jsonl, rdrw.json when RDRW is on); resumes from
-    `out/train_state.pt`. `seed` overrides `align.seed` (benchmark seeds)."""
-    align = params["align"]
+    `out/train_state.pt`. `seed` overrides `align.seed` (benchmark seeds). `data` must be mined
+    with the system's `align.mining` (`mining_of`)."""
+    config = AlignmentConfig.for_system(params, system)
+    align = system_params(params, system)["align"]
     dist = dist or DistContext.from_env(params["generative"]["device"])
     seed = int(align["seed"] if seed is None else seed)
-    config = AlignmentConfig.for_system(align, system)
     out = Path(out)
     policy, vocab = load_policy(sft_folder, dist.device)
     dataset = PreferenceDataset(data, pairwise=config.pairwise, seed=seed)
@@ -225,7 +238,10 @@ def train_alignment(params: dict, system: str, data: PreferenceTensors, sft_fold
             (out / "rdrw.json").write_text(json.dumps({"low": weighter.bounds[0], "high": weighter.bounds[1]}))
         tracking.log_params({"system": system, "steps": loop.steps, "n_queries": len(dataset),
                              "tlgd": config.loss.tlgd, "rdrw": config.rdrw, "mlgc": config.loss.mlgc,
-                             "beta": config.loss.beta, "reference_free": config.loss.reference_free},
+                             "beta": config.loss.beta, "reference_free": config.loss.reference_free,
+                             "margin": config.loss.margin, "contrast": config.loss.contrast,
+                             "positive_weight": align["mining"]["positive_weight"],
+                             "pseudo_negatives": align["mining"]["pseudo_negatives"]},
                             prefix=f"align_{system}")
     import hashlib
 
@@ -243,12 +259,12 @@ def train_alignment(params: dict, system: str, data: PreferenceTensors, sft_fold
 def main(argv: list[str] | None = None) -> None:
     parser = training_cli("Preference alignment of an SFT checkpoint")
     parser.add_argument("--sft", required=True, help="sft_checkpoint folder (the starting and reference policy)")
-    parser.add_argument("--system", default="rad_dpo", choices=sorted(SYSTEMS))
+    parser.add_argument("--system", default="rad_dpo", help="a row of params align.systems")
     parser.add_argument("--towers", default=None, help="sci_towers folder: item vectors for the sci_item similarity, "
                                                          "query vectors for an SFT model that reads them")
     args = parser.parse_args(argv)
     params = cli_params(args)
-    rdrw = params["align"]["rdrw"]
+    rdrw = system_params(params, args.system)["align"]["rdrw"]
     item_vectors = None
     if rdrw["enabled"] and rdrw["similarity"] == "sci_item":
         if args.towers is None:
@@ -257,8 +273,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def train(dist: DistContext) -> Seq2SeqRetriever:
         sci_queries = None if args.towers is None else np.load(Path(args.towers) / SCI_QUERIES_FILE)
-        _, data = prepare_preferences(params, PreparedDataset.load(args.prepared), args.sft, args.sids, dist.device,
-                                      item_vectors=item_vectors, sci_queries=sci_queries)
+        _, data = prepare_preferences(params, args.system, PreparedDataset.load(args.prepared), args.sft, args.sids,
+                                      dist.device, item_vectors=item_vectors, sci_queries=sci_queries)
         return train_alignment(params, args.system, data, args.sft, args.out, dist=dist)[0]
 
     run_distributed(params, args, int(params["align"]["threads"]), train)
