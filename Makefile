@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# (--no-deps: torch's own dependencies come with the project below, from PyPI)
 	$(PY) -m pip install --quiet --no-deps torch==2.13.0 $(TORCH_SOURCES)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# dagster-postgres 0.29.27 (the newest on PyPI) pins dagster==1.13.27, whose protobuf<7 clashes
+	# with the pinned stack; its code runs on dagster 1.13.28 (tests/test_postgres.py proves it)
+	$(PY) -m pip install --quiet --no-deps dagster-postgres==0.29.27
 	touch $@
 
 # DVC lives in its own environment: its hydra pins an antlr that breaks Dagster's selection parser.

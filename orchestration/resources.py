@@ -32,12 +32,20 @@ class MlflowTracking(dg.ConfigurableResource):
     artifact_root: str = str(DEFAULT_ARTIFACT_ROOT)
     experiment: str = EXPERIMENT
 
+    @property
+    def served_artifacts(self) -> bool:
+        """A tracking server (http[s]://) stores artifacts where it was told to (`mlflow server
+        --artifacts-destination`); `artifact_root` is then not used."""
+        return self.tracking_uri.startswith(("http://", "https://"))
+
     def setup(self) -> str:
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.tracking_uri)
         experiment = mlflow.get_experiment_by_name(self.experiment)
-        if experiment is None:
+        if experiment is None and self.served_artifacts:
+            experiment_id = mlflow.create_experiment(self.experiment)
+        elif experiment is None:
             Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
             experiment_id = mlflow.create_experiment(self.experiment, artifact_location=Path(self.artifact_root).as_uri())
         else:

@@ -10,6 +10,8 @@ Every system answers `search(queries, k) -> list[list[(item_id, score)]]` from q
   the items of the top decoded SIDs ordered by SCI score);
 - `gr_sarq_acrq`, `gr_vanilla_dpo`, `gr_rad_dpo`: the shipped generative recipe, the pool ranker
   (`sid_models.ranking`, trained on validation over the SFT model's pool) over that checkpoint's pool;
+- `gr_sarq_acrq_beam`, `gr_vanilla_dpo_beam`, `gr_rad_dpo_beam`: those checkpoints' SIDs strictly
+  in beam order (bucket_pool 1): the generation alone, which alignment acts on directly;
 - `hybrid`: the hybrid ranker over the SFT pool ∪ BM25 top-N ∪ dense top-N.
 """
 from __future__ import annotations
@@ -26,14 +28,18 @@ from ..text.encoder import TextEncoder
 QueryVectors = Callable[[list[str]], np.ndarray]
 VectorSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
-# system -> (checkpoint stage, subfolder of its artifact, SID variant, ranker of the ranking stage or None)
+# system -> (checkpoint stage, subfolder of its artifact, SID variant, ranker of the ranking stage or None,
+#            decode.bucket_pool: None for the checkpoint's own, 1 for strict beam order)
 GENERATIVE_SYSTEMS = {
-    "gr_tiger": ("sft_checkpoint", "", "tiger", None),
-    "gr_sarq_acrq_no_ranker": ("sft_checkpoint", "", "sarq_acrq", None),
-    "gr_sarq_acrq": ("sft_checkpoint", "", "sarq_acrq", "pool"),
-    "gr_vanilla_dpo": ("dpo_checkpoint", "vanilla_dpo", "sarq_acrq", "pool"),
-    "gr_rad_dpo": ("dpo_checkpoint", "", "sarq_acrq", "pool"),
-    "hybrid": ("sft_checkpoint", "", "sarq_acrq", "hybrid"),
+    "gr_tiger": ("sft_checkpoint", "", "tiger", None, None),
+    "gr_sarq_acrq_no_ranker": ("sft_checkpoint", "", "sarq_acrq", None, None),
+    "gr_sarq_acrq": ("sft_checkpoint", "", "sarq_acrq", "pool", None),
+    "gr_sarq_acrq_beam": ("sft_checkpoint", "", "sarq_acrq", None, 1),
+    "gr_vanilla_dpo": ("dpo_checkpoint", "vanilla_dpo", "sarq_acrq", "pool", None),
+    "gr_vanilla_dpo_beam": ("dpo_checkpoint", "vanilla_dpo", "sarq_acrq", None, 1),
+    "gr_rad_dpo": ("dpo_checkpoint", "", "sarq_acrq", "pool", None),
+    "gr_rad_dpo_beam": ("dpo_checkpoint", "", "sarq_acrq", None, 1),
+    "hybrid": ("sft_checkpoint", "", "sarq_acrq", "hybrid", None),
 }
 SYSTEMS = ("bm25", "minilm", "tower", "sci", *GENERATIVE_SYSTEMS)
 # the key to the system names, printed in the report
@@ -47,6 +53,9 @@ DESCRIPTIONS = {
     "gr_sarq_acrq": "generative retrieval with SARQ+ACRQ SIDs; decoded pool ranked by the learned ranker",
     "gr_vanilla_dpo": "gr_sarq_acrq after vanilla pairwise DPO",
     "gr_rad_dpo": "gr_sarq_acrq after RAD-DPO",
+    "gr_sarq_acrq_beam": "the SFT model's decoded SIDs strictly in beam order (no pool, no ranker)",
+    "gr_vanilla_dpo_beam": "the vanilla DPO model strictly in beam order",
+    "gr_rad_dpo_beam": "the RAD-DPO model strictly in beam order",
     "hybrid": "learned ranker over the decoded pool ∪ BM25 top-N ∪ dense top-N",
 }
 
@@ -145,7 +154,7 @@ def _check_rows(vectors: np.ndarray, n_items: int, path: Path) -> None:
 
 def generative_checkpoint(system: str, inputs: Mapping[str, Path]) -> tuple[Path, str]:
     """(checkpoint folder, SID variant) of a generative system."""
-    stage, subfolder, variant, _ = GENERATIVE_SYSTEMS[system]
+    stage, subfolder, variant, _, _ = GENERATIVE_SYSTEMS[system]
     folder = Path(inputs[stage]) / subfolder if subfolder else Path(inputs[stage])
     if not folder.is_dir():
         raise FileNotFoundError(f"system {system!r} needs the checkpoint folder {folder}")
@@ -167,9 +176,9 @@ def build_system(name: str, params: dict, inputs: Mapping[str, Path]):
         from ..ranking.stage import load_ranked_searcher
 
         checkpoint, variant = generative_checkpoint(name, inputs)
-        ranker = GENERATIVE_SYSTEMS[name][3]
+        ranker, bucket_pool = GENERATIVE_SYSTEMS[name][3:]
         if ranker is not None:
             return load_ranked_searcher(params, inputs, ranker, checkpoint, variant)
         return load_retriever(checkpoint, inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
-                              variant=variant)
+                              variant=variant, bucket_pool=bucket_pool)
     raise ValueError(f"unknown system {name!r}; known: {list(SYSTEMS)}")

@@ -1,0 +1,99 @@
+"""The scale-out path: Dagster on PostgreSQL and a tracked stage against a real `mlflow server` on PostgreSQL.
+
+Both servers are real and started here (tests/servers.py). Without PostgreSQL's server
+binaries the tests skip with the command that installs them; `.ci/run` installs them.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from orchestration.assets import data as data_assets
+from orchestration.resources import DAGSTER_RUN_TAG, MlflowTracking, ParamsResource
+from orchestration.stage_asset import ARTIFACT_ROOT
+from sid_models.params import REPO_ROOT, deep_merge
+from servers import mlflow_server, postgres_server, query, why_no_postgres
+
+pytestmark = pytest.mark.skipif(why_no_postgres() is not None, reason=str(why_no_postgres()))
+
+DATA_STAGES = ("raw_dataset", "prepared_dataset", "segment_stats")
+MLFLOW_START_S = 180
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_server(("dagster", "mlflow")) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def scaled_out_run(postgres, small_params, tmp_path_factory):
+    """The data assets materialised on the Postgres instance of orchestration/postgres/dagster.yaml,
+    tracked by an MLflow server whose backend store is the same PostgreSQL server."""
+    tmp = tmp_path_factory.mktemp("scale_out")
+    home = tmp / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "orchestration" / "postgres" / "dagster.yaml", home / "dagster.yaml")
+    params_file = tmp / "params.yaml"
+    params_file.write_text(yaml.safe_dump(deep_merge(small_params, {"eval": {"reports_dir": str(tmp / "reports")}})))
+    served = tmp / "served_artifacts"
+    with pytest.MonkeyPatch.context() as patch:
+        # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3; the pinned driver is psycopg2
+        patch.setenv("DAGSTER_POSTGRES_URL", f"{postgres}/dagster".replace("postgresql://", "postgresql+psycopg2://"))
+        backend = f"{postgres}/mlflow".replace("postgresql://", "postgresql+psycopg2://")
+        with mlflow_server(backend, served, tmp / "mlflow_server.log", MLFLOW_START_S) as tracking_uri:
+            resources = {"params": ParamsResource(path=str(params_file)),
+                         "mlflow_tracking": MlflowTracking(tracking_uri=tracking_uri,
+                                                           artifact_root=str(tmp / "unused_artifact_root"))}
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                result = dg.materialize([*dg.load_assets_from_modules([data_assets]),
+                                         *dg.load_asset_checks_from_modules([data_assets])],
+                                        resources=resources, instance=instance, raise_on_error=False)
+                stored = {"storage": type(instance.run_storage).__name__,
+                          "run": instance.get_run_by_id(result.run_id),
+                          "latest": instance.get_latest_materialization_event(dg.AssetKey("prepared_dataset"))}
+            # read back while the server still runs, through nothing but its URL
+            client = MlflowClient(tracking_uri=tracking_uri)
+            experiment = client.get_experiment_by_name(MlflowTracking().experiment)
+            runs = client.search_runs([experiment.experiment_id],
+                                      filter_string=f"tags.`{DAGSTER_RUN_TAG}` = '{result.run_id}'")
+            parent = next(run for run in runs if "mlflow.parentRunId" not in run.data.tags)
+            downloaded = Path(client.download_artifacts(parent.info.run_id, "checks/raw_dataset.json", str(tmp)))
+            yield {"result": result, "stored": stored, "runs": runs, "parent": parent, "downloaded": downloaded,
+                   "served": served, "postgres": postgres, "home": home}
+    for stage in DATA_STAGES:
+        shutil.rmtree(ARTIFACT_ROOT / stage / result.run_id, ignore_errors=True)
+
+
+def test_the_data_assets_materialise_on_a_postgres_backed_dagster_instance(scaled_out_run):
+    result, stored = scaled_out_run["result"], scaled_out_run["stored"]
+    assert result.success
+    assert all(evaluation.passed for evaluation in result.get_asset_check_evaluations())
+    assert stored["storage"] == "PostgresRunStorage"
+    assert stored["run"].is_success and stored["latest"].run_id == result.run_id
+    # the history is in the database itself, not in DAGSTER_HOME
+    assert query(f"{scaled_out_run['postgres']}/dagster",
+                 f"SELECT status FROM runs WHERE run_id = '{result.run_id}'") == [("SUCCESS",)]
+    materialised = query(f"{scaled_out_run['postgres']}/dagster",
+                         "SELECT DISTINCT asset_key FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")
+    assert {key for (key,) in materialised} == {f'["{stage}"]' for stage in DATA_STAGES}
+    assert not any(path.suffix == ".db" for path in scaled_out_run["home"].rglob("*"))
+
+
+def test_the_stages_are_tracked_by_an_mlflow_server_on_postgres(scaled_out_run):
+    runs, parent = scaled_out_run["runs"], scaled_out_run["parent"]
+    children = {run.data.tags["stage"]: run for run in runs
+                if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == set(DATA_STAGES)
+    assert children["raw_dataset"].data.metrics["n_items"] == 400
+    # runs live in the server's PostgreSQL backend store; artifacts went through the server to its destination
+    stored_runs = {run_id for (run_id,) in query(f"{scaled_out_run['postgres']}/mlflow", "SELECT run_uuid FROM runs")}
+    assert {run.info.run_id for run in runs} <= stored_runs
+    assert parent.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert scaled_out_run["downloaded"].is_file() and scaled_out_run["downloaded"].stat().st_size > 0
+    assert any(path.name == "raw_dataset.json" for path in scaled_out_run["served"].rglob("*"))
