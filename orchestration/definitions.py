@@ -7,6 +7,8 @@ import pkgutil
 import dagster as dg
 
 from . import assets as assets_package
+from sid_models.tracking import tracking_uri
+
 from .resources import MlflowTracking, ParamsResource
 from .schedules import schedules
 from .sensors import sensors
@@ -19,7 +21,8 @@ all_checks = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
 pipeline_job = dg.define_asset_job("pipeline", selection=dg.AssetSelection.all())
 
-RESOURCES = {"params": ParamsResource(), "mlflow_tracking": MlflowTracking()}
+# $MLFLOW_TRACKING_URI (an `mlflow server` URL included) decides where runs and the registry live
+RESOURCES = {"params": ParamsResource(), "mlflow_tracking": MlflowTracking(tracking_uri=tracking_uri())}
 
 defs = dg.Definitions(
     assets=all_assets,
@@ -29,3 +32,8 @@ defs = dg.Definitions(
     sensors=sensors,
     resources=RESOURCES,
 )
+
+
+def pipeline_job() -> dg.JobDefinition:
+    """The `pipeline` job, rebuilt by name in each step process of the multiprocess executor."""
+    return defs.resolve_job_def("pipeline")

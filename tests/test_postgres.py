@@ -5,6 +5,7 @@ binaries the tests skip with the command that installs them; `.ci/run` installs 
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -13,15 +14,16 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from orchestration.assets import data as data_assets
-from orchestration.resources import DAGSTER_RUN_TAG, MlflowTracking, ParamsResource
+from orchestration.resources import DAGSTER_RUN_TAG, MlflowTracking
+from orchestration.run import execute
 from orchestration.stage_asset import ARTIFACT_ROOT
-from sid_models.params import REPO_ROOT, deep_merge
+from sid_models.params import PARAMS_ENV, REPO_ROOT, deep_merge
 from servers import mlflow_server, postgres_server, query, why_no_postgres
 
 pytestmark = pytest.mark.skipif(why_no_postgres() is not None, reason=str(why_no_postgres()))
 
 DATA_STAGES = ("raw_dataset", "prepared_dataset", "segment_stats")
+CHECKS = {"raw_dataset_expectations", "split_expectations", "segments_from_training_only", "segments_not_degenerate"}
 MLFLOW_START_S = 180
 
 
@@ -33,30 +35,32 @@ def postgres():
 
 @pytest.fixture(scope="module")
 def scaled_out_run(postgres, small_params, tmp_path_factory):
-    """The data assets materialised on the Postgres instance of orchestration/postgres/dagster.yaml,
-    tracked by an MLflow server whose backend store is the same PostgreSQL server."""
+    """The data assets run by `make run`'s code (orchestration.run.execute) with the multiprocess
+    executor on the Postgres instance of orchestration/postgres/dagster.yaml, tracked by an MLflow
+    server whose backend store is the same PostgreSQL server. The step processes find the params
+    and the tracking server through the environment alone, as a deployment's would."""
     tmp = tmp_path_factory.mktemp("scale_out")
     home = tmp / "dagster_home"
     home.mkdir()
     shutil.copy(REPO_ROOT / "orchestration" / "postgres" / "dagster.yaml", home / "dagster.yaml")
+    params = deep_merge(small_params, {"eval": {"reports_dir": str(tmp / "reports")},
+                                       "automation": {"executor": "multiprocess", "max_concurrent": 2}})
     params_file = tmp / "params.yaml"
-    params_file.write_text(yaml.safe_dump(deep_merge(small_params, {"eval": {"reports_dir": str(tmp / "reports")}})))
+    params_file.write_text(yaml.safe_dump(params))
     served = tmp / "served_artifacts"
     with pytest.MonkeyPatch.context() as patch:
         # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3; the pinned driver is psycopg2
         patch.setenv("DAGSTER_POSTGRES_URL", f"{postgres}/dagster".replace("postgresql://", "postgresql+psycopg2://"))
+        patch.setenv(PARAMS_ENV, str(params_file))
         backend = f"{postgres}/mlflow".replace("postgresql://", "postgresql+psycopg2://")
         with mlflow_server(backend, served, tmp / "mlflow_server.log", MLFLOW_START_S) as tracking_uri:
-            resources = {"params": ParamsResource(path=str(params_file)),
-                         "mlflow_tracking": MlflowTracking(tracking_uri=tracking_uri,
-                                                           artifact_root=str(tmp / "unused_artifact_root"))}
+            patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
             with dg.DagsterInstance.from_config(str(home)) as instance:
-                result = dg.materialize([*dg.load_assets_from_modules([data_assets]),
-                                         *dg.load_asset_checks_from_modules([data_assets])],
-                                        resources=resources, instance=instance, raise_on_error=False)
+                result = execute(instance, params, [dg.AssetKey(stage) for stage in DATA_STAGES])
                 stored = {"storage": type(instance.run_storage).__name__,
                           "run": instance.get_run_by_id(result.run_id),
-                          "latest": instance.get_latest_materialization_event(dg.AssetKey("prepared_dataset"))}
+                          "latest": instance.get_latest_materialization_event(dg.AssetKey("prepared_dataset")),
+                          "step_pids": [event.pid for event in result.all_events if event.is_step_start]}
             # read back while the server still runs, through nothing but its URL
             client = MlflowClient(tracking_uri=tracking_uri)
             experiment = client.get_experiment_by_name(MlflowTracking().experiment)
@@ -75,6 +79,10 @@ def test_the_data_assets_materialise_on_a_postgres_backed_dagster_instance(scale
     assert result.success
     assert all(evaluation.passed for evaluation in result.get_asset_check_evaluations())
     assert stored["storage"] == "PostgresRunStorage"
+    # the multiprocess executor: every stage in a process of its own, none in the test's
+    pids = stored["step_pids"]
+    assert len(pids) >= len(DATA_STAGES) and len(set(pids)) == len(pids) and os.getpid() not in pids
+    assert {evaluation.check_name for evaluation in result.get_asset_check_evaluations()} == CHECKS
     assert stored["run"].is_success and stored["latest"].run_id == result.run_id
     # the history is in the database itself, not in DAGSTER_HOME
     assert query(f"{scaled_out_run['postgres']}/dagster",
