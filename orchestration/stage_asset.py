@@ -13,9 +13,10 @@ from sid_models.cli import publish_metrics
 from sid_models.eval.stage import reports_dir
 from sid_models.params import REPO_ROOT
 from sid_models.stage_runner import write_stage
-from sid_models.stages import STAGES
+from sid_models.stages import STAGES, run_stage
 from sid_models import tracking
 
+from .launch import launched, pipes_runner
 from .resources import MlflowTracking, ParamsResource
 
 ARTIFACT_ROOT = REPO_ROOT / "artifacts"
@@ -62,7 +63,8 @@ def materialize_stage(context: dg.AssetExecutionContext, stage: str, inputs: dic
     context.log.info(f"stage {position} of {len(STAGES)}: {stage} ...")
     with mlflow_tracking.stage_run(context, stage, config) as run:
         tracking.log_params({"stage": stage})
-        metadata = write_stage(stage, config, {key: Path(value) for key, value in inputs.items()}, final)
+        runner = pipes_runner(context) if launched(stage, config) else run_stage
+        metadata = write_stage(stage, config, {key: Path(value) for key, value in inputs.items()}, final, runner)
         digest = content_hash(final)
         tracking.log_params({"artifact_hash": digest, "artifact_path": str(final)})
         numeric = {key: value for key, value in metadata.items()

@@ -19,7 +19,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import tracking
 from .stages import STAGES, run_stage
@@ -59,8 +59,11 @@ def replace_folder(staging: Path, final: Path) -> None:
     shutil.rmtree(aside)
 
 
-def write_stage(name: str, params: dict, inputs: dict[str, Path], final: Path) -> dict[str, Any]:
-    """Run stage `name` into `final` (see module docstring); returns the stage's metadata."""
+def write_stage(name: str, params: dict, inputs: dict[str, Path], final: Path,
+                runner: Callable[[str, dict, dict[str, Path], Path], dict[str, Any]] = run_stage) -> dict[str, Any]:
+    """Run stage `name` into `final` (see module docstring); returns the stage's metadata.
+    `runner(name, params, inputs, staging)` writes the stage into `staging`: `stages.run_stage`
+    in this process, or a launcher that runs it elsewhere (orchestration/launch.py: torchrun)."""
     final = Path(final)
     staging = final.with_name(final.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -70,7 +73,7 @@ def write_stage(name: str, params: dict, inputs: dict[str, Path], final: Path) -
     tracking.log_params({section: params.get(section) for section in (params if sections is None else sections)},
                         prefix="params")
     try:
-        metadata = run_stage(name, params, {key: Path(value) for key, value in inputs.items()}, staging)
+        metadata = runner(name, params, {key: Path(value) for key, value in inputs.items()}, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .params import REPO_ROOT
 
@@ -44,7 +44,14 @@ def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
         mlflow.log_params({mlflow_key(key): str(value)[:500] for key, value in flat.items()})
 
 
+# Callables `sink(metrics, step)` that see every log_metrics call, MLflow run or not: a launcher
+# forwards a training process's per-step metrics with one (orchestration/pipes_stage.py).
+METRIC_SINKS: list[Callable[[dict[str, float], int | None], None]] = []
+
+
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    for sink in METRIC_SINKS:
+        sink({key: float(value) for key, value in metrics.items()}, step)
     if active():
         import mlflow
 

@@ -57,12 +57,14 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     sci_queries = np.load(inputs["sci_towers"] / SCI_QUERIES_FILE)
     preferences, data = prepare_preferences(params, "rad_dpo", prepared, sft, inputs["semantic_ids"], dist.device,
                                             item_vectors=item_vectors, sci_queries=sci_queries)
-    preferences.to_parquet(out / "preferences.parquet", index=False)
+    if dist.is_main:
+        preferences.to_parquet(out / "preferences.parquet", index=False)
     summary = preference_summary(preferences)
     tracking.log_params(summary, prefix="align_mining")
     checkpoints = {"sft": sft, "rad_dpo": out}
     _, history = train_alignment(params, "rad_dpo", data, sft, out, dist=dist)
-    copy_retriever_assets(sft, out)    # vanilla_dpo/ finds them in its parent
+    if dist.is_main:
+        copy_retriever_assets(sft, out)    # vanilla_dpo/ finds them in its parent
     metadata = {**summary, "rad_dpo_steps": len(history), "rad_dpo_final_loss": history[-1]["loss"]}
     if align["train_vanilla_baseline"]:
         vanilla_data = data
@@ -72,6 +74,8 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
         _, vanilla_history = train_alignment(params, "dpo", vanilla_data, sft, out / VANILLA_FOLDER, dist=dist)
         checkpoints["vanilla_dpo"] = out / VANILLA_FOLDER
         metadata["vanilla_dpo_final_loss"] = vanilla_history[-1]["loss"]
+    if not dist.is_main:
+        return {}       # under torchrun the other ranks only train; rank 0 validates and reports
     validation = {name: validation_metrics(folder, inputs, prepared, params, dist.device)
                   for name, folder in checkpoints.items()}
     (out / VALIDATION_FILE).write_text(json.dumps(validation, indent=2))

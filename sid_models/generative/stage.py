@@ -72,15 +72,20 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     torch.set_num_threads(int(params["generative"]["threads"]))
     dist = DistContext.from_env(params["generative"]["device"])
     prepared = PreparedDataset.load(inputs["prepared_dataset"])
-    write_retriever_assets(out, inputs["sci_towers"], params)
+    if dist.is_main:
+        write_retriever_assets(out, inputs["sci_towers"], params)
     variants = ["sarq_acrq"] + (["tiger"] if params["sft"]["train_tiger_baseline"] else [])
-    summary: dict[str, dict[str, float]] = {}
+    trained: dict[str, tuple[float, list[dict]]] = {}
     for variant in variants:
         folder = out / VARIANTS[variant] if VARIANTS[variant] else out
         started = time.perf_counter()
         _, history = train_sft(params, prepared, inputs["semantic_ids"], folder, variant, dist=dist,
                                towers_folder=inputs["sci_towers"])
-        seconds = time.perf_counter() - started
+        trained[variant] = (time.perf_counter() - started, history)
+    if not dist.is_main:
+        return {}       # under torchrun the other ranks only train; rank 0 validates and reports
+    summary: dict[str, dict[str, float]] = {}
+    for variant, (seconds, history) in trained.items():
         retriever = load_retriever(out, inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
                                    variant=variant, device=dist.device)
         summary[variant] = {**validate(retriever, prepared, int(params["sft"]["valid_max_queries"])),
