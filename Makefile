@@ -8,7 +8,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DVC_ENV := .tools/dvc
 DVC := $(DVC_ENV)/bin/dvc
-export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# the instance configuration `make setup` puts into DAGSTER_HOME: SQLite, or orchestration/postgres/dagster.yaml
+DAGSTER_YAML ?= orchestration/dagster.yaml
 export GX_ANALYTICS_ENABLED := False
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow/mlflow.db
 # Tests and scripts call DVC here; its environment stays off PATH so `python` remains the project's.
@@ -35,7 +37,7 @@ $(DVC_ENV)/.installed: dvc-requirements.txt
 
 setup: $(VENV)/.installed $(DVC_ENV)/.installed
 	mkdir -p $(DAGSTER_HOME) mlflow/artifacts
-	test -f $(DAGSTER_HOME)/dagster.yaml || cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	test -f $(DAGSTER_HOME)/dagster.yaml || cp $(DAGSTER_YAML) $(DAGSTER_HOME)/dagster.yaml
 
 # The whole asset graph once, in process, recorded in DAGSTER_HOME and mlflow/.
 run: setup
