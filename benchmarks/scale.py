@@ -99,7 +99,6 @@ def phase_sids(folder: Path, params: dict, sample_size: int) -> dict:
     sids = Sarq(SarqConfig.from_params(params["sarq"])).assign(codes, quantizer.codes_per_level, exposure, head)
     done = time.perf_counter()
     np.save(folder / "sid_tokens.npy", sids.tokens)
-    np.save(folder / "sid_lengths.npy", sids.lengths)
     _, counts = sids.groups()
     return {"seconds": round(done - started, 2), "fit_seconds": round(fitted - started, 2),
             "encode_seconds": round(encoded - fitted, 2), "sarq_seconds": round(done - encoded, 2),
@@ -116,8 +115,7 @@ def phase_trie(folder: Path, params: dict, n_queries: int) -> dict:
     from sid_models.generative.vocab import SidVocab
 
     torch.set_num_threads(int(params["generative"]["threads"]))
-    tokens, lengths = np.load(folder / "sid_tokens.npy"), np.load(folder / "sid_lengths.npy")
-    distinct = np.unique(tokens, axis=0)
+    distinct = np.unique(np.load(folder / "sid_tokens.npy"), axis=0)      # ABSENT (-1) pads each SID
     sid_lengths = (distinct >= 0).sum(1)
     sids = [tuple(row[:length].tolist()) for row, length in zip(distinct, sid_lengths)]
     vocab = SidVocab.for_sids(sids)

@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Iterator
 
 import dagster as dg
 import mlflow
 
 from sid_models.params import load_params
-from sid_models.tracking import DEFAULT_ARTIFACT_ROOT, DEFAULT_TRACKING_URI, EXPERIMENT, flatten, mlflow_key
+from sid_models.tracking import (DEFAULT_ARTIFACT_ROOT, DEFAULT_TRACKING_URI, EXPERIMENT, flatten, mlflow_key,
+                                 setup_experiment)
 from sid_models.stage_runner import close_orphan_runs, run_tags
 
 DAGSTER_RUN_TAG = "dagster.run_id"
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 class ParamsResource(dg.ConfigurableResource):
@@ -32,29 +31,8 @@ class MlflowTracking(dg.ConfigurableResource):
     artifact_root: str = str(DEFAULT_ARTIFACT_ROOT)
     experiment: str = EXPERIMENT
 
-    @property
-    def served_artifacts(self) -> bool:
-        """A tracking server (http[s]://) stores artifacts where it was told to (`mlflow server
-        --artifacts-destination`); `artifact_root` is then not used."""
-        return self.tracking_uri.startswith(("http://", "https://"))
-
     def setup(self) -> str:
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(self.tracking_uri)
-        experiment = mlflow.get_experiment_by_name(self.experiment)
-        if experiment is None and self.served_artifacts:
-            experiment_id = mlflow.create_experiment(self.experiment)
-        elif experiment is None:
-            Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
-            experiment_id = mlflow.create_experiment(self.experiment, artifact_location=Path(self.artifact_root).as_uri())
-        else:
-            experiment_id = experiment.experiment_id
-        # without it MLflow 3 opens the experiment as a GenAI one
-        if (experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags):
-            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        mlflow.set_experiment(experiment_id=experiment_id)
-        return experiment_id
+        return setup_experiment(self.tracking_uri, self.artifact_root, self.experiment)
 
     def parent_run_id(self, dagster_run_id: str, job_name: str, params: dict | None = None) -> str:
         """The parent run of this Dagster run, created on first use with the pipeline's params

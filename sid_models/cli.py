@@ -64,14 +64,7 @@ def publish_metrics(stage: str, out: Path, folder: Path | None) -> None:
 
 
 def _mlflow_experiment() -> str:
-    uri = tracking.tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(tracking.EXPERIMENT) is None:
-        tracking.DEFAULT_ARTIFACT_ROOT.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(tracking.EXPERIMENT, artifact_location=tracking.DEFAULT_ARTIFACT_ROOT.as_uri())
-    return mlflow.set_experiment(tracking.EXPERIMENT).experiment_id
+    return tracking.setup_experiment(tracking.tracking_uri())
 
 
 def render_dvc_yaml(params: dict, python: str = DEFAULT_PYTHON, stages_root: Path = STAGES_ROOT) -> str:

@@ -26,6 +26,37 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
 
 
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def setup_experiment(uri: str, artifact_root: str | Path = DEFAULT_ARTIFACT_ROOT, experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at `uri` and make `experiment` the active one, created when missing; returns
+    its id. The one setup of every runner (Dagster's resource, the DVC command line).
+
+    A SQLite store's folder is created. A tracking server (http[s]://) keeps artifacts where it
+    was told to (`mlflow server --artifacts-destination`), so `artifact_root` is used only for a
+    store the client writes itself. The experiment is tagged as a model-development one
+    (without the tag MLflow 3 opens it as a GenAI one).
+    """
+    import mlflow
+
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    elif uri.startswith(("http://", "https://")):
+        experiment_id = mlflow.create_experiment(experiment)
+    else:
+        Path(artifact_root).mkdir(parents=True, exist_ok=True)
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=Path(artifact_root).as_uri())
+    if found is None or EXPERIMENT_KIND_TAG not in found.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
 def mlflow_key(key: str) -> str:
     """A metric/param/tag name as MLflow accepts it: '@' is not allowed, so recall@10 -> recall_at_10."""
     return key.replace("@", "_at_")
