@@ -38,6 +38,10 @@ def postgres_bin() -> Path | None:
 
 def why_no_postgres() -> str | None:
     """None when a PostgreSQL server can be started here, else the reason (for pytest.skip)."""
+    import importlib.util
+
+    if importlib.util.find_spec("dagster_postgres") is None:
+        return "dagster-postgres is not installed: `make setup` installs it (see the Makefile)"
     if postgres_bin() is None:
         return f"no PostgreSQL server binaries (initdb, pg_ctl): {INSTALL_HINT}"
     if os.geteuid() == 0:
