@@ -34,6 +34,6 @@ defs = dg.Definitions(
 )
 
 
-def pipeline_job() -> dg.JobDefinition:
+def resolved_pipeline_job() -> dg.JobDefinition:
     """The `pipeline` job, rebuilt by name in each step process of the multiprocess executor."""
     return defs.resolve_job_def("pipeline")

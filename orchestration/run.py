@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from sid_models.serving.registry import aliased_version
 
-from .definitions import RESOURCES, pipeline_job
+from .definitions import RESOURCES, resolved_pipeline_job
 
 EXECUTORS = ("in_process", "multiprocess")
 # INFO, not Dagster's DEBUG event stream: the log then reads as the stages' progress
@@ -53,14 +53,14 @@ def execute(instance: dg.DagsterInstance, params: dict,
     if settings["executor"] not in EXECUTORS:
         raise ValueError(f"automation.executor must be one of {EXECUTORS}, got {settings['executor']!r}")
     if settings["executor"] == "in_process":
-        return pipeline_job().execute_in_process(instance=instance, raise_on_error=False,
+        return resolved_pipeline_job().execute_in_process(instance=instance, raise_on_error=False,
                                                                run_config={"loggers": LOGGERS},
                                                                asset_selection=asset_selection)
     limit = int(settings["max_concurrent"])
     if limit < 1:
         raise ValueError(f"automation.max_concurrent must be >= 1, got {limit}")
     run_config = {"loggers": LOGGERS, "execution": {"config": {"multiprocess": {"max_concurrent": limit}}}}
-    with dg.execute_job(dg.reconstructable(pipeline_job), instance=instance, run_config=run_config,
+    with dg.execute_job(dg.reconstructable(resolved_pipeline_job), instance=instance, run_config=run_config,
                         asset_selection=asset_selection) as result:
         return result
 
