@@ -12,7 +12,6 @@ train and stay silent.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -66,9 +65,8 @@ def _run(stage: str, params: dict, inputs: dict[str, Path], out: Path) -> dict:
     try:
         return run_stage(stage, params, inputs, out)
     finally:
-        with contextlib.suppress(Exception):
-            if torch_dist.is_initialized():
-                torch_dist.destroy_process_group()
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
 
 
 if __name__ == "__main__":
