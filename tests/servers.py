@@ -16,12 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from sid_models.serving.server import free_port
+from sid_models.serving.server import answers_ok, free_port
 
 INSTALL_HINT = "install PostgreSQL's server (Debian: apt-get install postgresql) to run it"
 ROLE = "sidr"
@@ -124,7 +122,7 @@ def mlflow_server(backend_store_uri: str, artifacts: Path, log_path: Path, start
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + start_timeout_s
-            while not _healthy(url):
+            while not answers_ok(f"{url}/health"):
                 if process.poll() is not None:
                     raise RuntimeError(f"mlflow server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
                 if time.monotonic() > deadline:
@@ -140,10 +138,3 @@ def mlflow_server(backend_store_uri: str, artifacts: Path, log_path: Path, start
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
 
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False

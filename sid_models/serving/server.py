@@ -58,7 +58,7 @@ def scoring_server(model_uri: str, tracking_uri: str, start_timeout_s: float, lo
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + start_timeout_s
-            while not _ready(base):
+            while not answers_ok(f"{base}/ping"):
                 if process.poll() is not None:
                     raise RuntimeError(f"scoring server for {model_uri} exited with {process.returncode}: "
                                        f"{Path(log_path).read_text()[-2000:]}")
@@ -71,9 +71,10 @@ def scoring_server(model_uri: str, tracking_uri: str, start_timeout_s: float, lo
             _stop(process)
 
 
-def _ready(base: str) -> bool:
+def answers_ok(url: str) -> bool:
+    """Whether a GET of `url` answers 200 now (a server's health route while it starts)."""
     try:
-        with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
