@@ -40,13 +40,13 @@ import torch
 from common import (benchmark_params, emit, emit_summary, log, parse_args, run_chain, test_metrics,  # sets sys.path
                     test_queries)
 
-from sid_models.align.trainer import (SID_VARIANT, mining_of, prepare_preferences, system_names,  # noqa: E402
+from sid_models.align.trainer import (mining_of, prepare_preferences, system_names,  # noqa: E402
                                       system_params, train_alignment)
 from sid_models.align.mining import preference_summary  # noqa: E402
 from sid_models.align.stage import validation_metrics  # noqa: E402
 from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.generative.retriever import copy_retriever_assets, load_retriever  # noqa: E402
-from sid_models.generative.train import DistContext  # noqa: E402
+from sid_models.shared.training import DistContext  # noqa: E402
 from sid_models.params import REPO_ROOT  # noqa: E402
 from sid_models.ranking.stage import coverage, load_ranked_searcher  # noqa: E402
 from sid_models.sci.stage import QUERIES_FILE as SCI_QUERIES_FILE  # noqa: E402
@@ -56,7 +56,7 @@ EVAL_K = 10
 RANKER = "pool"
 WORK = REPO_ROOT / "artifacts" / "bench" / BENCH
 QUICK = {
-    "sft": {"train_tiger_baseline": False},
+    "sft": {"baseline_variants": []},
     "demo": {"n_items": 800, "n_queries": 900},
     "sci": {"train": {"epochs": 3}},
     "acrq": {"max_steps_per_phase": 100},
@@ -75,8 +75,8 @@ def figures(checkpoint: Path, params: dict, folders: dict[str, Path], prepared: 
     searcher = load_ranked_searcher(params, folders, RANKER, checkpoint=checkpoint)
     candidates = searcher.featurizer.candidates(texts, searcher.settings)
     shipped = test_metrics(prepared, queries, searcher.rank(candidates, EVAL_K))
-    beam = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"], folders["sci_index"],
-                          variant=SID_VARIANT, bucket_pool=1)
+    beam = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"],
+                          bucket_pool=1)
     in_order = test_metrics(prepared, queries, beam.search(texts, EVAL_K))
     result = {f"shipped_{key}": shipped[key] for key in METRICS if key in shipped}
     result.update({f"beam_{key}": in_order[key] for key in METRICS if key in in_order})

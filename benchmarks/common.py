@@ -60,7 +60,7 @@ def test_queries(prepared: PreparedDataset):
 def test_metrics(prepared: PreparedDataset, queries, found: list[list[tuple[str, float]]]) -> dict:
     """The shared `evaluate` on the test split of per-query hit lists [(item_id, score), ...]
     returned for `queries` (a `test_queries` frame), in order."""
-    from sid_models.eval.metrics import evaluate
+    from sid_models.shared.metrics import evaluate
 
     rankings = {query: [item for item, _ in hits] for query, hits in zip(queries["query_id"], found)}
     return evaluate(rankings, prepared.split_judgments("test"), prepared.scale,

@@ -41,7 +41,7 @@ from common import (add_bucket_pool_argument, benchmark_params, bucket_pool, emi
 
 from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.eval.harness import latency_ms  # noqa: E402
-from sid_models.eval.systems import load_bm25  # noqa: E402
+from sid_models.eval.systems import load_bm25, system_rows  # noqa: E402
 from sid_models.ranking.stage import coverage, load_ranked_searcher  # noqa: E402
 from sid_models.ranking.features import FEATURES  # noqa: E402
 from sid_models.generative.retriever import load_retriever  # noqa: E402
@@ -58,7 +58,7 @@ QUICK = {
     "generative": {"preset": "cpu", "presets": {"cpu": {"sft": {"steps": 150, "batch_size": 64}}}},
     "sft": {"warmup_steps": 15, "valid_max_queries": 100},
 }
-SYSTEMS = {"gr_tiger": "tiger", "gr_sarq_acrq_no_ranker": "sarq_acrq"}
+UNRANKED = ("gr_tiger", "gr_sarq_acrq_no_ranker")              # eval.systems rows decoded without a ranker
 RANKED = {"gr_sarq_acrq": "pool", "hybrid": "hybrid"}          # system -> ranker.systems entry
 TOP_SIDS = 20
 BEAM_RANK = FEATURES.index("beam_rank")
@@ -195,11 +195,12 @@ def main() -> None:
                 results[system].append(ranked_quality(seeded, folders, ranker_system, prepared, queries))
                 emit(BENCH, system, seed=seed, **results[system][-1])
                 log(f"[{BENCH}] {system} seed {seed}: evaluated in {time.perf_counter() - started:.0f} s")
-        for system, variant in SYSTEMS.items():
-            if variant not in validation:       # sft.train_tiger_baseline off
+        for system in UNRANKED:
+            variant = system_rows(params)[system]["variant"]
+            if variant not in validation:       # not in sft.baseline_variants
                 continue
             retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"],
-                                       folders["prepared_dataset"], folders["sci_index"], variant=variant,
+                                       folders["prepared_dataset"], variant=variant,
                                        bucket_pool=bucket_pool(args, params))
             if seed == args.seeds[0]:
                 retrievers[system] = (retriever, queries["text"].astype(str).tolist())

@@ -47,14 +47,14 @@ from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.generative.model import load_model  # noqa: E402
 from sid_models.generative.retriever import SidDecoder, catalogue_sids  # noqa: E402
 from sid_models.generative.stage import sid_validity  # noqa: E402
-from sid_models.generative.train import DistContext, loop_config, train_sft  # noqa: E402
+from sid_models.generative.train import loop_config, train_sft  # noqa: E402
+from sid_models.shared.training import DistContext  # noqa: E402
 from sid_models.generative.trie import SidTrie  # noqa: E402
 from sid_models.generative.vocab import SidVocab  # noqa: E402
 from sid_models.params import deep_merge, load_params  # noqa: E402
 from sid_models.text.encoder import load_tokenizer  # noqa: E402
 
 BENCH = "generative_gpu"
-VARIANT = "sarq_acrq"
 PROBE_STEPS = 60
 SYSTEM_METRICS = ("gpu_0_utilization_percentage", "gpu_0_memory_usage_megabytes", "gpu_0_memory_usage_percentage",
                   "gpu_0_power_usage_watts")
@@ -81,7 +81,7 @@ def synchronize(device: torch.device) -> None:
 def timed_training(params: dict, prepared: PreparedDataset, sids: Path, out: Path, dist: DistContext,
                    stop_at: int | None = None) -> tuple[float, int]:
     """(seconds in the training loop's steps, steps run) of one `train_sft` call."""
-    _, history = train_sft(params, prepared, sids, out, VARIANT, dist=dist, progress=False, stop_at=stop_at)
+    _, history = train_sft(params, prepared, sids, out, None, dist=dist, progress=False, stop_at=stop_at)
     synchronize(dist.device)
     last = history[-1]
     seconds = len(history) * loop_config(params).batch_size / last["examples_per_s"]
@@ -122,7 +122,7 @@ def train(args: argparse.Namespace, steps: int, probe_steps_per_s: float) -> Non
 
     model = load_model(model_dir, map_location=dist.device)
     vocab = SidVocab.load(model_dir)
-    _, item_sids = catalogue_sids(args.sids, args.prepared, VARIANT)
+    _, item_sids = catalogue_sids(args.sids, args.prepared, None)
     decode = params["decode"]
     decoder = SidDecoder(model, load_tokenizer(), SidTrie.build(item_sids, vocab), int(decode["beam_size"]),
                          float(decode["length_penalty"]), int(decode["batch_size"]), device=dist.device)
@@ -185,7 +185,7 @@ def resolve(args: argparse.Namespace) -> None:
     prepared = PreparedDataset.load(folders["prepared_dataset"])
     queries = test_queries(prepared).set_index("query_id").loc[saved["query_id"]].reset_index()
     retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"], folders["prepared_dataset"],
-                               folders["sci_index"], variant=VARIANT, bucket_pool=bucket_pool(args, params))
+                               bucket_pool=bucket_pool(args, params))
     metrics = test_metrics(prepared, queries, retriever.resolve(queries["text"].astype(str).tolist(), saved["sids"],
                                                                 saved["scores"], EVAL_K))
     emit(BENCH, "gr_sarq_acrq_gpu_preset", **{key: metrics[key] for key in
@@ -206,7 +206,7 @@ def evaluate_model(args: argparse.Namespace) -> None:
     checkpoint = Path(args.checkpoint)
     write_retriever_assets(checkpoint, folders["sci_towers"], params)
     prepared = PreparedDataset.load(folders["prepared_dataset"])
-    retriever = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"], folders["sci_index"],
+    retriever = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"],
                                variant=args.variant, bucket_pool=bucket_pool(args, params))
     emit(BENCH, args.name, variant=args.variant, overrides=json.loads(args.overrides),
          **quality(retriever, prepared, test_queries(prepared)))
@@ -228,7 +228,7 @@ def main() -> None:
     back.add_argument("--npz", required=True, help="test_sids.npz written by `train`")
     model = commands.add_parser("evaluate", help="on the CPU machine: a model trained elsewhere, on this chain")
     model.add_argument("--checkpoint", required=True, help="folder with model.pt, config.json, vocab.json")
-    model.add_argument("--variant", default=VARIANT, choices=["sarq_acrq", "tiger"])
+    model.add_argument("--variant", default=None, help="SID variant (default: the semantic_ids folder's shipped one)")
     model.add_argument("--name", required=True, help="system name in the JSON line")
     model.add_argument("--overrides", default="{}", help="JSON over params.yaml that picks the chain")
     args = parser.parse_args()

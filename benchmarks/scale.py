@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing
+import queue
 import sys
 import tempfile
 import time
@@ -270,7 +271,14 @@ def in_fresh_process(phase: str, folder: Path, params: dict, args: argparse.Name
     results = context.Queue()
     process = context.Process(target=_child, args=(phase, str(folder), params, args, results))
     process.start()
-    result = results.get()
+    while True:                  # a child that dies before it answers must not leave us waiting
+        try:
+            result = results.get(timeout=5)
+            break
+        except queue.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"phase {phase} died with exit code {process.exitcode} before it reported "
+                                   "(its traceback is above)") from None
     process.join()
     if process.exitcode != 0:
         raise RuntimeError(f"phase {phase} exited with code {process.exitcode}")

@@ -19,8 +19,8 @@ import numpy as np
 
 from common import benchmark_params, emit, log, parse_args, prepared_dataset
 
-from sid_models.eval.metrics import evaluate
-from sid_models.sci.bm25 import BM25Retriever
+from sid_models.shared.metrics import evaluate
+from sid_models.lexical.bm25 import BM25Retriever
 from sid_models.sci.index import DualViewIndex, FlatIndex, n_lists, rankings
 from sid_models.sci.stage import zero_shot_metrics
 from sid_models.sci.towers import TowerConfig

@@ -2,8 +2,8 @@
 
 (a) On the selected dataset (Home Depot by default) the real pipeline stages run in this
 process, one after another, into a temporary folder: prepared_dataset, text_embeddings,
-sci_towers, sci_index (the SCI stages), then sarq_codebooks, acrq_tail_codes, semantic_ids.
-Prints, per system (`sarq_acrq`, `tiger`) and segment: segment, n_items, mean_length,
+sci_towers, sci_index (the SCI stages), then acrq_codebooks, acrq_codes, semantic_ids.
+Prints, per SID variant (params semantic_ids.variants) and segment: segment, n_items, mean_length,
 collision_rate, max_bucket, length_distribution; one `health` line per system (per-level
 utilisation and perplexity of its codes, SID collision figures); and `acrq_convergence`:
 steps and seconds to a loss plateau of ACRQ stage B against fitting all items jointly.
@@ -31,7 +31,7 @@ from sid_models.quantize.health import codebook_health
 from sid_models.quantize.rkmeans import ResidualKMeans, ResidualKMeansConfig
 from sid_models.quantize.sarq import Sarq, SarqConfig
 from sid_models.quantize.stage import HEALTH_FILE, load_inputs
-from sid_models.quantize.table import load_sid_table, segment_summary
+from sid_models.quantize.table import load_sid_table, segment_summary, sid_variants
 from sid_models.stages import run_stage
 
 BENCH = "sids"
@@ -39,7 +39,7 @@ BENCH = "sids"
 SCALE_ITEMS, SCALE_DIM, SCALE_LEVELS, SCALE_CODES = 1_000_000, 256, 4, 256
 QUICK_SCALE_ITEMS = 100_000
 QUICK_OVERRIDES = {"sci": {"train": {"epochs": 1}}, "acrq": {"max_steps_per_phase": 100}}
-PIPELINE = ("text_embeddings", "sci_towers", "sci_index", "sarq_codebooks", "acrq_tail_codes", "semantic_ids")
+PIPELINE = ("text_embeddings", "sci_towers", "sci_index", "acrq_codebooks", "acrq_codes", "semantic_ids")
 
 
 def run_pipeline(params: dict, root: Path) -> dict[str, Path]:
@@ -57,7 +57,7 @@ def report_sids(folders: dict[str, Path]) -> None:
     import json
 
     health = json.loads((folders["semantic_ids"] / HEALTH_FILE).read_text())
-    for system in ("sarq_acrq", "tiger"):
+    for system in sid_variants(folders["semantic_ids"]):
         table = load_sid_table(folders["semantic_ids"], system)
         for row in segment_summary(table):
             part = table if row["segment"] == "all" else table[table["segment"] == row["segment"]]

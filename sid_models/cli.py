@@ -73,7 +73,8 @@ def render_dvc_yaml(params: dict, python: str = DEFAULT_PYTHON, stages_root: Pat
     The command passes `--params params.yaml` so a stage reads the very file DVC tracks
     (DVC runs it in the folder of dvc.yaml).
 
-    deps: the stage's code package, its upstream folders, and for raw_dataset the dataset
+    deps: the code the stage runs (`Stage.code`: every sid_models component its module
+    imports, directly or not), its upstream folders, and for raw_dataset the dataset
     path in params (an absolute path outside the repository is an external dependency DVC
     hashes on every status). params: the sections Stage.params names, or the whole
     params.yaml when it names none.
@@ -98,9 +99,7 @@ def render_dvc_yaml(params: dict, python: str = DEFAULT_PYTHON, stages_root: Pat
 
 
 def _deps(stage: Stage, params: dict, stages_root: Path) -> list[str]:
-    module = stage.target.split(":")[0]
-    package = "/".join(module.split(".")[:-1])
-    deps = [package] + [(stages_root / upstream).as_posix() for upstream in stage.upstream]
+    deps = stage.code() + [(stages_root / upstream).as_posix() for upstream in stage.upstream]
     if stage.name == "raw_dataset" and params["dataset"]["kind"] != "demo" and params["dataset"].get("path"):
         deps.append(str(params["dataset"]["path"]))
     return deps

@@ -10,7 +10,8 @@ import yaml
 from sid_models.align.batches import SequenceScorer, make_batch, score_batch
 from sid_models.align.trainer import prepare_preferences, train_alignment
 from sid_models.generative.model import load_model
-from sid_models.generative.train import DistContext, train_sft
+from sid_models.generative.train import train_sft
+from sid_models.shared.training import DistContext
 from sid_models.params import deep_merge
 from sid_models.quantize.table import save_sids
 
@@ -38,7 +39,7 @@ def write_sid_folder(prepared, folder, codes=6):
     table = pd.DataFrame({"item_id": prepared.items["item_id"].astype(str), "sid": sids, "length": 3,
                           "segment": prepared.segments["segment"].to_numpy()})
     table["bucket_size"] = table.groupby(table["sid"].map(tuple))["item_id"].transform("size")
-    save_sids(folder, {"sarq_acrq": table}, {"sarq_acrq": [codes] * 3}, health={})
+    save_sids(folder, {"sarq_acrq": table}, {"sarq_acrq": [codes] * 3}, health={}, shipped="sarq_acrq")
     return folder
 
 

@@ -1,7 +1,7 @@
 """BM25 lexical baseline (bm25s)."""
 from __future__ import annotations
 
-from sid_models.sci.bm25 import BM25Retriever
+from sid_models.lexical.bm25 import BM25Retriever
 
 TITLES = ["Milwaukee M18 cordless hammer drill", "Delta chrome kitchen faucet with sprayer",
           "Behr premium plus interior paint white", "Everbilt brass door hinge 3.5 in",

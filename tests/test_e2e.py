@@ -32,7 +32,7 @@ E2E_OVERRIDES = {
     "quantize": {"levels": 3, "codes_per_level": 8, "min_utilisation": 0.5},
     "sarq": {"tau": None, "target_mean_length": 2.0},
     "acrq": {"max_steps_per_phase": 60, "batch_size": 64},
-    "tiger": {"levels": 2, "codes_per_level": 16},
+    "semantic_ids": {"variants": {"tiger": {"levels": 2, "codes_per_level": 16}}},
     "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False,
                    "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 60, "batch_size": 32}}}},
     "sft": {"warmup_steps": 6, "checkpoint_every": 60, "log_every": 10, "lr": 0.005, "valid_max_queries": 24,

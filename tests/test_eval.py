@@ -10,10 +10,10 @@ import pytest
 
 from sid_models.eval.curves import curves_from_histories
 from sid_models.eval.harness import measure, rank, split_queries
-from sid_models.eval.metrics import evaluate
+from sid_models.shared.metrics import evaluate
 from sid_models.eval.report import EvalReport, write_report
 from sid_models.eval.stage import sid_statistics
-from sid_models.eval.systems import build_system
+from sid_models.eval.systems import build_system, system_rows
 from sid_models.quantize.health import codebook_health
 from sid_models.quantize.sids import ABSENT, Sids
 from sid_models.quantize.table import save_sids, sid_table
@@ -86,7 +86,7 @@ def _sid_folder(folder, small_prepared):
     save_sids(folder, {"sarq_acrq": sid_table(item_ids, sarq, segments), "tiger": sid_table(item_ids, tiger, segments)},
               {"sarq_acrq": sarq.codes_per_level, "tiger": tiger.codes_per_level},
               {variant: {"sids": codebook_health(sids), "codes": codebook_health(sids)}
-               for variant, sids in (("sarq_acrq", sarq), ("tiger", tiger))})
+               for variant, sids in (("sarq_acrq", sarq), ("tiger", tiger))}, shipped="sarq_acrq")
     return folder
 
 
@@ -149,9 +149,11 @@ def test_report_rejects_an_unknown_headline_system(measured):
         report.headline()
 
 
-def test_report_marks_the_best_system_per_column_and_keys_the_names(measured, tmp_path, small_prepared):
+def test_report_marks_the_best_system_per_column_and_keys_the_names(measured, tmp_path, small_prepared,
+                                                                     small_params):
     results = [result for result, _ in measured.values()]
-    report = EvalReport(dataset=small_prepared.name, split="test", systems=results, headline_system="minilm")
+    report = EvalReport(dataset=small_prepared.name, split="test", systems=results, headline_system="minilm",
+                        descriptions={name: row["about"] for name, row in system_rows(small_params).items()})
     markdown = write_report(report, tmp_path / "report")["report.md"].read_text()
     best = max(results, key=lambda result: result.metrics["recall@10"])
     quality = [line for line in markdown.splitlines() if line.startswith(f"| {best.name} |")][0]
@@ -161,7 +163,7 @@ def test_report_marks_the_best_system_per_column_and_keys_the_names(measured, tm
 
 
 def test_per_query_values_average_to_the_metrics_and_bootstrap_brackets_them(measured, small_prepared):
-    from sid_models.eval.metrics import bootstrap_intervals, per_query
+    from sid_models.shared.metrics import bootstrap_intervals, per_query
 
     judgments = small_prepared.split_judgments("test")
     result, rankings = measured["bm25"]

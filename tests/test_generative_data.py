@@ -54,7 +54,8 @@ def write_synthetic_sids(prepared, folder: Path) -> Path:
     tiger.to_parquet(folder / "tiger_sids.parquet", index=False)
     variants = {name: SidVocab.for_sids([tuple(sid) for sid in frame["sid"]]).to_json()
                 for name, frame in (("sarq_acrq", table), ("tiger", tiger))}
-    (folder / "vocab.json").write_text(json.dumps({**variants["sarq_acrq"], "variants": variants}))
+    (folder / "vocab.json").write_text(json.dumps({**variants["sarq_acrq"], "shipped": "sarq_acrq",
+                                                   "variants": variants}))
     return folder
 
 

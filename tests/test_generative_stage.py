@@ -67,7 +67,7 @@ def test_stage_writes_both_models_and_validation_figures(stage_output):
 def test_retriever_returns_k_distinct_known_items(stage_output, stage_inputs, small_prepared):
     out, _ = stage_output
     retriever = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"],
-                               stage_inputs["sci_index"], variant="sarq_acrq")
+                               variant="sarq_acrq")
     found = retriever.search(["brass rug", "heavy duty ladder", "copper hammer"], 7)
     known = set(small_prepared.items["item_id"])
     assert len(found) == 3
@@ -77,14 +77,13 @@ def test_retriever_returns_k_distinct_known_items(stage_output, stage_inputs, sm
         scores = [score for _, score in hits]
         assert scores == sorted(scores, reverse=True)
     tiger = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"],
-                           stage_inputs["sci_index"], variant="tiger")
+                           variant="tiger")
     assert tiger.model.config.dec_vocab_size != retriever.model.config.dec_vocab_size or tiger.trie.sids != retriever.trie.sids
 
 
 def test_items_sharing_a_sid_are_ordered_by_sci_score(stage_output, stage_inputs):
     out, _ = stage_output
-    base = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"],
-                          stage_inputs["sci_index"])
+    base = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"])
     shared = next(index for index in range(len(base.trie.sids))
                   if base.buckets.ptr[index + 1] - base.buckets.ptr[index] >= 3)
     rows = base.buckets.rows[base.buckets.ptr[shared]:base.buckets.ptr[shared + 1]]
@@ -103,8 +102,7 @@ def test_items_sharing_a_sid_are_ordered_by_sci_score(stage_output, stage_inputs
 @pytest.mark.parametrize("pool", [1, 2, 3])
 def test_bucket_pool_orders_the_items_of_each_group_of_top_sids_by_sci_score(stage_output, stage_inputs, pool):
     out, _ = stage_output
-    base = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"],
-                          stage_inputs["sci_index"])
+    base = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"])
     rng = np.random.default_rng(pool)
     query_vector = rng.normal(size=base.item_vectors.shape[1]).astype(np.float32)
     retriever = GenerativeRetriever(base.model, base.tokenizer, base.trie, base.buckets, base.item_ids,

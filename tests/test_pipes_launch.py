@@ -32,7 +32,7 @@ def launched_run(small_params, stage_inputs, tmp_path_factory):  # noqa: F811
                        "presets": {"cpu": {"model": {**TINY_MODEL, "dropout": 0.0},
                                            "sft": {"steps": STEPS, "batch_size": 16}}}},
         "sft": {"warmup_steps": 2, "checkpoint_every": STEPS, "log_every": LOG_EVERY, "valid_max_queries": 16,
-                "train_tiger_baseline": False},
+                "baseline_variants": []},
         "decode": {"beam_size": 4, "batch_size": 16},
         "launcher": {"kind": "torchrun", "nproc_per_node": 2, "threads_per_rank": 1},
         "eval": {"reports_dir": str(tmp / "reports")},

@@ -6,7 +6,7 @@ import pytest
 from sid_models.quantize.health import codebook_health
 from sid_models.quantize.rkmeans import FirstLevel, ResidualKMeans, ResidualKMeansConfig, cell_means
 from sid_models.quantize.sids import CollisionDigit, Sids
-from sid_models.quantize.table import load_sid_table, load_vocab, save_sids, segment_summary, sid_table
+from sid_models.quantize.table import load_sid_table, load_vocab, save_sids, segment_summary, sid_table, sid_variants
 
 
 def config(levels=3, k=8, balanced=False, slack=1.2) -> ResidualKMeansConfig:
@@ -126,13 +126,16 @@ def test_table_round_trip_and_segment_summary(tmp_path):
     ids, segments = np.array(["a", "b", "c", "d"]), np.array(["head", "head", "tail", "cold"])
     tables = {"sarq_acrq": sid_table(ids, sarq, segments), "tiger": sid_table(ids, tiger, segments)}
     save_sids(tmp_path, tables, {"sarq_acrq": sarq.codes_per_level, "tiger": tiger.codes_per_level},
-              {"sarq_acrq": codebook_health(sarq), "tiger": codebook_health(tiger)})
+              {"sarq_acrq": codebook_health(sarq), "tiger": codebook_health(tiger)}, shipped="sarq_acrq")
     loaded = load_sid_table(tmp_path, "sarq_acrq")
     assert list(loaded.columns) == ["item_id", "sid", "length", "segment", "bucket_size"]
     assert loaded["sid"].tolist() == [[0, 0], [0, 1], [1], [1]]
     assert loaded["bucket_size"].tolist() == [1, 1, 2, 2]
     assert load_sid_table(tmp_path, "tiger")["sid"].tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
     assert load_vocab(tmp_path, "tiger") == {"levels": 2, "codes_per_level": [2, 2]}
+    assert (tmp_path / "sids.parquet").is_file() and (tmp_path / "tiger_sids.parquet").is_file()
+    assert sid_variants(tmp_path) == ["sarq_acrq", "tiger"]
+    assert load_sid_table(tmp_path)["sid"].tolist() == loaded["sid"].tolist()     # None: the shipped variant
     summary = {row["segment"]: row for row in segment_summary(loaded)}
     assert summary["head"]["mean_length"] == 2 and summary["tail"]["collision_rate"] == 1.0
     assert summary["all"]["max_bucket"] == 2

@@ -17,9 +17,9 @@ from sid_models.params import deep_merge
 
 from test_quantize_stage import STAGE_PARAMS, folders  # noqa: F401  (module fixture)
 
-STAGES = ("sarq_codebooks", "acrq_tail_codes", "semantic_ids")
+STAGES = ("acrq_codebooks", "acrq_codes", "semantic_ids")
 CHECKS = {"acrq_level_utilisation", "every_item_one_sid", "head_sids_collision_free", "head_sids_longer_than_tail",
-          "tiger_level_utilisation"}
+          "residual_kmeans_level_utilisation"}
 
 
 def upstream_assets(folders: dict) -> list[dg.AssetsDefinition]:

@@ -25,7 +25,7 @@ STAGE_PARAMS = {
     "quantize": {"levels": 3, "codes_per_level": 8, "min_utilisation": 0.5},
     "sarq": {"tau": None, "target_mean_length": 2.0},
     "acrq": {"max_steps_per_phase": 60, "batch_size": 64},
-    "tiger": {"levels": 2, "codes_per_level": 16},
+    "semantic_ids": {"variants": {"tiger": {"levels": 2, "codes_per_level": 16}}},
 }
 
 
@@ -62,7 +62,7 @@ def stage_run(folders, small_params, tmp_path_factory):
     params = deep_merge(small_params, STAGE_PARAMS)
     root = tmp_path_factory.mktemp("stage_out")
     inputs, metadata = dict(folders), {}
-    for stage in ("sarq_codebooks", "acrq_tail_codes", "semantic_ids"):
+    for stage in ("acrq_codebooks", "acrq_codes", "semantic_ids"):
         metadata[stage] = run_stage(stage, params, inputs, root / stage)
         inputs[stage] = root / stage
     return params, inputs, metadata
@@ -70,10 +70,10 @@ def stage_run(folders, small_params, tmp_path_factory):
 
 def test_codebooks_stage_writes_frozen_codebooks_that_stage_b_keeps(stage_run):
     _, inputs, metadata = stage_run
-    assert (inputs["sarq_codebooks"] / CODEBOOKS_FILE).is_file()
-    assert metadata["sarq_codebooks"]["codes_per_level"] == [6, 8, 8]
-    assert metadata["acrq_tail_codes"]["codebooks_sha256"] == metadata["sarq_codebooks"]["codebooks_sha256"]
-    codes = np.load(inputs["acrq_tail_codes"] / CODES_FILE)
+    assert (inputs["acrq_codebooks"] / CODEBOOKS_FILE).is_file()
+    assert metadata["acrq_codebooks"]["codes_per_level"] == [6, 8, 8]
+    assert metadata["acrq_codes"]["codebooks_sha256"] == metadata["acrq_codebooks"]["codebooks_sha256"]
+    codes = np.load(inputs["acrq_codes"] / CODES_FILE)
     assert codes.shape == (400, 3)
 
 
@@ -95,7 +95,7 @@ def test_sid_tables_pass_the_asset_checks(stage_run, small_prepared):
     assert checks.head_collision_free(sarq).passed
     outcome = checks.head_longer_than_tail(sarq)
     assert outcome.passed, outcome.metadata
-    health = json.loads((inputs["acrq_tail_codes"] / HEALTH_FILE).read_text())
+    health = json.loads((inputs["acrq_codes"] / HEALTH_FILE).read_text())
     assert checks.level_utilisation(health, params["quantize"]["min_utilisation"]).passed
     assert (tiger["length"] == 3).all() and (tiger["bucket_size"] == 1).all()
 

@@ -174,7 +174,7 @@ def test_logged_ranked_retriever_answers_like_the_ranker(ranker_params, ranker_i
         experiment = mlflow.create_experiment("ranked", artifact_location=(tmp_path / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment):
             info = log_retriever(ranker_params, ranker_inputs["sft_checkpoint"], ranker_inputs["semantic_ids"],
-                                 ranker_inputs["prepared_dataset"], ranker_inputs["sci_index"],
+                                 ranker_inputs["prepared_dataset"],
                                  ranker=tmp_path / "ranker" / "pool", text_embeddings=ranker_inputs["text_embeddings"])
         found = mlflow.pyfunc.load_model(info.model_uri).predict(
             pd.DataFrame({"query": ["brass rug", "heavy duty ladder"]}), params={"k": 4})

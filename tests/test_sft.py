@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from sid_models.generative.train import DistContext, lr_factor, train_sft
+from sid_models.generative.train import train_sft
+from sid_models.shared.training import DistContext, lr_factor
 from sid_models.params import deep_merge
 from ddp_check import assert_ddp_matches_single_process
 from test_generative_data import write_synthetic_sids

@@ -25,7 +25,7 @@ PROMOTION_CHECK = "beats_champion"
           description="The generative retriever as an MLflow pyfunc model, registered: the RAD-DPO checkpoint, "
                       "or the SFT one when it scored higher on the validation primary metric. The champion "
                       "alias moves to it only when it passes the promotion check, otherwise it is tagged challenger.")
-def registered_model(context: dg.AssetExecutionContext, prepared_dataset: str, text_embeddings: str, sci_index: str,
+def registered_model(context: dg.AssetExecutionContext, prepared_dataset: str, text_embeddings: str,
                      semantic_ids: str, sft_checkpoint: str, ranker: str, dpo_checkpoint: str, params: ParamsResource,
                      mlflow_tracking: MlflowTracking):
     config = params.load()
@@ -36,7 +36,7 @@ def registered_model(context: dg.AssetExecutionContext, prepared_dataset: str, t
     with mlflow_tracking.stage_run(context, "registered_model") as run:
         served_ranker = config["registry"]["ranker"]
         mlflow.log_params({"checkpoint": chosen, "checkpoint_path": str(checkpoint), "ranker": served_ranker})
-        info = log_retriever(config, checkpoint, semantic_ids, prepared_dataset, sci_index,
+        info = log_retriever(config, checkpoint, semantic_ids, prepared_dataset,
                              registered_model_name=name,
                              ranker=Path(ranker) / served_ranker if served_ranker else None,
                              text_embeddings=text_embeddings)

@@ -145,7 +145,7 @@ def make_batch(data: PreferenceTensors, query_rows, pairwise: bool, seed: int = 
 
 
 class PreferenceDataset:
-    """The batch stream `generative.train.train_loop` consumes: examples are trainable queries."""
+    """The batch stream `shared.training.train_loop` consumes: examples are trainable queries."""
 
     def __init__(self, data: PreferenceTensors, pairwise: bool, seed: int):
         self.data, self.pairwise, self.seed = data, pairwise, seed

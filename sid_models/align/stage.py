@@ -27,10 +27,10 @@ from ..generative.retriever import copy_retriever_assets, load_retriever
 from ..generative.stage import VALIDATION_FILE
 from ..generative.stage import read_validation as read_checkpoint_validation
 from ..generative.stage import validate
-from ..generative.train import DistContext
+from ..shared.training import DistContext
 from ..sci.stage import QUERIES_FILE as SCI_QUERIES_FILE
 from .mining import preference_summary
-from .trainer import SID_VARIANT, mining_of, prepare_preferences, train_alignment
+from .trainer import mining_of, prepare_preferences, train_alignment
 
 VANILLA_FOLDER = "vanilla_dpo"
 REPORTED = ("ndcg@10", "recall@10", "recall@10_multi", "valid_sid_rate")
@@ -39,8 +39,8 @@ REPORTED = ("ndcg@10", "recall@10", "recall@10_multi", "valid_sid_rate")
 def validation_metrics(checkpoint: str | Path, inputs: dict[str, Path], prepared: PreparedDataset,
                        params: dict, device: torch.device) -> dict[str, float]:
     """Validation figures of one checkpoint, computed exactly as the SFT stage computes its own."""
-    retriever = load_retriever(checkpoint, inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
-                               variant=SID_VARIANT, device=device)
+    retriever = load_retriever(checkpoint, inputs["semantic_ids"], inputs["prepared_dataset"],
+                               device=device)
     figures = validate(retriever, prepared, int(params["sft"]["valid_max_queries"]))
     return {key: figures[key] for key in REPORTED if key in figures}
 

@@ -32,8 +32,8 @@ from .. import tracking
 from ..data.schema import PreparedDataset
 from ..generative.data import read_sid_table, tokenize
 from ..generative.model import GenerativeConfig, Seq2SeqRetriever, save_model
-from ..generative.train import (DistContext, LoopConfig, cli_params, fingerprint, run_distributed, train_loop,
-                                training_cli)
+from ..shared.training import (DistContext, LoopConfig, cli_params, fingerprint, run_distributed, train_loop,
+                               training_cli)
 from ..generative.trie import SidTrie
 from ..generative.vocab import PAD, SidVocab
 from ..params import deep_merge
@@ -43,8 +43,6 @@ from .batches import (PreferenceDataset, PreferenceTensors, SequenceScorer, batc
                       with_reference)
 from .losses import PreferenceLossConfig, RewardWeighter, preference_loss
 from .mining import beam_sids, mine_preferences, mining_beam_size
-
-SID_VARIANT = "sarq_acrq"
 
 
 def system_names(params: dict) -> tuple[str, ...]:
@@ -180,7 +178,7 @@ def prepare_preferences(params: dict, system: str, prepared: PreparedDataset, sf
     align = system_params(params, system)["align"]
     policy, vocab = load_policy(sft_folder, device)
     policy.eval()
-    table = read_sid_table(sids_folder, SID_VARIANT)
+    table = read_sid_table(sids_folder, None)
     item_sid = {item: tuple(int(c) for c in sid) for item, sid in zip(table["item_id"], table["sid"])}
     trie = SidTrie.build(list(item_sid.values()), vocab)
     trained = prepared.queries["split"].eq("train") & prepared.queries["query_id"].isin(

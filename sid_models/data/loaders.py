@@ -40,7 +40,7 @@ import yaml
 
 from ..params import REPO_ROOT
 from .demo import generate_demo_store
-from .schema import ITEM_OPTIONAL_COLUMNS, DataError, Dataset, RelevanceScale
+from .schema import ITEM_COLUMNS, ITEM_OPTIONAL_COLUMNS, QUERY_COLUMNS, DataError, Dataset, RelevanceScale
 from .validate import ROW, Source, read_table, to_ids, to_numbers, to_text, validate_tables
 
 HOME_DEPOT_SCALE = RelevanceScale(minimum=1.0, maximum=3.0, threshold=2.5, gain_offset=1.0)
@@ -105,8 +105,8 @@ def load_parquet_layout(folder: str | Path, scale: dict | None = None) -> Datase
         raise DataError(f"bad scale {scale_fields!r}: {error}", file=folder) from error
     files = {name: folder / f"{name}.parquet" for name in ("items", "queries", "judgments")}
     sources = {name: Source(file) for name, file in files.items()}
-    raw_items = read_table(files["items"], ("item_id", "title"))
-    raw_queries = read_table(files["queries"], ("query_id", "text"))
+    raw_items = read_table(files["items"], ITEM_COLUMNS)
+    raw_queries = read_table(files["queries"], QUERY_COLUMNS)
     raw_judgments = read_table(files["judgments"], ("query_id", "item_id"))
     items = pd.DataFrame({"item_id": to_ids(raw_items, "item_id", sources["items"]),
                           "title": to_text(raw_items, "title", sources["items"], required=True)})

@@ -16,7 +16,6 @@ import pandas as pd
 ITEM_COLUMNS = ("item_id", "title")
 ITEM_OPTIONAL_COLUMNS = ("brand", "category", "description")
 QUERY_COLUMNS = ("query_id", "text")
-JUDGMENT_COLUMNS = ("query_id", "item_id", "relevance")
 SPLITS = ("train", "valid", "test")
 SEGMENTS = ("head", "torso", "tail", "cold")
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.schema import PreparedDataset
-from .metrics import evaluate
+from ..shared.metrics import evaluate
 
 
 class Searcher(Protocol):

@@ -35,6 +35,7 @@ class EvalReport:
     split: str
     systems: list[SystemResult]
     headline_system: str
+    descriptions: dict[str, str] = field(default_factory=dict)                # system -> what it is (eval.systems about)
     sid_segments: dict[str, list[dict]] = field(default_factory=dict)   # variant -> quantize.table.segment_summary
     sid_health: dict[str, dict] = field(default_factory=dict)           # variant -> quantize.health.codebook_health
     curves: Curves = field(default_factory=dict)
@@ -117,14 +118,12 @@ def _sections(report: EvalReport) -> list[tuple[str, str, list[str], list[list[s
     sid_header, sid_rows = _sid_rows(report)
     health_header, health_rows = _health_rows(report)
     n_queries = report.system(report.headline_system).metrics.get("n_queries")
-    from .systems import DESCRIPTIONS
-
     return [
         ("Quality", f"{n_queries} {report.split} queries with at least one relevant item; "
                     "Recall@K macro-averaged over queries, NDCG@10 with graded gains.",
          ["system", *QUALITY_COLUMNS], table_rows(report, QUALITY_COLUMNS)),
         ("Systems", "What each row is; ★ marks the best value of a column.", ["system", "what it is"],
-         [[result.name, DESCRIPTIONS.get(result.name, "")] for result in report.systems]),
+         [[result.name, report.descriptions.get(result.name, "")] for result in report.systems]),
         ("By segment and label count", "Recall@10 over relevant (query, item) pairs whose item is in the segment "
                                        "(seen = head ∪ torso ∪ tail); single / multi = queries with one / several "
                                        "relevant items.",

@@ -24,12 +24,12 @@ from .. import tracking
 from ..tracking import mlflow_key
 from ..data.schema import PreparedDataset
 from ..params import REPO_ROOT
-from ..quantize.table import VARIANT_FILES, load_sid_table, segment_summary
+from ..quantize.table import load_sid_table, segment_summary, sid_variants
 from .curves import training_curves
 from .harness import measure
-from .metrics import bootstrap_intervals, per_query
+from ..shared.metrics import bootstrap_intervals, per_query
 from .report import CURVE_KEYS, INTERVAL_METRICS, EvalReport, quality_table, write_report
-from .systems import build_system
+from .systems import build_system, system_rows
 
 TRAINING_STAGES = ("sci_towers", "sft_checkpoint", "dpo_checkpoint")
 REPORT_FILES = ("report.md", "report.html", "metrics.json")
@@ -48,10 +48,7 @@ def sid_statistics(folder: Path) -> tuple[dict[str, list[dict]], dict[str, dict]
 
     Health rows are "<variant> SIDs" (the SIDs as served) and "<variant> full codes" (every
     level of the quantiser, before SARQ truncation), as the semantic_ids stage writes them."""
-    summaries = {variant: segment_summary(load_sid_table(folder, variant)) for variant in VARIANT_FILES
-                 if (folder / VARIANT_FILES[variant]).is_file()}
-    if not summaries:
-        raise FileNotFoundError(f"no SID table in {folder}; expected one of {sorted(VARIANT_FILES.values())}")
+    summaries = {variant: segment_summary(load_sid_table(folder, variant)) for variant in sid_variants(folder)}
     health_path = folder / "health.json"
     health = json.loads(health_path.read_text()) if health_path.is_file() else {}
     rows = {}
@@ -97,24 +94,28 @@ def examples(rankings: dict[str, dict[str, list[str]]], prepared: PreparedDatase
             for query in dict.fromkeys(chosen)]
 
 
-# (checkpoint the registry deploys, ranker it serves) -> the eval system that is that model
-SERVED_SYSTEMS = {("sft", "pool"): "gr_sarq_acrq", ("rad_dpo", "pool"): "gr_rad_dpo",
-                  ("sft", None): "gr_sarq_acrq_no_ranker"}
+# the checkpoint deployable_checkpoint picks -> (checkpoint stage, subfolder) it is
+DEPLOYED_CHECKPOINTS = {"sft": ("sft_checkpoint", ""), "rad_dpo": ("dpo_checkpoint", "")}
 SERVED = "served"
 
 
 def served_system(params: dict, inputs: dict[str, Path]) -> str:
-    """The eval system the registered_model step will register: the checkpoint
-    `deployable_checkpoint` picks on validation, ranked as `registry.ranker` says."""
+    """The eval system the registered_model step will register: the generative row of the
+    checkpoint `deployable_checkpoint` picks on validation, ranked as `registry.ranker` says,
+    decoding the SIDs the registry serves with the checkpoint's own pooling."""
     from ..align.stage import deployable_checkpoint
 
     registry = params["registry"]
     chosen, _, _ = deployable_checkpoint(inputs["sft_checkpoint"], inputs["dpo_checkpoint"], registry["primary_metric"])
-    key = (chosen, registry["ranker"])
-    if key not in SERVED_SYSTEMS:
+    checkpoint, subfolder = DEPLOYED_CHECKPOINTS[chosen]
+    shipped = sid_variants(inputs["semantic_ids"])[0]
+    served = [name for name, row in system_rows(params).items()
+              if row["component"] == "generative" and (row["checkpoint"], row["subfolder"]) == (checkpoint, subfolder)
+              and row["ranker"] == registry["ranker"] and row["bucket_pool"] is None and row["variant"] == shipped]
+    if not served:
         raise ValueError(f"no eval system is the served model ({chosen} checkpoint, ranker {registry['ranker']!r}): "
-                         f"set eval.headline_system to one of {params['eval']['systems']}")
-    return SERVED_SYSTEMS[key]
+                         f"add its row to eval.systems or set eval.headline_system to one of {list(system_rows(params))}")
+    return served[0]
 
 
 def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
@@ -122,12 +123,13 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     if settings["headline_system"] == SERVED:
         settings["headline_system"] = served_system(params, inputs)
     prepared = PreparedDataset.load(inputs["prepared_dataset"])
-    if settings["headline_system"] not in settings["systems"]:
+    rows = system_rows(params)
+    if settings["headline_system"] not in rows:
         raise ValueError(f"eval.headline_system {settings['headline_system']!r} is not among eval.systems "
-                         f"{settings['systems']}")
+                         f"{list(rows)}")
     item_segment = dict(zip(prepared.segments["item_id"], prepared.segments["segment"]))
     results, rankings = [], {}
-    for name in settings["systems"]:
+    for name in rows:
         print(f"eval_report: {name}", file=sys.stderr, flush=True)
         searcher = build_system(name, params, inputs)
         result, rankings[name] = measure(name, searcher, prepared, settings["split"], settings["depth"],
@@ -139,6 +141,7 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     curves, curve_source = training_curves({stage: inputs[stage] for stage in TRAINING_STAGES}, CURVE_KEYS)
     report = EvalReport(
         dataset=prepared.name, split=settings["split"], systems=results, headline_system=settings["headline_system"],
+        descriptions={name: row["about"] for name, row in rows.items()},
         sid_segments=sid_segments, sid_health=sid_health, curves=curves, intervals=intervals,
         differences=differences, examples=examples(rankings, prepared, settings),
         notes=[f"Headline: {settings['headline_system']}"

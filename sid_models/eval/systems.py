@@ -1,18 +1,19 @@
-"""The systems of the evaluation report, each built from artifact folders as a searcher.
+"""The systems of the evaluation report: each a row of params `eval.systems`, built by the
+component its `component` names (`COMPONENTS`) from artifact folders, as a searcher.
 
-Every system answers `search(queries, k) -> list[list[(item_id, score)]]` from query text:
+Every system answers `search(queries, k) -> list[list[(item_id, score)]]` from query text.
+The components:
+- `bm25`: the lexical baseline (`sid_models.lexical`);
 - `minilm`: MiniLM zero-shot, exact inner product over the items' MiniLM vectors;
-- `tower`: the plain dual tower (λ_swap = 0, trained by the SCI trainer inside the eval
-  stage), f_q(query) · f_i(item), exact search;
+- `dual_tower`: a dual tower trained by the SCI trainer inside the eval stage with the row's
+  `sci_overrides` (λ_swap = 0: the plain dual tower), f_q(query) · f_i(item), exact search;
 - `sci`: the SCI towers (input swap) with the consistent dual-view IVF index;
-- `bm25`: the lexical baseline of the SCI stage;
-- `gr_*_no_ranker`, `gr_tiger`: generative retrievers (`sid_models.generative.retriever.load_retriever`:
-  the items of the top decoded SIDs ordered by SCI score);
-- `gr_sarq_acrq`, `gr_vanilla_dpo`, `gr_rad_dpo`: the shipped generative recipe, the pool ranker
-  (`sid_models.ranking`, trained on validation over the SFT model's pool) over that checkpoint's pool;
-- `gr_sarq_acrq_beam`, `gr_vanilla_dpo_beam`, `gr_rad_dpo_beam`: those checkpoints' SIDs strictly
-  in beam order (bucket_pool 1): the generation alone, which alignment acts on directly;
-- `hybrid`: the hybrid ranker over the SFT pool ∪ BM25 top-N ∪ dense top-N.
+- `generative`: a generative checkpoint (`checkpoint` stage, `subfolder`, SID `variant`):
+  without `ranker`, `sid_models.generative.retriever.load_retriever` (the items of the top
+  decoded SIDs in SCI order, `bucket_pool` SIDs pooled: 1 is strict beam order); with `ranker`,
+  that ranker of the ranking stage over the checkpoint's pool (`sid_models.ranking`).
+A new system of an existing component is one row in params; a new component is one function
+here and its entry in `COMPONENTS`.
 """
 from __future__ import annotations
 
@@ -27,37 +28,6 @@ from ..text.encoder import TextEncoder
 
 QueryVectors = Callable[[list[str]], np.ndarray]
 VectorSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-
-# system -> (checkpoint stage, subfolder of its artifact, SID variant, ranker of the ranking stage or None,
-#            decode.bucket_pool: None for the checkpoint's own, 1 for strict beam order)
-GENERATIVE_SYSTEMS = {
-    "gr_tiger": ("sft_checkpoint", "", "tiger", None, None),
-    "gr_sarq_acrq_no_ranker": ("sft_checkpoint", "", "sarq_acrq", None, None),
-    "gr_sarq_acrq": ("sft_checkpoint", "", "sarq_acrq", "pool", None),
-    "gr_sarq_acrq_beam": ("sft_checkpoint", "", "sarq_acrq", None, 1),
-    "gr_vanilla_dpo": ("dpo_checkpoint", "vanilla_dpo", "sarq_acrq", "pool", None),
-    "gr_vanilla_dpo_beam": ("dpo_checkpoint", "vanilla_dpo", "sarq_acrq", None, 1),
-    "gr_rad_dpo": ("dpo_checkpoint", "", "sarq_acrq", "pool", None),
-    "gr_rad_dpo_beam": ("dpo_checkpoint", "", "sarq_acrq", None, 1),
-    "hybrid": ("sft_checkpoint", "", "sarq_acrq", "hybrid", None),
-}
-SYSTEMS = ("bm25", "minilm", "tower", "sci", *GENERATIVE_SYSTEMS)
-# the key to the system names, printed in the report
-DESCRIPTIONS = {
-    "bm25": "BM25 with English stemming and stopwords (params bm25): the lexical baseline",
-    "minilm": "MiniLM zero-shot dense retrieval, exact search",
-    "tower": "dual tower without input swap (λ_swap = 0), exact search",
-    "sci": "SCI towers (input swap) through the consistent dual-view IVF index",
-    "gr_tiger": "generative retrieval with TIGER-style fixed-length SIDs; decoded pool in SCI order",
-    "gr_sarq_acrq_no_ranker": "generative retrieval with SARQ+ACRQ SIDs; decoded pool in SCI order",
-    "gr_sarq_acrq": "generative retrieval with SARQ+ACRQ SIDs; decoded pool ranked by the learned ranker",
-    "gr_vanilla_dpo": "gr_sarq_acrq after vanilla pairwise DPO",
-    "gr_rad_dpo": "gr_sarq_acrq after RAD-DPO",
-    "gr_sarq_acrq_beam": "the SFT model's decoded SIDs strictly in beam order (no pool, no ranker)",
-    "gr_vanilla_dpo_beam": "the vanilla DPO model strictly in beam order",
-    "gr_rad_dpo_beam": "the RAD-DPO model strictly in beam order",
-    "hybrid": "learned ranker over the decoded pool ∪ BM25 top-N ∪ dense top-N",
-}
 
 
 def query_text_encoder(text_params: dict) -> TextEncoder:
@@ -74,10 +44,11 @@ def exact_search(item_vectors: np.ndarray) -> VectorSearch:
     return lambda vectors, k: index.search(vectors, k)
 
 
-class DenseSearcher:
-    """Query text -> vectors (`encode`) -> item rows (`vector_search`) -> item ids.
+class ItemSearcher:
+    """Query text -> query representation (`encode`) -> (scores, item rows) (`vector_search`) -> item ids.
 
-    BM25 fits the same shape with the identity as `encode` and its (scores, rows) search.
+    Dense systems encode to vectors; BM25 keeps the text (the identity as `encode`) and
+    searches with its own (scores, rows) search.
     """
 
     def __init__(self, item_ids: np.ndarray, encode: QueryVectors, vector_search: VectorSearch):
@@ -94,26 +65,28 @@ class DenseSearcher:
                 for query_scores, query_rows in zip(scores, rows)]
 
 
-def load_bm25(prepared_folder: str | Path, bm25_params: dict) -> DenseSearcher:
+def load_bm25(prepared_folder: str | Path, bm25_params: dict) -> ItemSearcher:
     """BM25 over the item texts the encoders see (title | brand | category)."""
-    from ..sci.bm25 import BM25Retriever
+    from ..lexical.bm25 import BM25Retriever
 
     prepared = PreparedDataset.load(prepared_folder)
     bm25 = BM25Retriever.from_params(prepared.item_text().tolist(), bm25_params)
-    return DenseSearcher(prepared.items["item_id"].to_numpy(), lambda texts: texts, bm25.search)
+    return ItemSearcher(prepared.items["item_id"].to_numpy(), lambda texts: texts, bm25.search)
 
 
-def load_minilm(prepared_folder: str | Path, embeddings_folder: str | Path, text_params: dict) -> DenseSearcher:
+def load_minilm(prepared_folder: str | Path, embeddings_folder: str | Path, text_params: dict) -> ItemSearcher:
     """MiniLM zero-shot dense retrieval over the text_embeddings artifact."""
     items = PreparedDataset.load(prepared_folder).items
     item_vectors = np.load(Path(embeddings_folder) / "items.npy")
     _check_rows(item_vectors, len(items), Path(embeddings_folder) / "items.npy")
     encoder = query_text_encoder(text_params)
-    return DenseSearcher(items["item_id"].to_numpy(), encoder.encode, exact_search(item_vectors))
+    return ItemSearcher(items["item_id"].to_numpy(), encoder.encode, exact_search(item_vectors))
 
 
-def plain_tower(prepared_folder: str | Path, embeddings_folder: str | Path, params: dict) -> DenseSearcher:
-    """The dual-tower baseline: towers trained by the SCI trainer with λ_swap = 0, exact search.
+def dual_tower(prepared_folder: str | Path, embeddings_folder: str | Path, params: dict,
+               sci_overrides: dict) -> ItemSearcher:
+    """A dual-tower baseline trained here by the SCI trainer, with `sci_overrides` merged over the
+    sci section (λ_swap = 0: the plain dual tower), searched exactly.
 
     The pipeline keeps only the swap-trained towers, so the baseline is trained here with the
     same budget and seed as the `sci` section prescribes.
@@ -124,17 +97,17 @@ def plain_tower(prepared_folder: str | Path, embeddings_folder: str | Path, para
 
     prepared = PreparedDataset.load(prepared_folder)
     item_base, query_base = load_embeddings(embeddings_folder)
-    sci = deep_merge(params["sci"], {"train": {"lambda_swap": 0.0}})
+    sci = deep_merge(params["sci"], sci_overrides)
     towers = train_towers(prepared, item_base, query_base, TowerConfig(in_dim=int(item_base.shape[1]), **sci["tower"]),
                           TrainConfig.from_params(sci, params["seed"])).towers
     encoder = query_text_encoder(params["text"])
-    return DenseSearcher(prepared.items["item_id"].to_numpy(),
-                         lambda texts: towers.encode_queries(encoder.encode(texts)),
-                         exact_search(towers.encode_items(item_base)))
+    return ItemSearcher(prepared.items["item_id"].to_numpy(),
+                        lambda texts: towers.encode_queries(encoder.encode(texts)),
+                        exact_search(towers.encode_items(item_base)))
 
 
 def load_sci(prepared_folder: str | Path, towers_folder: str | Path, index_folder: str | Path,
-             text_params: dict) -> DenseSearcher:
+             text_params: dict) -> ItemSearcher:
     """SCI: swap-trained query tower, routed through the consistent dual-view IVF index (its nprobe)."""
     from ..sci.index import DualViewIndex
     from ..sci.towers import load_towers
@@ -143,7 +116,7 @@ def load_sci(prepared_folder: str | Path, towers_folder: str | Path, index_folde
     towers = load_towers(towers_folder)
     index = DualViewIndex.load(index_folder)
     encoder = query_text_encoder(text_params)
-    return DenseSearcher(items["item_id"].to_numpy(), lambda texts: towers.encode_queries(encoder.encode(texts)),
+    return ItemSearcher(items["item_id"].to_numpy(), lambda texts: towers.encode_queries(encoder.encode(texts)),
                          lambda vectors, k: index.search(vectors, k))
 
 
@@ -152,33 +125,58 @@ def _check_rows(vectors: np.ndarray, n_items: int, path: Path) -> None:
         raise ValueError(f"{path} has shape {vectors.shape}; expected one row per item ({n_items} rows)")
 
 
-def generative_checkpoint(system: str, inputs: Mapping[str, Path]) -> tuple[Path, str]:
-    """(checkpoint folder, SID variant) of a generative system."""
-    stage, subfolder, variant, _, _ = GENERATIVE_SYSTEMS[system]
-    folder = Path(inputs[stage]) / subfolder if subfolder else Path(inputs[stage])
+def system_rows(params: dict) -> dict[str, dict]:
+    """params `eval.systems`, each row checked against its component's settings."""
+    rows = params["eval"]["systems"]
+    if not isinstance(rows, dict) or not rows:
+        raise ValueError("eval.systems must map system names to rows {component: ..., about: ..., settings}")
+    for name, row in rows.items():
+        if row.get("component") not in COMPONENTS:
+            raise ValueError(f"eval.systems.{name}: component {row.get('component')!r} is not one of {sorted(COMPONENTS)}")
+        expected = {"component", "about", *COMPONENT_SETTINGS[row["component"]]}
+        if set(row) != expected:
+            raise ValueError(f"eval.systems.{name}: a {row['component']} row has keys {sorted(expected)}, "
+                             f"got {sorted(row)}")
+    return rows
+
+
+def generative_checkpoint(row: dict, inputs: Mapping[str, Path]) -> Path:
+    """The checkpoint folder a generative system row reads."""
+    folder = Path(inputs[row["checkpoint"]]) / row["subfolder"] if row["subfolder"] else Path(inputs[row["checkpoint"]])
     if not folder.is_dir():
-        raise FileNotFoundError(f"system {system!r} needs the checkpoint folder {folder}")
-    return folder, variant
+        raise FileNotFoundError(f"a {row['checkpoint']}/{row['subfolder']} system needs the checkpoint folder {folder}")
+    return folder
+
+
+def load_generative(params: dict, inputs: Mapping[str, Path], row: dict):
+    from ..generative.retriever import load_retriever
+    from ..ranking.stage import load_ranked_searcher
+
+    checkpoint = generative_checkpoint(row, inputs)
+    if row["ranker"] is not None:
+        return load_ranked_searcher(params, inputs, row["ranker"], checkpoint, row["variant"])
+    return load_retriever(checkpoint, inputs["semantic_ids"], inputs["prepared_dataset"],
+                          variant=row["variant"], bucket_pool=row["bucket_pool"])
+
+
+# component -> builder(params, stage folders, row); the settings a row of it carries besides component and about
+COMPONENTS: dict[str, Callable[[dict, Mapping[str, Path], dict], object]] = {
+    "bm25": lambda params, inputs, row: load_bm25(inputs["prepared_dataset"], params["bm25"]),
+    "minilm": lambda params, inputs, row: load_minilm(inputs["prepared_dataset"], inputs["text_embeddings"],
+                                                      params["text"]),
+    "dual_tower": lambda params, inputs, row: dual_tower(inputs["prepared_dataset"], inputs["text_embeddings"], params,
+                                                         row["sci_overrides"]),
+    "sci": lambda params, inputs, row: load_sci(inputs["prepared_dataset"], inputs["sci_towers"], inputs["sci_index"],
+                                                params["text"]),
+    "generative": load_generative,
+}
+COMPONENT_SETTINGS = {"bm25": (), "minilm": (), "dual_tower": ("sci_overrides",), "sci": (),
+                      "generative": ("checkpoint", "subfolder", "variant", "ranker", "bucket_pool")}
 
 
 def build_system(name: str, params: dict, inputs: Mapping[str, Path]):
-    """The searcher of system `name` from the pipeline's artifact folders (stage name -> folder)."""
-    if name == "bm25":
-        return load_bm25(inputs["prepared_dataset"], params["bm25"])
-    if name == "minilm":
-        return load_minilm(inputs["prepared_dataset"], inputs["text_embeddings"], params["text"])
-    if name == "tower":
-        return plain_tower(inputs["prepared_dataset"], inputs["text_embeddings"], params)
-    if name == "sci":
-        return load_sci(inputs["prepared_dataset"], inputs["sci_towers"], inputs["sci_index"], params["text"])
-    if name in GENERATIVE_SYSTEMS:
-        from ..generative.retriever import load_retriever
-        from ..ranking.stage import load_ranked_searcher
-
-        checkpoint, variant = generative_checkpoint(name, inputs)
-        ranker, bucket_pool = GENERATIVE_SYSTEMS[name][3:]
-        if ranker is not None:
-            return load_ranked_searcher(params, inputs, ranker, checkpoint, variant)
-        return load_retriever(checkpoint, inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
-                              variant=variant, bucket_pool=bucket_pool)
-    raise ValueError(f"unknown system {name!r}; known: {list(SYSTEMS)}")
+    """The searcher of system `name` (a row of eval.systems) from the pipeline's artifact folders."""
+    rows = system_rows(params)
+    if name not in rows:
+        raise ValueError(f"unknown system {name!r}; eval.systems has {list(rows)}")
+    return COMPONENTS[rows[name]["component"]](params, inputs, rows[name])

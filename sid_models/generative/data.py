@@ -30,8 +30,9 @@ from .views import ViewConfig, query_like_views
 from .vocab import BOS, EOS, PAD, SidVocab
 
 
-def read_sid_table(sids_folder: str | Path, variant: str) -> pd.DataFrame:
-    """The semantic_ids artifact's table for `variant`, item ids as str, one SID per item."""
+def read_sid_table(sids_folder: str | Path, variant: str | None) -> pd.DataFrame:
+    """The semantic_ids artifact's table for `variant` (None: the shipped one), item ids as str,
+    one SID per item."""
     table = load_sid_table(sids_folder, variant)
     table["item_id"] = table["item_id"].astype(str)
     if table["item_id"].duplicated().any():
@@ -40,7 +41,7 @@ def read_sid_table(sids_folder: str | Path, variant: str) -> pd.DataFrame:
     return table
 
 
-def vocab_for(sids_folder: str | Path, variant: str) -> SidVocab:
+def vocab_for(sids_folder: str | Path, variant: str | None) -> SidVocab:
     """The decoder vocabulary of a variant: its token ranges per position from vocab.json."""
     return SidVocab(tuple(load_vocab(sids_folder, variant)["codes_per_level"]))
 

@@ -1,6 +1,6 @@
 """The generative retriever: query text -> constrained beam search over SIDs -> items.
 
-`load_retriever(checkpoint_folder, sids_folder, prepared_folder, index_folder, variant)`
+`load_retriever(checkpoint_folder, sids_folder, prepared_folder, variant)`
 returns a `GenerativeRetriever` whose `search(queries, k)` answers
 `[[(item_id, score), ...], ...]`, best first:
 
@@ -19,10 +19,10 @@ returns a `GenerativeRetriever` whose `search(queries, k)` answers
 Bucket ranking needs the query tower and the items' item-view vectors. They travel with
 the checkpoint in `sci/` (towers.pt, towers.json, item_item_view.npy, retriever.json with
 the decode and text-encoder settings), written by `write_retriever_assets`; a model in a
-subfolder (`tiger/`, `vanilla_dpo/`) uses its parent's `sci/`. A checkpoint trained
+subfolder (a baseline variant's `tiger/`, `vanilla_dpo/`) uses its parent's `sci/`. A checkpoint trained
 elsewhere from an SFT checkpoint (DPO) gets them with `copy_retriever_assets`.
-`index_folder` (the SCI index) is accepted for the interface the evaluation and serving
-code share; bucket ranking needs exact f_q·f_i over a handful of items, not an ANN search.
+Bucket ranking needs exact f_q·f_i over a handful of items, not an ANN search, so the SCI
+index is not loaded.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..data.schema import PreparedDataset
+from ..quantize.table import resolve_variant, sid_variants
 from .data import read_sid_table, tokenize
 from .model import Seq2SeqRetriever, load_model
 from .trie import BeamResult, SidTrie, TrieConstraint, beam_search
@@ -194,23 +195,22 @@ class GenerativeRetriever(SidDecoder):
         return results
 
 
-def model_folder(checkpoint_folder: str | Path, variant: str) -> Path:
-    """The folder holding model.pt for `variant`: the checkpoint itself, or its `tiger/`
-    subfolder when asked for the TIGER variant of an sft_checkpoint that has one."""
+def model_folder(checkpoint_folder: str | Path, variant: str, shipped: str) -> Path:
+    """The folder of `variant`'s model in a checkpoint: the checkpoint itself for the shipped
+    variant, its `<variant>/` subfolder for a baseline variant (sft.baseline_variants)."""
     folder = Path(checkpoint_folder)
-    if variant == "tiger" and (folder / "tiger" / "model.pt").is_file():
-        return folder / "tiger"
-    return folder
+    return folder if variant == shipped else folder / variant
 
 
-def assets_folder(checkpoint_folder: str | Path, variant: str) -> Path:
-    """The `sci/` folder (query tower, item views, retriever.json) serving `variant`'s model."""
-    return _assets_folder(model_folder(checkpoint_folder, variant))
+def assets_folder(checkpoint_folder: str | Path) -> Path:
+    """The `sci/` folder (query tower, item views, retriever.json) serving a checkpoint's models."""
+    return _assets_folder(Path(checkpoint_folder))
 
 
 def catalogue_sids(sids_folder: str | Path, prepared_folder: str | Path,
-                   variant: str) -> tuple[np.ndarray, list[tuple[int, ...]]]:
-    """(item ids in catalogue order, the `variant` SID of each): what the trie and buckets are built from."""
+                   variant: str | None) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """(item ids in catalogue order, the `variant` SID of each; None: the shipped variant's):
+    what the trie and buckets are built from."""
     item_ids = PreparedDataset.load(prepared_folder).items["item_id"].astype(str).to_numpy()
     table = read_sid_table(sids_folder, variant)
     sid_by_item = dict(zip(table["item_id"], table["sid"]))
@@ -221,14 +221,19 @@ def catalogue_sids(sids_folder: str | Path, prepared_folder: str | Path,
 
 
 def load_retriever(checkpoint_folder: str | Path, sids_folder: str | Path, prepared_folder: str | Path,
-                   index_folder: str | Path, variant: str = "sarq_acrq",
+                   variant: str | None = None,
                    device: torch.device | str = "cpu", bucket_pool: int | None = None) -> GenerativeRetriever:
-    """A ready `GenerativeRetriever` from artifact folders (see module docstring). `bucket_pool`
-    overrides the checkpoint's decode setting (e.g. to compare poolings on one model)."""
+    """A ready `GenerativeRetriever` from artifact folders (see module docstring) for the SID
+    `variant` (None: the semantic_ids folder's shipped one). `bucket_pool` overrides the
+    checkpoint's decode setting (e.g. to compare poolings on one model)."""
     from ..sci.towers import load_towers
     from ..text.encoder import TextEncoder, load_tokenizer
 
-    folder = model_folder(checkpoint_folder, variant)
+    variant = resolve_variant(sids_folder, variant)
+    folder = model_folder(checkpoint_folder, variant, sid_variants(sids_folder)[0])
+    if not (folder / "model.pt").is_file():
+        raise FileNotFoundError(f"no {variant} model at {folder}: the checkpoint {checkpoint_folder} did not train "
+                                f"that SID variant (sft.baseline_variants)")
     model = load_model(folder, map_location=device)
     vocab = SidVocab.load(folder)
     if vocab.size != model.config.dec_vocab_size:

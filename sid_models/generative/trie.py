@@ -229,7 +229,7 @@ class BeamResult:
 
 @torch.no_grad()
 def beam_search(model: Seq2SeqRetriever, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                beams: int, max_steps: int, constraint, length_penalty: float = 0.0,
+                beams: int, max_steps: int, constraint: Constraint, length_penalty: float = 0.0,
                 query_vectors: torch.Tensor | None = None) -> BeamResult:
     """Batched beam search under `constraint` (see module docstring); `query_vectors` for a
     model with a query-vector memory position."""

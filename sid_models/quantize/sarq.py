@@ -125,11 +125,13 @@ class PrefixTree:
 class Sarq:
     """SID policy: adaptive lengths by the stopping rule, head items made collision-free."""
 
-    name = "sarq_acrq"
-
     def __init__(self, config: SarqConfig):
         self.config = config
         self.tau: float | None = None
+
+    def fitted(self) -> dict:
+        """What the last assign() solved for (the semantic_ids stage's metadata)."""
+        return {"tau": self.tau}
 
     def assign(self, codes: np.ndarray, codes_per_level: list[int], exposure: np.ndarray,
                head: np.ndarray) -> Sids:

@@ -81,7 +81,8 @@ class CollisionDigit:
     """TIGER-style policy: every item keeps all L levels and gets one more digit, its rank among
     the items with the same full code (0 for an item whose code is unique)."""
 
-    name = "tiger"
+    def fitted(self) -> dict:
+        return {}
 
     def assign(self, codes: np.ndarray, codes_per_level: list[int], exposure: np.ndarray,
                head: np.ndarray) -> Sids:

@@ -1,16 +1,16 @@
-"""Stages `sarq_codebooks` (ACRQ stage A), `acrq_tail_codes` (stage B) and `semantic_ids`.
+"""Stages `acrq_codebooks` (ACRQ stage A), `acrq_codes` (stage B) and `semantic_ids`.
 
-sarq_codebooks artifact: `codebooks.npz` (ResidualKMeans.save: level 1 = cell means of the
+acrq_codebooks artifact: `codebooks.npz` (ResidualKMeans.save: level 1 = cell means of the
 item view over the SCI partition, levels 2..L fitted on anchor items) and `health.json`
 (codebook health of the anchor items' codes).
 
-acrq_tail_codes artifact: `codes.npy` int64 [n_items, L] full codes in items.parquet row
+acrq_codes artifact: `codes.npy` int64 [n_items, L] full codes in items.parquet row
 order (Q(x) for anchor items, Q(g(x)) for the rest), `adapter.pt` (state_dict of g),
 `convergence.json` (stage B steps, seconds, loss per phase) and `health.json`.
 
-semantic_ids artifact: see `sid_models.quantize.table` (sids.parquet, tiger_sids.parquet,
-vocab.json, health.json). Both variants go through the same code: full codes from a
-quantizer, then a SID policy (`Sarq` or `CollisionDigit`).
+semantic_ids artifact: see `sid_models.quantize.table` (a SID table per variant, vocab.json,
+health.json). Every variant of params `semantic_ids.variants` goes through the same code
+(`sid_models.quantize.variants`): full codes from a quantiser, then a SID policy.
 """
 from __future__ import annotations
 
@@ -29,12 +29,10 @@ from ..sci.stage import ITEM_VIEW_FILE, QUERIES_FILE, QUERY_VIEW_FILE
 from .acrq import AcrqConfig, Catalogue, encode_catalogue, fit_anchor_codebooks, train_stage_b
 from .health import codebook_health
 from .rkmeans import ResidualKMeans, ResidualKMeansConfig
-from .sarq import Sarq, SarqConfig
-from .sids import CollisionDigit, Sids
+from .sids import Sids
 from .table import save_sids, segment_summary, sid_table
+from .variants import CODEBOOKS_FILE, CODES_FILE, build_variant, variant_rows
 
-CODEBOOKS_FILE = "codebooks.npz"
-CODES_FILE = "codes.npy"
 ADAPTER_FILE = "adapter.pt"
 CONVERGENCE_FILE = "convergence.json"
 HEALTH_FILE = "health.json"
@@ -95,7 +93,7 @@ def full_code_sids(codes: np.ndarray, codes_per_level: list[int]) -> Sids:
 
 
 def fit_codebooks(params: dict, inputs: dict[str, Path], out: Path) -> dict:
-    """Stage `sarq_codebooks`: ACRQ stage A."""
+    """Stage `acrq_codebooks`: ACRQ stage A."""
     loaded = _stage_inputs(inputs)
     catalogue = loaded.catalogue
     quantizer_config, config = _configs(params)
@@ -110,11 +108,11 @@ def fit_codebooks(params: dict, inputs: dict[str, Path], out: Path) -> dict:
 
 
 def fit_tail_codes(params: dict, inputs: dict[str, Path], out: Path) -> dict:
-    """Stage `acrq_tail_codes`: ACRQ stage B, then the full codes of every item."""
+    """Stage `acrq_codes`: ACRQ stage B, then the full codes of every item."""
     torch.set_num_threads(min(torch.get_num_threads(), int(params["acrq"]["threads"])))
     catalogue = _stage_inputs(inputs).catalogue
     _, config = _configs(params)
-    quantizer = ResidualKMeans.load(inputs["sarq_codebooks"] / CODEBOOKS_FILE)
+    quantizer = ResidualKMeans.load(inputs["acrq_codebooks"] / CODEBOOKS_FILE)
     before = codebook_digest(quantizer)
     stage_b = train_stage_b(quantizer, catalogue, config)
     if codebook_digest(quantizer) != before:
@@ -136,27 +134,14 @@ def fit_tail_codes(params: dict, inputs: dict[str, Path], out: Path) -> dict:
             "codebooks_sha256": before, **_prefixed("codes", health)}
 
 
-def tiger_codes(item_view: np.ndarray, params: dict) -> tuple[np.ndarray, list[int]]:
-    """TIGER-style full codes: plain residual k-means of the item view over all items."""
-    config = ResidualKMeansConfig.from_params({**params["quantize"], **params["tiger"]}, params["seed"])
-    quantizer = ResidualKMeans(config)
-    return quantizer.fit(item_view), quantizer.codes_per_level
-
-
 def build_sids(params: dict, inputs: dict[str, Path], out: Path) -> dict:
-    """Stage `semantic_ids`: SARQ over the ACRQ codes, and the TIGER baseline, as SID tables."""
+    """Stage `semantic_ids`: the SID table of every variant of params `semantic_ids.variants`."""
     loaded = _stage_inputs(inputs)
     catalogue, items = loaded.catalogue, loaded.prepared.items
-    codes = np.load(inputs["acrq_tail_codes"] / CODES_FILE)
-    if codes.shape[0] != len(items):
-        raise ValueError(f"{inputs['acrq_tail_codes'] / CODES_FILE} has {codes.shape[0]} rows, catalogue has {len(items)}")
-    quantizer = ResidualKMeans.load(inputs["sarq_codebooks"] / CODEBOOKS_FILE)
-    sarq = Sarq(SarqConfig.from_params(params["sarq"]))
-    systems = {"sarq_acrq": (codes, quantizer.codes_per_level, sarq),
-               "tiger": (*tiger_codes(catalogue.item_view, params), CollisionDigit())}
     head = catalogue.segment == "head"
     tables, ranges, health, metadata = {}, {}, {}, {}
-    for name, (full_codes, codes_per_level, policy) in systems.items():
+    for name in variant_rows(params):
+        (full_codes, codes_per_level), policy = build_variant(name, catalogue, params, inputs)
         sids = policy.assign(full_codes, codes_per_level, catalogue.exposure, head)
         tables[name] = sid_table(items["item_id"].to_numpy(), sids, catalogue.segment)
         ranges[name] = sids.codes_per_level
@@ -166,9 +151,10 @@ def build_sids(params: dict, inputs: dict[str, Path], out: Path) -> dict:
         metadata.update(_prefixed(f"{name}_sids", health[name]["sids"]))
         for row in segment_summary(tables[name]):
             metadata.update({f"{name}_{row['segment']}_{key}": value for key, value in row.items() if key != "segment"})
-    save_sids(out, tables, ranges, health)
+        metadata.update(_prefixed(name, policy.fitted()))
+    save_sids(out, tables, ranges, health, params["semantic_ids"]["shipped"])
     tracking.log_artifact(out / "health.json")
-    return {"sarq_tau": sarq.tau, **metadata}
+    return metadata
 
 
 def _prefixed(prefix: str, health: dict) -> dict:

@@ -1,12 +1,14 @@
 """The semantic_ids artifact: one SID table per variant plus vocab.json.
 
 Folder layout (the contract with the generative stage):
-- `sids.parquet` (variant `sarq_acrq`) and `tiger_sids.parquet` (variant `tiger`), columns
-  item_id, sid (list[int], one code per level; the last may be a disambiguation token),
-  length, segment, bucket_size (items holding the same SID);
-- `vocab.json`: {"levels": width of sarq_acrq SIDs, "codes_per_level": [...], and
+- one table per variant of params `semantic_ids.variants`: `sids.parquet` for the shipped
+  variant, `<variant>_sids.parquet` for the others (`tiger_sids.parquet`); columns item_id, sid
+  (list[int], one code per level; the last may be a disambiguation token), length, segment,
+  bucket_size (items holding the same SID);
+- `vocab.json`: {"levels", "codes_per_level" of the shipped variant, "shipped": its name,
   "variants": {variant: {"levels", "codes_per_level"}}} — token ranges per position;
 - `health.json`: `codebook_health` of each variant.
+Readers take the variant names from vocab.json; `variant=None` means the shipped one.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ import pandas as pd
 from ..data.schema import SEGMENTS
 from .sids import Sids
 
-VARIANT_FILES = {"sarq_acrq": "sids.parquet", "tiger": "tiger_sids.parquet"}
 VOCAB_FILE = "vocab.json"
 HEALTH_FILE = "health.json"
 TABLE_COLUMNS = ("item_id", "sid", "length", "segment", "bucket_size")
@@ -37,25 +38,55 @@ def sid_table(item_ids: np.ndarray, sids: Sids, segment: np.ndarray) -> pd.DataF
     })
 
 
+def sid_file(variant: str, shipped: str) -> str:
+    return "sids.parquet" if variant == shipped else f"{variant}_sids.parquet"
+
+
 def save_sids(folder: str | Path, tables: dict[str, pd.DataFrame], codes_per_level: dict[str, list[int]],
-              health: dict[str, dict]) -> None:
+              health: dict[str, dict], shipped: str) -> None:
     folder = Path(folder)
-    unknown = set(tables) - set(VARIANT_FILES)
-    if unknown or set(tables) != set(codes_per_level):
-        raise ValueError(f"variants must be among {sorted(VARIANT_FILES)} with vocab for each, got {sorted(tables)}")
+    if shipped not in tables or set(tables) != set(codes_per_level):
+        raise ValueError(f"need a table and vocab for every variant, the shipped {shipped!r} among them; "
+                         f"got tables {sorted(tables)}, vocab {sorted(codes_per_level)}")
     for variant, table in tables.items():
-        table.to_parquet(folder / VARIANT_FILES[variant], index=False)
+        table.to_parquet(folder / sid_file(variant, shipped), index=False)
     variants = {variant: {"levels": len(ranges), "codes_per_level": [int(r) for r in ranges]}
                 for variant, ranges in codes_per_level.items()}
-    (folder / VOCAB_FILE).write_text(json.dumps({**variants["sarq_acrq"], "variants": variants}, indent=2))
+    (folder / VOCAB_FILE).write_text(json.dumps({**variants[shipped], "shipped": shipped, "variants": variants},
+                                                indent=2))
     (folder / HEALTH_FILE).write_text(json.dumps(health, indent=2))
 
 
-def load_sid_table(folder: str | Path, variant: str = "sarq_acrq") -> pd.DataFrame:
-    """The SID table of `variant` ("sarq_acrq" or "tiger") from a semantic_ids folder."""
-    if variant not in VARIANT_FILES:
-        raise ValueError(f"unknown SID variant {variant!r}; expected one of {sorted(VARIANT_FILES)}")
-    path = Path(folder) / VARIANT_FILES[variant]
+def _vocab_file(folder: str | Path) -> dict:
+    path = Path(folder) / VOCAB_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {VOCAB_FILE} in {folder}: not a semantic_ids artifact")
+    vocab = json.loads(path.read_text())
+    if "shipped" not in vocab:
+        raise ValueError(f"{path} names no shipped variant: written by an older semantic_ids stage, rebuild it")
+    return vocab
+
+
+def sid_variants(folder: str | Path) -> list[str]:
+    """The variants a semantic_ids folder holds, the shipped one first."""
+    vocab = _vocab_file(folder)
+    return [vocab["shipped"], *(variant for variant in vocab["variants"] if variant != vocab["shipped"])]
+
+
+def resolve_variant(folder: str | Path, variant: str | None) -> str:
+    """`variant`, checked against the folder's variants; None: the folder's shipped variant."""
+    known = sid_variants(folder)
+    if variant is None:
+        return known[0]
+    if variant not in known:
+        raise ValueError(f"unknown SID variant {variant!r}; {folder} holds {known}")
+    return variant
+
+
+def load_sid_table(folder: str | Path, variant: str | None = None) -> pd.DataFrame:
+    """The SID table of `variant` (None: the shipped one) from a semantic_ids folder."""
+    variant = resolve_variant(folder, variant)
+    path = Path(folder) / sid_file(variant, sid_variants(folder)[0])
     if not path.is_file():
         raise FileNotFoundError(f"no {variant} SID table at {path}")
     table = pd.read_parquet(path)
@@ -66,12 +97,9 @@ def load_sid_table(folder: str | Path, variant: str = "sarq_acrq") -> pd.DataFra
     return table
 
 
-def load_vocab(folder: str | Path, variant: str = "sarq_acrq") -> dict:
-    """{"levels": n, "codes_per_level": [...]} of `variant` from vocab.json."""
-    vocab = json.loads((Path(folder) / VOCAB_FILE).read_text())
-    if variant not in vocab["variants"]:
-        raise ValueError(f"vocab.json in {folder} has no variant {variant!r}; it has {sorted(vocab['variants'])}")
-    return vocab["variants"][variant]
+def load_vocab(folder: str | Path, variant: str | None = None) -> dict:
+    """{"levels": n, "codes_per_level": [...]} of `variant` (None: the shipped one) from vocab.json."""
+    return _vocab_file(folder)["variants"][resolve_variant(folder, variant)]
 
 
 def segment_summary(table: pd.DataFrame) -> list[dict]:

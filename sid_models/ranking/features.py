@@ -3,7 +3,7 @@
 Candidates of a query come from up to three channels:
 - `pool`: the items of the top `pool_sids` SIDs the generative retriever decodes (constrained
   beam of max(decode.beam_size, pool_sids), beam order): every item of each SID's leaf bucket;
-- `bm25`: BM25's top `bm25_depth` items (stemmed, `sci/bm25.py`);
+- `bm25`: BM25's top `bm25_depth` items (stemmed, `lexical/bm25.py`);
 - `dense`: the SCI towers' top `dense_depth` items by f_q(query) · f_i(item), exact;
 - `history`: the top `history_depth` items by `history_cosine` (below): the warm items whose
   training queries read like this one.
@@ -46,7 +46,7 @@ import numpy as np
 
 from ..generative.retriever import GenerativeRetriever
 from ..generative.views import HEAD_END
-from ..sci.bm25 import BM25Retriever, snowball_stemmer
+from ..lexical.bm25 import BM25Retriever, snowball_stemmer
 
 FEATURES = ("beam_rank", "beam_score", "beam_gap", "sid_length", "log_bucket_size", "cell_beam_rank",
             "sci_score", "sci_rank", "minilm_cosine", "sci_gap",

@@ -22,16 +22,15 @@ import numpy as np
 
 from ..data.schema import PreparedDataset
 from ..generative.retriever import assets_folder, load_retriever
-from ..sci.bm25 import BM25Retriever
+from ..lexical.bm25 import BM25Retriever
 from ..sci.towers import load_towers
 from ..text.encoder import TextEncoder
 from ..text.stage import load_embeddings
 from .features import CandidateFeaturizer, CandidateSettings, QueryHistory
-from ..eval.metrics import evaluate
+from ..shared.metrics import evaluate
 from .ranker import (RankedSearcher, RankerConfig, labels, load_ranker, out_of_fold_rankings, save_ranker,
                      train_ranker)
 
-VARIANT = "sarq_acrq"
 SUMMARY_FILE = "ranker.json"
 ESTIMATE_K = 10
 
@@ -43,19 +42,19 @@ def candidate_settings(system_params: dict) -> CandidateSettings:
 
 
 def load_featurizer(params: dict, inputs: Mapping[str, Path], checkpoint: Path | None = None,
-                    variant: str = VARIANT) -> CandidateFeaturizer:
+                    variant: str | None = None) -> CandidateFeaturizer:
     """The featurizer over a generative checkpoint (default: the SFT one) and the pipeline's artifacts."""
     return featurizer_from_folders(checkpoint if checkpoint is not None else inputs["sft_checkpoint"],
-                                   inputs["semantic_ids"], inputs["prepared_dataset"], inputs["sci_index"],
+                                   inputs["semantic_ids"], inputs["prepared_dataset"],
                                    inputs["text_embeddings"], params["bm25"], params["text"], variant)
 
 
 def featurizer_from_folders(checkpoint_folder: str | Path, sids_folder: str | Path, prepared_folder: str | Path,
-                            index_folder: str | Path, embeddings_folder: str | Path, bm25_params: dict,
-                            text_params: dict, variant: str = VARIANT) -> CandidateFeaturizer:
+                            embeddings_folder: str | Path, bm25_params: dict,
+                            text_params: dict, variant: str | None = None) -> CandidateFeaturizer:
     prepared = PreparedDataset.load(prepared_folder)
-    retriever = load_retriever(checkpoint_folder, sids_folder, prepared_folder, index_folder, variant=variant)
-    towers = load_towers(assets_folder(checkpoint_folder, variant))
+    retriever = load_retriever(checkpoint_folder, sids_folder, prepared_folder, variant=variant)
+    towers = load_towers(assets_folder(checkpoint_folder))
     encoder = TextEncoder(text_params["model_name"], None, text_params["batch_size"], text_params["max_seq_length"],
                           progress=False)
     minilm_items, minilm_queries = load_embeddings(embeddings_folder)
@@ -132,19 +131,19 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
 
 
 def load_ranked_searcher(params: dict, inputs: Mapping[str, Path], system: str,
-                         checkpoint: Path | None = None, variant: str = VARIANT) -> RankedSearcher:
+                         checkpoint: Path | None = None, variant: str | None = None) -> RankedSearcher:
     """The searcher of ranker `system` (a subfolder of the ranker artifact) over a generative checkpoint."""
     booster, candidate = load_ranker(Path(inputs["ranker"]) / system)
     return RankedSearcher(load_featurizer(params, inputs, checkpoint, variant), booster, candidate)
 
 
 def load_served_ranker(checkpoint_folder: str | Path, sids_folder: str | Path, prepared_folder: str | Path,
-                       index_folder: str | Path, embeddings_folder: str | Path, ranker_folder: str | Path,
-                       bm25_params: dict, text_params: dict, variant: str = VARIANT) -> RankedSearcher:
+                       embeddings_folder: str | Path, ranker_folder: str | Path,
+                       bm25_params: dict, text_params: dict, variant: str | None = None) -> RankedSearcher:
     """The pyfunc loader of a ranked generative retriever: `ranker_folder` holds one ranker
     (model.txt + ranker.json), the other folders are those `load_retriever` takes plus the
     MiniLM item vectors (text_embeddings)."""
     booster, candidate = load_ranker(ranker_folder)
-    featurizer = featurizer_from_folders(checkpoint_folder, sids_folder, prepared_folder, index_folder,
+    featurizer = featurizer_from_folders(checkpoint_folder, sids_folder, prepared_folder,
                                          embeddings_folder, bm25_params, text_params, variant)
     return RankedSearcher(featurizer, booster, candidate)

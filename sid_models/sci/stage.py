@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import tracking
 from ..data.schema import PreparedDataset
-from ..eval.metrics import RECALL_KS, evaluate
+from ..shared.metrics import RECALL_KS, evaluate
 from ..text.stage import load_embeddings
 from .index import DualViewIndex, FlatIndex, dense_rankings, n_lists
 from .towers import TowerConfig

@@ -23,7 +23,7 @@ import torch
 
 from .. import tracking
 from ..data.schema import PreparedDataset
-from ..eval.metrics import RECALL_KS, evaluate
+from ..shared.metrics import RECALL_KS, evaluate
 from .index import FlatIndex, dense_rankings
 from .losses import consistency, info_nce, preservation
 from .towers import DualTower, TowerConfig, initial_projection
@@ -156,7 +156,7 @@ def objective(towers: DualTower, anchor_projection: torch.Tensor, query_base: to
 
 def validation_metrics(towers: DualTower, prepared: PreparedDataset, item_base: np.ndarray,
                        query_base: np.ndarray, split: str, k: int) -> dict[str, float]:
-    """Exact-search metrics of the towers on one split (every metric of eval.metrics.evaluate)."""
+    """Exact-search metrics of the towers on one split (every metric of shared.metrics.evaluate)."""
     queries = prepared.split_queries(split)
     rows = queries.index.to_numpy()
     if not len(rows):

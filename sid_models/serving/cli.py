@@ -37,7 +37,7 @@ class Catalogue:
 
         from ..data.schema import PreparedDataset
         from ..quantize.table import load_sid_table
-        from ..sci.bm25 import snowball_stemmer
+        from ..lexical.bm25 import snowball_stemmer
 
         searcher = model.unwrap_python_model()
         prepared = PreparedDataset.load(searcher.artifact("prepared_dataset"))

