@@ -23,7 +23,8 @@ def tiny_setup():
     vocab = SidVocab((4, 4))
     model = Seq2SeqRetriever(GenerativeConfig(enc_vocab_size=16, dec_vocab_size=vocab.size, d_model=32, n_heads=2,
                                               n_enc_layers=1, n_dec_layers=1, d_ff=64, dropout=0.0, max_enc_len=4,
-                                              max_dec_len=3))
+                                              max_dec_len=3, enc_pad_id=0, dec_pad_id=0,
+                                              query_vector_dim=0))
     preferences = pd.DataFrame({"query_id": ["q"] * 3, "sid": [list(Y1), list(Y2), list(NEGATIVE)],
                                 "role": ["positive", "positive", "pseudo_negative"], "weight": [1.0, 1.0, 1.0],
                                 "rank": [0, 1, 0]})

@@ -21,7 +21,7 @@ def stage_inputs(small_prepared, tmp_path_factory):
     prepared = small_prepared.save(root / "prepared_dataset")
     sids = write_synthetic_sids(small_prepared, root / "semantic_ids")
     towers_folder = root / "sci_towers"
-    config = TowerConfig(n_blocks=1)
+    config = TowerConfig(in_dim=384, out_dim=256, hidden_dim=768, n_blocks=1, dropout=0.0, learn_projection=True)
     torch.manual_seed(0)
     projection = torch.linalg.qr(torch.randn(config.in_dim, config.out_dim))[0].t().contiguous()
     DualTower(config, projection).save(towers_folder)

@@ -1,9 +1,10 @@
-"""The SFT asset's training launched under torchrun (2 gloo ranks) through Dagster Pipes.
+"""The SFT and alignment assets' training launched under torchrun (2 gloo ranks) through
+Dagster Pipes.
 
 A real Dagster materialisation runs `materialize_stage`, the code every stage asset runs, with
 params `launcher.kind: torchrun`; PipesSubprocessClient starts torchrun, both ranks train with
 DDP, rank 0 writes the checkpoint and reports back: its log lines, each training log step and
-the stage's metadata.
+the stage's metadata. The alignment asset aligns the SFT checkpoint the first asset wrote.
 """
 
 import shutil
@@ -21,7 +22,7 @@ from sid_models.params import deep_merge
 from test_generative_stage import stage_inputs  # noqa: F401  (fixture)
 from test_sft import TINY_MODEL
 
-STEPS, LOG_EVERY = 12, 3
+STEPS, LOG_EVERY, ALIGN_LOG_EVERY = 12, 3, 2
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,10 @@ def launched_run(small_params, stage_inputs, tmp_path_factory):  # noqa: F811
         "sft": {"warmup_steps": 2, "checkpoint_every": STEPS, "log_every": LOG_EVERY, "valid_max_queries": 16,
                 "baseline_variants": []},
         "decode": {"beam_size": 4, "batch_size": 16},
-        "launcher": {"kind": "torchrun", "nproc_per_node": 2, "threads_per_rank": 1},
+        "align": {"train": {"epochs": 1, "batch_size": 16, "warmup_steps": 2, "log_every": ALIGN_LOG_EVERY},
+                  "rdrw": {"warmup_pairs": 64}, "mining": {"beam_size": 4}, "train_vanilla_baseline": False},
+        "launcher": {"kind": "torchrun", "nproc_per_node": 2, "threads_per_rank": 1,
+                     "stages": ["sft_checkpoint", "dpo_checkpoint"]},
         "eval": {"reports_dir": str(tmp / "reports")},
     })
     params_file = tmp / "params.yaml"
@@ -46,13 +50,20 @@ def launched_run(small_params, stage_inputs, tmp_path_factory):  # noqa: F811
                      mlflow_tracking: MlflowTracking) -> dg.Output[str]:
         return materialize_stage(context, "sft_checkpoint", stage_inputs, params, mlflow_tracking)
 
+    @dg.asset(name="dpo_checkpoint")
+    def launched_dpo(context: dg.AssetExecutionContext, params: ParamsResource, mlflow_tracking: MlflowTracking,
+                     sft_checkpoint: str) -> dg.Output[str]:
+        return materialize_stage(context, "dpo_checkpoint", {**stage_inputs, "sft_checkpoint": Path(sft_checkpoint)},
+                                 params, mlflow_tracking)
+
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([launched_sft], instance=instance, resources={
+    result = dg.materialize([launched_sft, launched_dpo], instance=instance, resources={
         "params": ParamsResource(path=str(params_file)),
         "mlflow_tracking": MlflowTracking(tracking_uri=tracking_uri, artifact_root=str(tmp / "artifacts"))})
     logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
     yield result, logs, tracking_uri
-    shutil.rmtree(ARTIFACT_ROOT / "sft_checkpoint" / result.run_id, ignore_errors=True)
+    for stage in ("sft_checkpoint", "dpo_checkpoint"):
+        shutil.rmtree(ARTIFACT_ROOT / stage / result.run_id, ignore_errors=True)
 
 
 def test_only_the_named_stages_launch_and_bad_settings_are_refused(small_params):
@@ -88,3 +99,20 @@ def test_sft_under_torchrun_reports_logs_steps_and_metadata_back_to_dagster(laun
     assert loss_keys, sorted(run.data.metrics)
     history = client.get_metric_history(run.info.run_id, loss_keys[0])
     assert sorted(point.step for point in history) == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
+
+
+@pytest.mark.timeout(400)
+def test_alignment_under_torchrun_aligns_the_launched_sft_model_and_reports_back(launched_run):
+    result, logs, tracking_uri = launched_run
+    assert result.success
+    folder = Path(result.output_for_node("dpo_checkpoint"))
+    for name in ("model.pt", "validation.json", "preferences.parquet", "metrics.jsonl"):
+        assert (folder / name).is_file(), name
+    metadata = result.asset_materializations_for_node("dpo_checkpoint")[0].metadata
+    assert metadata["launcher"].value == "torchrun" and metadata["launcher_ranks"].value == 2
+    steps = metadata["rad_dpo_steps"].value
+    assert steps > 0 and metadata["rad_dpo_valid_valid_sid_rate"].value == 1.0
+    assert metadata["launcher_steps_reported"].value == len(range(ALIGN_LOG_EVERY, steps + 1, ALIGN_LOG_EVERY)) + (
+        steps % ALIGN_LOG_EVERY != 0)
+    run = mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(metadata["mlflow_run_id"].value)
+    assert any(key.endswith("/loss") for key in run.data.metrics), sorted(run.data.metrics)

@@ -30,8 +30,11 @@ def _unit(rows: int, dim: int, seed: int) -> torch.Tensor:
     return F.normalize(torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)), dim=1)
 
 
+SMALL_TOWER = {"in_dim": 32, "out_dim": 16, "hidden_dim": 24, "n_blocks": 1, "dropout": 0.0, "learn_projection": True}
+
+
 def _towers(seed: int = 0, **overrides) -> DualTower:
-    config = TowerConfig(in_dim=32, out_dim=16, hidden_dim=24, **overrides)
+    config = TowerConfig(**{**SMALL_TOWER, **overrides})
     return DualTower(config, initial_projection(_unit(64, 32, seed).numpy(), 16, "orthogonal", seed))
 
 
@@ -49,7 +52,7 @@ def test_towers_output_unit_vectors_of_the_configured_size():
 def test_untrained_towers_are_the_projected_base_features():
     base = _unit(100, 32, 2)
     projection = initial_projection(base.numpy(), 16, "pca", seed=0)
-    towers = DualTower(TowerConfig(in_dim=32, out_dim=16, hidden_dim=24, n_blocks=2), projection)
+    towers = DualTower(TowerConfig(**{**SMALL_TOWER, "n_blocks": 2}), projection)
     expected = F.normalize(base @ projection.T, dim=1).numpy()
     np.testing.assert_allclose(towers.encode_queries(base.numpy()), expected, atol=1e-6)
     np.testing.assert_allclose(towers.encode_items(base.numpy()), expected, atol=1e-6)
@@ -159,7 +162,7 @@ def test_consistency_is_zero_for_identical_towers_and_positive_otherwise():
 def test_training_is_deterministic_under_a_seed(small_prepared, small_base, small_params):
     items, queries = small_base
     config = dataclasses.replace(TrainConfig.from_params(small_params["sci"], 3), **FAST_TRAIN, lambda_preserve=0.1)
-    tower_config = TowerConfig(hidden_dim=64)
+    tower_config = TowerConfig(in_dim=int(items.shape[1]), **{**small_params["sci"]["tower"], "hidden_dim": 64})
     first = train_towers(small_prepared, items, queries, tower_config, config)
     second = train_towers(small_prepared, items, queries, tower_config, config)
     for name, tensor in first.towers.state_dict().items():

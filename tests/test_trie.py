@@ -1,12 +1,14 @@
 """Constrained decoding: the tensorised trie, batched beam search, the reference decoder."""
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sid_models.generative.model import GenerativeConfig, Seq2SeqRetriever
-from sid_models.generative.trie import (DictTrieConstraint, SidTrie, TrieConstraint, UnconstrainedConstraint,
+from sid_models.generative.trie import (DENSE_MASK_BYTES, DictTrieConstraint, SidTrie, TrieConstraint,
+                                        UnconstrainedConstraint,
                                         beam_search, constrained_beam_search, invalid_rate)
 from sid_models.generative.vocab import BOS, EOS, PAD, SidVocab
 
@@ -27,7 +29,7 @@ def tiny_model(vocab: SidVocab, seed: int) -> Seq2SeqRetriever:
     torch.manual_seed(seed)
     config = GenerativeConfig(enc_vocab_size=ENC_VOCAB, dec_vocab_size=vocab.size, d_model=16, n_heads=2,
                               n_enc_layers=1, n_dec_layers=1, d_ff=32, dropout=0.0, max_enc_len=8,
-                              max_dec_len=vocab.levels + 1)
+                              max_dec_len=vocab.levels + 1, enc_pad_id=0, dec_pad_id=0, query_vector_dim=0)
     return Seq2SeqRetriever(config).eval()
 
 
@@ -89,11 +91,13 @@ def test_beam_covering_the_trie_equals_brute_force_enumeration(trie_spec, seed, 
         assert (scores[query][:-1] >= scores[query][1:] - 1e-6).all()
 
 
+@pytest.mark.parametrize("dense_mask_bytes", [DENSE_MASK_BYTES, 0], ids=["dense_mask", "csr_scatter"])
 @settings(max_examples=15, deadline=None)
 @given(tries(), st.integers(0, 10_000), st.integers(1, 8))
-def test_tensor_trie_and_dict_reference_return_identical_beams(trie_spec, seed, beams):
+def test_tensor_trie_and_dict_reference_return_identical_beams(dense_mask_bytes, trie_spec, seed, beams):
     vocab, sids = trie_spec
-    trie = SidTrie.build(sids, vocab)
+    trie = SidTrie.build(sids, vocab, dense_mask_bytes=dense_mask_bytes)
+    assert (trie.child_mask is None) == (dense_mask_bytes == 0)
     model = tiny_model(vocab, seed)
     input_ids, mask = queries(seed)
     fast = beam_search(model, input_ids, mask, beams, trie.max_length + 1, TrieConstraint(trie), 0.5)

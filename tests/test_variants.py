@@ -36,7 +36,7 @@ def pipeline(folders, small_params, tmp_path_factory):  # noqa: F811
     })
     # the SFT stage copies the query tower next to the item views for bucket ranking
     torch.manual_seed(0)
-    config = TowerConfig(out_dim=32, n_blocks=1)
+    config = TowerConfig(in_dim=384, out_dim=32, hidden_dim=64, n_blocks=1, dropout=0.0, learn_projection=True)
     DualTower(config, torch.linalg.qr(torch.randn(config.in_dim, config.out_dim))[0].t().contiguous()).save(
         folders["sci_towers"])
     root = tmp_path_factory.mktemp("variant_pipeline")

@@ -30,19 +30,21 @@ import torch.nn.functional as F
 
 @dataclass
 class GenerativeConfig:
-    enc_vocab_size: int = 30522     # MiniLM WordPiece vocabulary
-    dec_vocab_size: int = 1027      # SidVocab.size
-    d_model: int = 256
-    n_heads: int = 4
-    n_enc_layers: int = 2
-    n_dec_layers: int = 2
-    d_ff: int = 1024
-    dropout: float = 0.1
-    max_enc_len: int = 32
-    max_dec_len: int = 8            # BOS + SID levels + EOS
-    enc_pad_id: int = 0
-    dec_pad_id: int = 0
-    query_vector_dim: int = 0       # width of the SCI query vector memory position; 0 = tokens only
+    """Sizes of the seq2seq model: a preset of params generative.presets, plus what the SIDs and
+    the query vectors fix (model_config in train.py fills those)."""
+    enc_vocab_size: int             # MiniLM WordPiece vocabulary
+    dec_vocab_size: int             # SidVocab.size
+    d_model: int
+    n_heads: int
+    n_enc_layers: int
+    n_dec_layers: int
+    d_ff: int
+    dropout: float
+    max_enc_len: int
+    max_dec_len: int                # BOS + SID levels + EOS
+    enc_pad_id: int
+    dec_pad_id: int
+    query_vector_dim: int           # width of the SCI query vector memory position; 0 = tokens only
 
     @classmethod
     def from_dict(cls, values: dict) -> "GenerativeConfig":

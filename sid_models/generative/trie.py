@@ -2,10 +2,15 @@
 batched beam search over every hypothesis of every query at once.
 
 Trie tensors:
-- `child_mask` [n_nodes, K_max] bool: code c is allowed after node n. Every open hypothesis
-  at decoding step t has spelled exactly t codes, so all of them sit at depth t and their
-  allowed codes lie in one token range (level t's): the allowed-token mask of the whole
-  batch is one row gather from this table into that range, no ragged work at all;
+- `child_ptr` [n_nodes + 1], `child_code` [E_codes]: the codes allowed after node n are
+  `child_code[child_ptr[n]:child_ptr[n + 1]]` (CSR). Every open hypothesis at decoding step
+  t has spelled exactly t codes, so all of them sit at depth t and their allowed codes lie in
+  one token range (level t's). With `child_mask` [n_nodes, K_max] bool (code c allowed after
+  node n), built when it takes at most DENSE_MASK_BYTES, the allowed-token mask of the whole
+  batch is one row gather from it into that range; without it (a 10M-item catalogue's
+  disambiguation level is thousands of tokens wide, so the dense table would take tens of
+  GB), one scatter of the concatenated child lists. Both give the same mask; the gather is
+  the faster of the two where it fits;
 - `terminal` [n_nodes] bool: a valid SID ends at n, so EOS is allowed there and only there
   (SIDs of different lengths, and a SID that is a prefix of another, are handled alike);
 - `edge_key` [E] = parent * V + token over all code and EOS edges, sorted, with
@@ -36,6 +41,7 @@ import torch
 from .model import Seq2SeqRetriever
 from .vocab import BOS, EOS, PAD, SidVocab
 
+DENSE_MASK_BYTES = 1 << 28     # 256 MiB: the largest dense child mask a trie keeps (see module docstring)
 FINISHED = -2    # node id of a hypothesis that emitted EOS
 DEAD = -1        # node id of an empty beam slot (fewer continuations than beams)
 
@@ -52,17 +58,20 @@ class Constraint(Protocol):
 class SidTrie:
     """The tensorised prefix trie (see module docstring); build with `SidTrie.build`."""
 
-    def __init__(self, vocab: SidVocab, sids: list[tuple[int, ...]], child_mask: torch.Tensor,
-                 terminal: torch.Tensor, edge_key: torch.Tensor, edge_child: torch.Tensor, edge_sid: torch.Tensor):
+    def __init__(self, vocab: SidVocab, sids: list[tuple[int, ...]], child_ptr: torch.Tensor,
+                 child_code: torch.Tensor, child_mask: torch.Tensor | None, terminal: torch.Tensor,
+                 edge_key: torch.Tensor, edge_child: torch.Tensor, edge_sid: torch.Tensor):
         self.vocab, self.sids = vocab, sids
-        self.child_mask, self.terminal = child_mask, terminal
+        self.child_ptr, self.child_code, self.child_mask, self.terminal = child_ptr, child_code, child_mask, terminal
         self.edge_key, self.edge_child, self.edge_sid = edge_key, edge_child, edge_sid
         self.sid_index = {sid: index for index, sid in enumerate(sids)}
         self.max_length = max(len(sid) for sid in sids)      # read by every beam search
 
     @classmethod
-    def build(cls, sids: Sequence[Sequence[int]], vocab: SidVocab) -> "SidTrie":
-        """Compile the distinct SIDs of `sids` (duplicates form one leaf bucket)."""
+    def build(cls, sids: Sequence[Sequence[int]], vocab: SidVocab,
+              dense_mask_bytes: int = DENSE_MASK_BYTES) -> "SidTrie":
+        """Compile the distinct SIDs of `sids` (duplicates form one leaf bucket); the dense child
+        mask is kept when n_nodes x K_max is at most `dense_mask_bytes`."""
         unique = sorted({tuple(int(code) for code in sid) for sid in sids})
         if not unique:
             raise ValueError("cannot build a trie over zero SIDs")
@@ -80,13 +89,13 @@ class SidTrie:
                     ends.append(-1)
                 node = child
             ends[node] = index
-        child_mask = torch.zeros(len(children), max(vocab.codes_per_level), dtype=torch.bool)
-        keys, child_ids, sid_ids = [], [], []
+        keys, child_ids, sid_ids, child_codes, child_counts = [], [], [], [], []
         depth = [0] * len(children)
         for node, edges in enumerate(children):
+            child_counts.append(len(edges))
             for code, child in edges.items():
                 depth[child] = depth[node] + 1
-                child_mask[node, code] = True
+                child_codes.append(code)
                 keys.append(node * vocab.size + vocab.token(depth[node], code))
                 child_ids.append(child)
                 sid_ids.append(-1)
@@ -100,15 +109,25 @@ class SidTrie:
             return torch.tensor([values[i] for i in order], dtype=torch.long)
 
         terminal = torch.tensor([end >= 0 for end in ends], dtype=torch.bool)
-        return cls(vocab, unique, child_mask, terminal, as_long(keys), as_long(child_ids), as_long(sid_ids))
+        counts = torch.tensor(child_counts, dtype=torch.long)
+        child_ptr = torch.zeros(len(children) + 1, dtype=torch.long)
+        child_ptr[1:] = torch.cumsum(counts, 0)
+        child_code = torch.tensor(child_codes, dtype=torch.long)
+        child_mask = None
+        if len(children) * max(vocab.codes_per_level) <= dense_mask_bytes:
+            child_mask = torch.zeros(len(children), max(vocab.codes_per_level), dtype=torch.bool)
+            child_mask[torch.repeat_interleave(torch.arange(len(children)), counts), child_code] = True
+        return cls(vocab, unique, child_ptr, child_code, child_mask, terminal,
+                   as_long(keys), as_long(child_ids), as_long(sid_ids))
 
     @property
     def n_nodes(self) -> int:
         return self.terminal.numel()
 
     def to(self, device: torch.device | str) -> "SidTrie":
-        return SidTrie(self.vocab, self.sids, *(tensor.to(device) for tensor in (
-            self.child_mask, self.terminal, self.edge_key, self.edge_child, self.edge_sid)))
+        child_mask = None if self.child_mask is None else self.child_mask.to(device)
+        return SidTrie(self.vocab, self.sids, self.child_ptr.to(device), self.child_code.to(device), child_mask,
+                       *(tensor.to(device) for tensor in (self.terminal, self.edge_key, self.edge_child, self.edge_sid)))
 
     def __contains__(self, sid) -> bool:
         return tuple(sid) in self.sid_index
@@ -137,10 +156,18 @@ class TrieConstraint:
         open_rows = node >= 0
         safe = node.clamp(min=0)
         mask = torch.zeros(node.numel(), vocab.size, dtype=torch.bool, device=node.device)
-        if depth < vocab.levels:
+        if depth < vocab.levels and trie.child_mask is not None:
             width = vocab.codes_per_level[depth]
             offset = vocab.offset(depth)
             mask[:, offset:offset + width] = trie.child_mask[safe, :width] & open_rows[:, None]
+        elif depth < vocab.levels:
+            rows = open_rows.nonzero().squeeze(1)
+            first = trie.child_ptr[node[rows]]
+            count = trie.child_ptr[node[rows] + 1] - first
+            # edge j of open row i sits at first_i + (j - start of row i in the concatenation)
+            shift = torch.repeat_interleave(first - (torch.cumsum(count, 0) - count), count)
+            edges = torch.arange(shift.numel(), device=node.device) + shift
+            mask[torch.repeat_interleave(rows, count), vocab.offset(depth) + trie.child_code[edges]] = True
         mask[:, EOS] = trie.terminal[safe] & open_rows
         return mask
 

@@ -31,12 +31,13 @@ CONFIG_FILE = "towers.json"
 
 @dataclass
 class TowerConfig:
-    in_dim: int = 384
-    out_dim: int = 256
-    hidden_dim: int = 768
-    n_blocks: int = 1
-    dropout: float = 0.0
-    learn_projection: bool = True
+    """params sci.tower, with in_dim the width of the base (MiniLM) vectors."""
+    in_dim: int
+    out_dim: int
+    hidden_dim: int
+    n_blocks: int
+    dropout: float
+    learn_projection: bool
 
 
 class ResidualBlock(nn.Module):
