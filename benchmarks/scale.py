@@ -135,7 +135,7 @@ def phase_sids(folder: Path, params: dict, sample_size: int) -> dict:
     fitted = time.perf_counter()
     codes = np.concatenate([quantizer.encode(catalogue.read(start, stop)) for start, stop in chunks(catalogue.rows)])
     encoded = time.perf_counter()
-    sids = Sarq(SarqConfig.from_params(params["sarq"])).assign(codes, quantizer.codes_per_level, exposure, head)
+    sids = Sarq(SarqConfig.from_params(params["sarq"]), params["semantic_ids"]["disambiguation_base"]).assign(codes, quantizer.codes_per_level, exposure, head)
     done = time.perf_counter()
     np.save(folder / "sid_tokens.npy", sids.tokens)
     _, counts = sids.groups()

@@ -95,7 +95,7 @@ def scale_run(n_items: int, params: dict, results) -> None:
     quantizer = ResidualKMeans(config)
     codes = quantizer.fit(vectors)
     fitted = time.perf_counter()
-    sids = Sarq(SarqConfig.from_params(params["sarq"])).assign(codes, quantizer.codes_per_level, exposure, head)
+    sids = Sarq(SarqConfig.from_params(params["sarq"]), params["semantic_ids"]["disambiguation_base"]).assign(codes, quantizer.codes_per_level, exposure, head)
     health = codebook_health(sids, quantizer_levels=SCALE_LEVELS)
     end = time.perf_counter()
     results.put({"n_items": n_items, "dim": SCALE_DIM, "levels": SCALE_LEVELS, "codes_per_level": SCALE_CODES,

@@ -5,7 +5,7 @@ import pytest
 
 from sid_models.quantize.health import codebook_health
 from sid_models.quantize.rkmeans import FirstLevel, ResidualKMeans, ResidualKMeansConfig, cell_means
-from sid_models.quantize.sids import CollisionDigit, Sids
+from sid_models.quantize.sids import CollisionDigit, Sids, rank_digits
 from sid_models.quantize.table import load_sid_table, load_vocab, save_sids, segment_summary, sid_table, sid_variants
 
 
@@ -114,15 +114,22 @@ def test_sids_reject_tokens_outside_their_range():
 
 def test_collision_digit_makes_every_code_unique():
     codes = np.array([[0, 1], [0, 1], [0, 1], [2, 0]])
-    sids = CollisionDigit().assign(codes, [3, 2], np.zeros(4), np.zeros(4, dtype=bool))
+    sids = CollisionDigit(256).assign(codes, [3, 2], np.zeros(4), np.zeros(4, dtype=bool))
     assert sids.as_lists() == [[0, 1, 0], [0, 1, 1], [0, 1, 2], [2, 0, 0]]
     assert sids.codes_per_level == [3, 2, 3]
     assert codebook_health(sids, quantizer_levels=2)["collision_rate"] == 0.0
 
 
+def test_rank_digits_stay_one_digit_below_the_base_and_grow_past_it():
+    digits, ranges = rank_digits(np.array([0, 3, 1]), base=4)
+    assert digits.tolist() == [[0], [3], [1]] and ranges == [4]
+    digits, ranges = rank_digits(np.array([0, 5, 17]), base=4)        # 17 = 1*16 + 0*4 + 1
+    assert digits.tolist() == [[0, 0, 0], [0, 1, 1], [1, 0, 1]] and ranges == [2, 4, 4]
+
+
 def test_table_round_trip_and_segment_summary(tmp_path):
     sarq = Sids(np.array([[0, 0], [0, 1], [1, -1], [1, -1]]), np.array([2, 2, 1, 1]), [2, 2])
-    tiger = CollisionDigit().assign(np.array([[0], [0], [1], [1]]), [2], np.zeros(4), np.zeros(4, dtype=bool))
+    tiger = CollisionDigit(256).assign(np.array([[0], [0], [1], [1]]), [2], np.zeros(4), np.zeros(4, dtype=bool))
     ids, segments = np.array(["a", "b", "c", "d"]), np.array(["head", "head", "tail", "cold"])
     tables = {"sarq_acrq": sid_table(ids, sarq, segments), "tiger": sid_table(ids, tiger, segments)}
     save_sids(tmp_path, tables, {"sarq_acrq": sarq.codes_per_level, "tiger": tiger.codes_per_level},

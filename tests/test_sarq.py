@@ -20,8 +20,8 @@ HEAD = np.array([True, True, False, False, False, False])
 K = [2, 2, 2]
 
 
-def sarq(tau=None, target=None, h_min=0.1, smoothing=0.0) -> Sarq:
-    return Sarq(SarqConfig(tau=tau, target_mean_length=target, h_min=h_min, mass_smoothing=smoothing))
+def sarq(tau=None, target=None, h_min=0.1, smoothing=0.0, base=256) -> Sarq:
+    return Sarq(SarqConfig(tau=tau, target_mean_length=target, h_min=h_min, mass_smoothing=smoothing), base)
 
 
 def test_prefix_tree_masses_and_entropies_match_the_hand_computation():
@@ -63,6 +63,18 @@ def test_disambiguation_token_only_for_head_items_sharing_a_full_code():
     assert sids.as_lists() == [[2, 0, 0, 0], [2, 0, 0, 1], [2], [3]]
     assert sids.codes_per_level == [4, 1, 1, 2]
     assert sids.bucket_sizes().tolist() == [1, 1, 1, 1]
+
+
+def test_a_collision_group_wider_than_a_level_gets_a_two_digit_suffix():
+    # 10 head items share (1, 0): ranks 0..9 do not fit one base-4 digit, so each gets two,
+    # most significant first (9 = 2*4 + 1); no position is wider than 4.
+    codes = np.array([[1, 0]] * 10 + [[0, 0]])
+    exposure = np.full(11, 5.0)
+    head = np.array([True] * 10 + [False])
+    sids = sarq(tau=0, base=4).assign(codes, [4, 2], exposure, head)
+    assert sids.codes_per_level == [4, 2, 3, 4]
+    assert sids.as_lists()[0] == [1, 0, 0, 0] and sids.as_lists()[9] == [1, 0, 2, 1] and sids.as_lists()[10] == [0]
+    assert sids.bucket_sizes().tolist() == [1] * 11
 
 
 def test_no_token_column_when_no_head_item_needs_one():

@@ -13,8 +13,9 @@ next level while its node is *contended*: it holds more than one item, `M(n) > t
 
 Head items must end collision-free: a head item that stopped in a node shared with other
 items goes on down its path until its node holds it alone; a head item still sharing its
-full code at depth L gets one disambiguation token (its rank among the head items of that
-leaf), which also sets it apart from any non-head item there. Non-head items that share a
+full code at depth L gets a disambiguation suffix: its rank among the head items of that
+leaf, one token while ranks stay below `semantic_ids.disambiguation_base`, more digits
+past it (`sids.rank_digits`). The suffix also sets it apart from any non-head item there. Non-head items that share a
 node form a leaf bucket, resolved at retrieval time by the SCI score.
 
 `tau` is given, or solved from a target mean SID length (disambiguation tokens included; they
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sids import ABSENT, Sids, duplicate_rank, truncate
+from .sids import ABSENT, Sids, duplicate_rank, rank_digits, truncate
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,8 @@ class PrefixTree:
 class Sarq:
     """SID policy: adaptive lengths by the stopping rule, head items made collision-free."""
 
-    def __init__(self, config: SarqConfig):
-        self.config = config
+    def __init__(self, config: SarqConfig, disambiguation_base: int):
+        self.config, self.disambiguation_base = config, disambiguation_base
         self.tau: float | None = None
 
     def fitted(self) -> dict:
@@ -147,10 +148,12 @@ class Sarq:
         floor = np.where(head, tree.unique_lengths(), 1)
         # a head item sharing its full code never ends alone, so it always reaches depth L
         needs_token = head & (tree.count[-1][tree.node[-1]] > 1)
+        digits, ranges = rank_digits(duplicate_rank(codes[needs_token]), self.disambiguation_base)
         self.tau = (self.config.tau if self.config.tau is not None
-                    else self._solve_tau(tree, floor, float(needs_token.mean())))
+                    else self._solve_tau(tree, floor, float(needs_token.mean()) * digits.shape[1]))
         lengths = np.maximum(tree.rule_lengths(self.tau, self.config.h_min), floor)
-        return self._with_disambiguation(codes, codes_per_level, lengths, needs_token)
+        return self._with_disambiguation(truncate(codes, lengths), codes_per_level, lengths, needs_token,
+                                         digits, ranges)
 
     def _solve_tau(self, tree: PrefixTree, floor: np.ndarray, token_share: float) -> float:
         target = self.config.target_mean_length
@@ -175,12 +178,11 @@ class Sarq:
         return float(candidates[high])
 
     @staticmethod
-    def _with_disambiguation(codes: np.ndarray, codes_per_level: list[int], lengths: np.ndarray,
-                             needs_token: np.ndarray) -> Sids:
-        tokens = truncate(codes, lengths)
+    def _with_disambiguation(tokens: np.ndarray, codes_per_level: list[int], lengths: np.ndarray,
+                             needs_token: np.ndarray, digits: np.ndarray, ranges: list[int]) -> Sids:
         if not needs_token.any():
             return Sids(tokens, lengths, list(codes_per_level))
-        token = np.full(len(codes), ABSENT, dtype=np.int64)
-        token[needs_token] = duplicate_rank(codes[needs_token])
-        return Sids(np.concatenate([tokens, token[:, None]], axis=1), lengths + needs_token,
-                    [*codes_per_level, int(token.max()) + 1])
+        suffix = np.full((len(tokens), digits.shape[1]), ABSENT, dtype=np.int64)
+        suffix[needs_token] = digits
+        return Sids(np.concatenate([tokens, suffix], axis=1), lengths + digits.shape[1] * needs_token,
+                    [*codes_per_level, *ranges])

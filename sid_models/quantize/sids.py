@@ -77,16 +77,40 @@ def duplicate_rank(keys: np.ndarray) -> np.ndarray:
     return rank
 
 
+def rank_digits(rank: np.ndarray, base: int) -> tuple[np.ndarray, list[int]]:
+    """Ranks written with the fewest base-`base` digits that hold the largest, most significant
+    first: (digits [n, D], the token range of each digit position).
+
+    One digit (range max rank + 1) while every rank is below `base`, as in TIGER. A 10M-item
+    catalogue has full codes shared by thousands of items, and a single digit that wide would
+    make the decoder's vocabulary and the trie that wide too; D digits keep every position
+    within `base` tokens.
+    """
+    largest = int(rank.max()) if len(rank) else 0
+    n_digits = 1
+    while base ** n_digits <= largest:
+        n_digits += 1
+    powers = base ** np.arange(n_digits - 1, -1, -1, dtype=np.int64)
+    digits = (rank[:, None] // powers[None, :]) % base
+    ranges = [base] * n_digits
+    ranges[0] = largest // int(powers[0]) + 1
+    return digits.astype(np.int64), ranges
+
+
 class CollisionDigit:
     """TIGER-style policy: every item keeps all L levels and gets one more digit, its rank among
-    the items with the same full code (0 for an item whose code is unique)."""
+    the items with the same full code (0 for an item whose code is unique); a rank past the
+    disambiguation base is written in more digits (`rank_digits`)."""
+
+    def __init__(self, disambiguation_base: int):
+        self.disambiguation_base = disambiguation_base
 
     def fitted(self) -> dict:
         return {}
 
     def assign(self, codes: np.ndarray, codes_per_level: list[int], exposure: np.ndarray,
                head: np.ndarray) -> Sids:
-        digit = duplicate_rank(codes)
-        tokens = np.concatenate([codes.astype(np.int64), digit[:, None]], axis=1)
+        digits, ranges = rank_digits(duplicate_rank(codes), self.disambiguation_base)
+        tokens = np.concatenate([codes.astype(np.int64), digits], axis=1)
         lengths = np.full(len(codes), tokens.shape[1], dtype=np.int64)
-        return Sids(tokens, lengths, [*codes_per_level, int(digit.max()) + 1])
+        return Sids(tokens, lengths, [*codes_per_level, *ranges])

@@ -47,8 +47,8 @@ CODES: dict[str, tuple[Callable[[Catalogue, dict, dict, dict[str, Path]], FullCo
     "residual_kmeans": (residual_kmeans_codes, ("levels", "codes_per_level")),
 }
 POLICIES: dict[str, Callable[[dict], object]] = {
-    "sarq": lambda params: Sarq(SarqConfig.from_params(params["sarq"])),
-    "collision_digit": lambda params: CollisionDigit(),
+    "sarq": lambda params: Sarq(SarqConfig.from_params(params["sarq"]), params["semantic_ids"]["disambiguation_base"]),
+    "collision_digit": lambda params: CollisionDigit(params["semantic_ids"]["disambiguation_base"]),
 }
 
 
