@@ -56,7 +56,7 @@ EVAL_K = 10
 RANKER = "pool"
 WORK = REPO_ROOT / "artifacts" / "bench" / BENCH
 QUICK = {
-    "sft": {"baseline_variants": []},
+    "sft": {"baselines": {"tiger": None}},
     "demo": {"n_items": 800, "n_queries": 900},
     "sci": {"train": {"epochs": 3}},
     "acrq": {"max_steps_per_phase": 100},

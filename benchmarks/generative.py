@@ -41,7 +41,7 @@ from common import (add_bucket_pool_argument, benchmark_params, bucket_pool, emi
 
 from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.eval.harness import latency_ms  # noqa: E402
-from sid_models.eval.systems import load_bm25, system_rows  # noqa: E402
+from sid_models.eval.systems import generative_checkpoint, load_bm25, system_rows  # noqa: E402
 from sid_models.ranking.stage import coverage, load_ranked_searcher  # noqa: E402
 from sid_models.ranking.features import FEATURES  # noqa: E402
 from sid_models.generative.retriever import load_retriever  # noqa: E402
@@ -196,11 +196,12 @@ def main() -> None:
                 emit(BENCH, system, seed=seed, **results[system][-1])
                 log(f"[{BENCH}] {system} seed {seed}: evaluated in {time.perf_counter() - started:.0f} s")
         for system in UNRANKED:
-            variant = system_rows(params)[system]["variant"]
-            if variant not in validation:       # not in sft.baseline_variants
+            row = system_rows(params)[system]
+            model = row["subfolder"] or row["variant"]          # validation.json's name of the model
+            if model not in validation:       # not among sft.baselines
                 continue
-            retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"],
-                                       folders["prepared_dataset"], variant=variant,
+            retriever = load_retriever(generative_checkpoint(row, folders), folders["semantic_ids"],
+                                       folders["prepared_dataset"], variant=row["variant"],
                                        bucket_pool=bucket_pool(args, params))
             if seed == args.seeds[0]:
                 retrievers[system] = (retriever, queries["text"].astype(str).tolist())
@@ -211,8 +212,8 @@ def main() -> None:
             results[system].append(figures)
             log(f"[{BENCH}] {system} seed {seed}: evaluated in {time.perf_counter() - started:.0f} s")
             emit(BENCH, system, seed=seed, bucket_pool=retriever.bucket_pool,
-                 seconds=round(validation[variant]["train_seconds"], 1),
-                 sft_steps=validation[variant]["steps"], **figures)
+                 seconds=round(validation[model]["train_seconds"], 1),
+                 sft_steps=validation[model]["steps"], **figures)
     emit_summary(BENCH, results, (*REPORTED[:-1], "pool_coverage", "pool_coverage_20_sids", "p50_ms"))
     if args.no_speed:
         return

@@ -88,3 +88,9 @@ def materialize_stage(context: dg.AssetExecutionContext, stage: str, inputs: dic
         "mlflow_run_id": mlflow_run_id,
         **{key: _metadata_value(value) for key, value in metadata.items()},
     })
+
+
+def check_result(outcome: tuple[bool, str, dict]) -> dg.AssetCheckResult:
+    """A (passed, description, metadata) verdict of a sid_models check as Dagster's check result."""
+    passed, description, metadata = outcome
+    return dg.AssetCheckResult(passed=passed, description=description, metadata=metadata)

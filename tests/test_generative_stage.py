@@ -76,7 +76,7 @@ def test_retriever_returns_k_distinct_known_items(stage_output, stage_inputs, sm
         assert len(ids) == 7 and len(set(ids)) == 7 and set(ids) <= known
         scores = [score for _, score in hits]
         assert scores == sorted(scores, reverse=True)
-    tiger = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"],
+    tiger = load_retriever(out / "tiger", stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"],
                            variant="tiger")
     assert tiger.model.config.dec_vocab_size != retriever.model.config.dec_vocab_size or tiger.trie.sids != retriever.trie.sids
 

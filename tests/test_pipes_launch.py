@@ -33,7 +33,7 @@ def launched_run(small_params, stage_inputs, tmp_path_factory):  # noqa: F811
                        "presets": {"cpu": {"model": {**TINY_MODEL, "dropout": 0.0},
                                            "sft": {"steps": STEPS, "batch_size": 16}}}},
         "sft": {"warmup_steps": 2, "checkpoint_every": STEPS, "log_every": LOG_EVERY, "valid_max_queries": 16,
-                "baseline_variants": []},
+                "baselines": {"tiger": None}},
         "decode": {"beam_size": 4, "batch_size": 16},
         "align": {"train": {"epochs": 1, "batch_size": 16, "warmup_steps": 2, "log_every": ALIGN_LOG_EVERY},
                   "rdrw": {"warmup_pairs": 64}, "mining": {"beam_size": 4}, "train_vanilla_baseline": False},

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sid_models.eval.systems import build_system, system_rows
+from sid_models.generative.stage import sft_models
 from sid_models.params import deep_merge
 from sid_models.quantize.table import load_sid_table, sid_variants
 from sid_models.quantize.variants import variant_rows
@@ -18,9 +19,10 @@ from test_sft import TINY_MODEL
 
 NEW_VARIANT = {"semantic_ids": {"variants": {"rq_sarq": {"codes": "residual_kmeans", "levels": 2,
                                                          "codes_per_level": 8, "policy": "sarq"}}},
-               "sft": {"baseline_variants": ["rq_sarq"]},
+               "sft": {"baselines": {"tiger": None,
+                                     "rq_sarq": {"variant": "rq_sarq", "overrides": {"sft": {"indexing_ratio": 0.0}}}}},
                "eval": {"systems": {"gr_rq_sarq": {"component": "generative", "checkpoint": "sft_checkpoint",
-                                                   "subfolder": "", "variant": "rq_sarq", "ranker": None,
+                                                   "subfolder": "rq_sarq", "variant": "rq_sarq", "ranker": None,
                                                    "bucket_pool": None, "about": "residual k-means codes, SARQ lengths"}}}}
 
 
@@ -56,9 +58,18 @@ def test_a_new_sid_variant_is_a_params_row_the_stages_build_and_train(pipeline):
     assert table["sid"].map(len).max() <= 3                # 2 levels + SARQ's disambiguation token
     assert metadata["semantic_ids"]["rq_sarq_codes_level1_utilisation"] > 0
     assert (inputs["sft_checkpoint"] / "rq_sarq" / "model.pt").is_file()
-    assert not (inputs["sft_checkpoint"] / "tiger").exists()          # not among sft.baseline_variants
+    assert not (inputs["sft_checkpoint"] / "tiger").exists()          # not among sft.baselines
     validation = json.loads((inputs["sft_checkpoint"] / "validation.json").read_text())
     assert list(validation) == ["sarq_acrq", "rq_sarq"] and validation["rq_sarq"]["valid_sid_rate"] == 1.0
+
+
+def test_a_baseline_recipe_overrides_params_for_that_model_alone_and_null_switches_a_row_off(pipeline):
+    params, inputs, _ = pipeline
+    models = sft_models(params, inputs["semantic_ids"], inputs["sft_checkpoint"])
+    assert list(models) == ["sarq_acrq", "rq_sarq"]                        # tiger: null
+    assert models["rq_sarq"][1] == inputs["sft_checkpoint"] / "rq_sarq"
+    assert models["rq_sarq"][2]["sft"]["indexing_ratio"] == 0.0
+    assert models["sarq_acrq"][2]["sft"]["indexing_ratio"] == params["sft"]["indexing_ratio"] > 0
 
 
 def test_a_new_eval_system_is_a_params_row_over_that_variant(pipeline, small_prepared):

@@ -4,7 +4,7 @@ import dagster as dg
 from sid_models.align.stage import check_ndcg_vs_sft, check_valid_sids, read_validation
 
 from ..resources import MlflowTracking, ParamsResource
-from ..stage_asset import materialize_stage
+from ..stage_asset import check_result, materialize_stage
 
 
 @dg.asset(group_name="alignment",
@@ -22,13 +22,11 @@ def dpo_checkpoint(context: dg.AssetExecutionContext, params: ParamsResource, ml
 @dg.asset_check(asset=dpo_checkpoint, blocking=True,
                 description="Aligned checkpoints decode 100 % valid SIDs on the validation queries.")
 def dpo_valid_sids(dpo_checkpoint: str) -> dg.AssetCheckResult:
-    passed, description, rates = check_valid_sids(read_validation(dpo_checkpoint))
-    return dg.AssetCheckResult(passed=passed, description=description, metadata=rates)
+    return check_result(check_valid_sids(read_validation(dpo_checkpoint)))
 
 
 @dg.asset_check(asset=dpo_checkpoint, blocking=True,
                 description="Validation NDCG@10 of RAD-DPO not below SFT's by more than align.checks.valid_ndcg_tolerance.")
 def dpo_ndcg_not_below_sft(dpo_checkpoint: str, params: ParamsResource) -> dg.AssetCheckResult:
-    tolerance = float(params.load()["align"]["checks"]["valid_ndcg_tolerance"])
-    passed, description, figures = check_ndcg_vs_sft(read_validation(dpo_checkpoint), tolerance)
-    return dg.AssetCheckResult(passed=passed, description=description, metadata=figures)
+    return check_result(check_ndcg_vs_sft(read_validation(dpo_checkpoint),
+                                          float(params.load()["align"]["checks"]["valid_ndcg_tolerance"])))

@@ -1,10 +1,10 @@
-"""Generative asset: the SFT checkpoint (SARQ+ACRQ model, TIGER baseline in tiger/) and its checks."""
+"""Generative asset: the SFT checkpoint (the shipped SARQ+ACRQ model, the sft.baselines models in subfolders) and its checks."""
 import dagster as dg
 
 from sid_models.generative.stage import check_recall_floor, check_valid_sids, read_validation
 
 from ..resources import MlflowTracking, ParamsResource
-from ..stage_asset import materialize_stage
+from ..stage_asset import check_result, materialize_stage
 
 
 @dg.asset(group_name="generative",
@@ -21,13 +21,11 @@ def sft_checkpoint(context: dg.AssetExecutionContext, params: ParamsResource, ml
 @dg.asset_check(asset=sft_checkpoint, blocking=True,
                 description="Trie-constrained beam search decodes 100 % valid SIDs on the validation queries.")
 def sft_valid_sids(sft_checkpoint: str) -> dg.AssetCheckResult:
-    passed, description, rates = check_valid_sids(read_validation(sft_checkpoint))
-    return dg.AssetCheckResult(passed=passed, description=description, metadata=rates)
+    return check_result(check_valid_sids(read_validation(sft_checkpoint)))
 
 
 @dg.asset_check(asset=sft_checkpoint, blocking=True,
-                description="Validation Recall@10 of the SARQ+ACRQ model above sft.valid_recall_floor.")
+                description="Validation Recall@10 of the shipped variant's model above sft.valid_recall_floor.")
 def sft_recall_above_floor(sft_checkpoint: str, params: ParamsResource) -> dg.AssetCheckResult:
-    floor = float(params.load()["sft"]["valid_recall_floor"])
-    passed, description, figures = check_recall_floor(read_validation(sft_checkpoint), floor)
-    return dg.AssetCheckResult(passed=passed, description=description, metadata=figures)
+    return check_result(check_recall_floor(read_validation(sft_checkpoint),
+                                           float(params.load()["sft"]["valid_recall_floor"])))

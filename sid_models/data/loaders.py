@@ -108,15 +108,9 @@ def load_parquet_layout(folder: str | Path, scale: dict | None = None) -> Datase
     raw_items = read_table(files["items"], ITEM_COLUMNS)
     raw_queries = read_table(files["queries"], QUERY_COLUMNS)
     raw_judgments = read_table(files["judgments"], ("query_id", "item_id"))
-    items = pd.DataFrame({"item_id": to_ids(raw_items, "item_id", sources["items"]),
-                          "title": to_text(raw_items, "title", sources["items"], required=True)})
-    for column in ITEM_OPTIONAL_COLUMNS:
-        if column in raw_items.columns:
-            items[column] = to_text(raw_items, column, sources["items"], required=False)
-    items[ROW] = raw_items[ROW]
-    queries = pd.DataFrame({"query_id": to_ids(raw_queries, "query_id", sources["queries"]),
-                            "text": to_text(raw_queries, "text", sources["queries"], required=True),
-                            ROW: raw_queries[ROW]})
+    items = canonical_items(raw_items, "item_id", "title", {column: column for column in ITEM_OPTIONAL_COLUMNS},
+                            sources["items"])
+    queries = canonical_queries(raw_queries, "query_id", "text", sources["queries"])
     judgments = _judgments(raw_judgments, sources["judgments"], "query_id", "item_id",
                            _layout_relevance(raw_judgments, sources["judgments"]))
     for column in BEHAVIOUR_COLUMNS:
@@ -283,15 +277,9 @@ def load_wands(folder: str | Path) -> Dataset:
     products = read_table(sources["items"].file, ("product_id", "product_name"), sep="\t")
     raw_queries = read_table(sources["queries"].file, ("query_id", "query"), sep="\t")
     labels = read_table(sources["judgments"].file, ("query_id", "product_id", "label"), sep="\t")
-    items = pd.DataFrame({"item_id": to_ids(products, "product_id", sources["items"]),
-                          "title": to_text(products, "product_name", sources["items"], required=True)})
-    for canonical, column in (("category", "product_class"), ("description", "product_description")):
-        if column in products.columns:
-            items[canonical] = to_text(products, column, sources["items"], required=False)
-    items[ROW] = products[ROW]
-    queries = pd.DataFrame({"query_id": to_ids(raw_queries, "query_id", sources["queries"]),
-                            "text": to_text(raw_queries, "query", sources["queries"], required=True),
-                            ROW: raw_queries[ROW]})
+    items = canonical_items(products, "product_id", "product_name",
+                            {"category": "product_class", "description": "product_description"}, sources["items"])
+    queries = canonical_queries(raw_queries, "query_id", "query", sources["queries"])
     grades = labels["label"].map(WANDS_GRADES)
     unknown = grades.isna().to_numpy()
     if unknown.any():
@@ -300,6 +288,25 @@ def load_wands(folder: str | Path) -> Dataset:
                                          f"{list(WANDS_GRADES)}", labels, position, "relevance")
     judgments = _judgments(labels, sources["judgments"], "query_id", "product_id", grades.astype(np.float64))
     return _finish("wands", str(folder), WANDS_SCALE, items, queries, judgments, sources)
+
+
+def canonical_items(raw: pd.DataFrame, id_column: str, title_column: str, optional: dict[str, str],
+                    source: Source) -> pd.DataFrame:
+    """item_id, title and the optional canonical columns (canonical name -> raw column, where the
+    raw table has it) of a raw item table, validated, with its source ROW numbers."""
+    items = pd.DataFrame({"item_id": to_ids(raw, id_column, source),
+                          "title": to_text(raw, title_column, source, required=True)})
+    for canonical, column in optional.items():
+        if column in raw.columns:
+            items[canonical] = to_text(raw, column, source, required=False)
+    items[ROW] = raw[ROW]
+    return items
+
+
+def canonical_queries(raw: pd.DataFrame, id_column: str, text_column: str, source: Source) -> pd.DataFrame:
+    """query_id and text of a raw query table, validated, with its source ROW numbers."""
+    return pd.DataFrame({"query_id": to_ids(raw, id_column, source),
+                         "text": to_text(raw, text_column, source, required=True), ROW: raw[ROW]})
 
 
 def _judgments(raw: pd.DataFrame, source: Source, query_column: str, item_column: str,

@@ -126,10 +126,13 @@ def _check_rows(vectors: np.ndarray, n_items: int, path: Path) -> None:
 
 
 def system_rows(params: dict) -> dict[str, dict]:
-    """params `eval.systems`, each row checked against its component's settings."""
-    rows = params["eval"]["systems"]
-    if not isinstance(rows, dict) or not rows:
+    """params `eval.systems`, each row checked against its component's settings; a row set to
+    null (e.g. by an override) is switched off."""
+    if not isinstance(params["eval"]["systems"], dict):
         raise ValueError("eval.systems must map system names to rows {component: ..., about: ..., settings}")
+    rows = {name: row for name, row in params["eval"]["systems"].items() if row is not None}   # null: off
+    if not rows:
+        raise ValueError("eval.systems has no system switched on")
     for name, row in rows.items():
         if row.get("component") not in COMPONENTS:
             raise ValueError(f"eval.systems.{name}: component {row.get('component')!r} is not one of {sorted(COMPONENTS)}")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..data.schema import PreparedDataset
-from ..quantize.table import resolve_variant, sid_variants
+from ..quantize.table import resolve_variant
 from .data import read_sid_table, tokenize
 from .model import Seq2SeqRetriever, load_model
 from .trie import BeamResult, SidTrie, TrieConstraint, beam_search
@@ -195,13 +195,6 @@ class GenerativeRetriever(SidDecoder):
         return results
 
 
-def model_folder(checkpoint_folder: str | Path, variant: str, shipped: str) -> Path:
-    """The folder of `variant`'s model in a checkpoint: the checkpoint itself for the shipped
-    variant, its `<variant>/` subfolder for a baseline variant (sft.baseline_variants)."""
-    folder = Path(checkpoint_folder)
-    return folder if variant == shipped else folder / variant
-
-
 def assets_folder(checkpoint_folder: str | Path) -> Path:
     """The `sci/` folder (query tower, item views, retriever.json) serving a checkpoint's models."""
     return _assets_folder(Path(checkpoint_folder))
@@ -223,17 +216,17 @@ def catalogue_sids(sids_folder: str | Path, prepared_folder: str | Path,
 def load_retriever(checkpoint_folder: str | Path, sids_folder: str | Path, prepared_folder: str | Path,
                    variant: str | None = None,
                    device: torch.device | str = "cpu", bucket_pool: int | None = None) -> GenerativeRetriever:
-    """A ready `GenerativeRetriever` from artifact folders (see module docstring) for the SID
-    `variant` (None: the semantic_ids folder's shipped one). `bucket_pool` overrides the
-    checkpoint's decode setting (e.g. to compare poolings on one model)."""
+    """A ready `GenerativeRetriever` from artifact folders (see module docstring): the model in
+    `checkpoint_folder` (a checkpoint stage's folder, or a model subfolder such as `tiger/`)
+    decoding the SIDs of `variant` (None: the semantic_ids folder's shipped one). `bucket_pool`
+    overrides the checkpoint's decode setting (e.g. to compare poolings on one model)."""
     from ..sci.towers import load_towers
     from ..text.encoder import TextEncoder, load_tokenizer
 
     variant = resolve_variant(sids_folder, variant)
-    folder = model_folder(checkpoint_folder, variant, sid_variants(sids_folder)[0])
+    folder = Path(checkpoint_folder)
     if not (folder / "model.pt").is_file():
-        raise FileNotFoundError(f"no {variant} model at {folder}: the checkpoint {checkpoint_folder} did not train "
-                                f"that SID variant (sft.baseline_variants)")
+        raise FileNotFoundError(f"no model at {folder} (model.pt): not a checkpoint folder or model subfolder")
     model = load_model(folder, map_location=device)
     vocab = SidVocab.load(folder)
     if vocab.size != model.config.dec_vocab_size:

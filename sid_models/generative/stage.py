@@ -1,14 +1,14 @@
 """Stage `sft_checkpoint`: SFT of the generative retriever on the shipped SID variant
-(`semantic_ids.shipped`, SARQ+ACRQ) and, for the evaluation report, same-size, same-budget
-models on the variants of `sft.baseline_variants` (TIGER SIDs).
+(`semantic_ids.shipped`, SARQ+ACRQ) and, for the evaluation report, the models of
+`sft.baselines` (each a SID variant and a recipe of params overrides; TIGER SIDs by default).
 
 Inputs: prepared_dataset, sci_towers (query tower + item views for bucket ranking),
 sci_index, semantic_ids. Writes:
 
   model.pt, config.json, vocab.json, train_state.pt, metrics.jsonl   the shipped variant's model
   sci/                 query tower, item views, decode/text settings (`retriever.py`)
-  <variant>/           each baseline variant's model, same layout (`tiger/`)
-  validation.json      per variant, the shipped one first: recall@10, ndcg@10, recall@10_<segment>,
+  <name>/              each baseline model of sft.baselines, same layout (`tiger/`)
+  validation.json      per model (the shipped one, under its variant's name, first): recall@10, ndcg@10, recall@10_<segment>,
                        valid_sid_rate (constrained beam, must be 1), unconstrained_invalid_rate,
                        train_seconds
 """
@@ -24,7 +24,8 @@ from ..data.schema import PreparedDataset
 from ..quantize.table import sid_variants
 from ..shared.metrics import evaluate
 from ..shared.training import DistContext
-from .retriever import GenerativeRetriever, load_retriever, model_folder, write_retriever_assets
+from ..params import deep_merge
+from .retriever import GenerativeRetriever, load_retriever, write_retriever_assets
 from .train import train_sft
 from .trie import UnconstrainedConstraint, invalid_rate
 
@@ -77,31 +78,47 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     prepared = PreparedDataset.load(inputs["prepared_dataset"])
     if dist.is_main:
         write_retriever_assets(out, inputs["sci_towers"], params)
-    shipped, *known = sid_variants(inputs["semantic_ids"])
-    unknown = [variant for variant in params["sft"]["baseline_variants"] if variant not in known]
-    if unknown:
-        raise ValueError(f"sft.baseline_variants {unknown} are not SID variants of {inputs['semantic_ids']} "
-                         f"(it holds {[shipped, *known]})")
+    models = sft_models(params, inputs["semantic_ids"], out)
     trained: dict[str, tuple[float, list[dict]]] = {}
-    for variant in [shipped, *params["sft"]["baseline_variants"]]:
-        folder = model_folder(out, variant, shipped)
+    for name, (variant, folder, model_params) in models.items():
         started = time.perf_counter()
-        _, history = train_sft(params, prepared, inputs["semantic_ids"], folder, variant, dist=dist,
+        _, history = train_sft(model_params, prepared, inputs["semantic_ids"], folder, variant, dist=dist,
                                towers_folder=inputs["sci_towers"])
-        trained[variant] = (time.perf_counter() - started, history)
+        trained[name] = (time.perf_counter() - started, history)
     if not dist.is_main:
         return {}       # under torchrun the other ranks only train; rank 0 validates and reports
     summary: dict[str, dict[str, float]] = {}
-    for variant, (seconds, history) in trained.items():
-        retriever = load_retriever(out, inputs["semantic_ids"], inputs["prepared_dataset"],
+    for name, (seconds, history) in trained.items():
+        variant, folder, _ = models[name]
+        retriever = load_retriever(folder, inputs["semantic_ids"], inputs["prepared_dataset"],
                                    variant=variant, device=dist.device)
-        summary[variant] = {**validate(retriever, prepared, int(params["sft"]["valid_max_queries"])),
-                            "train_seconds": seconds, "steps": len(history)}
+        summary[name] = {**validate(retriever, prepared, int(params["sft"]["valid_max_queries"])),
+                         "train_seconds": seconds, "steps": len(history)}
         if history:
             tail = history[-FINAL_LOSS_STEPS:]
-            summary[variant]["final_loss"] = sum(record["loss"] for record in tail) / len(tail)
+            summary[name]["final_loss"] = sum(record["loss"] for record in tail) / len(tail)
     (out / VALIDATION_FILE).write_text(json.dumps(summary, indent=2))
-    return {f"{variant}_{key}": value for variant, figures in summary.items() for key, value in figures.items()}
+    return {f"{name}_{key}": value for name, figures in summary.items() for key, value in figures.items()}
+
+
+def sft_models(params: dict, sids_folder: Path, out: Path) -> dict[str, tuple[str, Path, dict]]:
+    """name -> (SID variant, folder, params) of every model the stage trains: the shipped
+    variant's in `out` itself (named after the variant), then each row of sft.baselines in
+    `out/<name>/` with its overrides merged over params (a row set to null is skipped)."""
+    shipped, *known = sid_variants(sids_folder)
+    models = {shipped: (shipped, out, params)}
+    for name, row in params["sft"]["baselines"].items():
+        if row is None:                  # a row set to null is switched off
+            continue
+        if set(row) != {"variant", "overrides"}:
+            raise ValueError(f"sft.baselines.{name}: a row has keys ['overrides', 'variant'], got {sorted(row)}")
+        if row["variant"] not in [shipped, *known]:
+            raise ValueError(f"sft.baselines.{name}: variant {row['variant']!r} is not a SID variant of "
+                             f"{sids_folder} (it holds {[shipped, *known]})")
+        if name in models or name == "sci":
+            raise ValueError(f"sft.baselines.{name}: the name is taken (the shipped model or the sci/ assets)")
+        models[name] = (row["variant"], out / name, deep_merge(params, row["overrides"]))
+    return models
 
 
 def read_validation(folder: str | Path, stage: str = "sft_checkpoint") -> dict[str, dict[str, float]]:

@@ -53,11 +53,12 @@ POLICIES: dict[str, Callable[[dict], object]] = {
 
 
 def variant_rows(params: dict) -> dict[str, dict]:
-    """params `semantic_ids.variants`, every row checked; the shipped variant among them."""
+    """params `semantic_ids.variants`, every row checked (a row set to null is switched off);
+    the shipped variant among them."""
     section = params["semantic_ids"]
-    rows = section["variants"]
-    if not isinstance(rows, dict) or not rows:
+    if not isinstance(section["variants"], dict):
         raise ValueError("semantic_ids.variants must map variant names to rows {codes: ..., policy: ...}")
+    rows = {name: row for name, row in section["variants"].items() if row is not None}    # null: off
     for name, row in rows.items():
         if row.get("codes") not in CODES:
             raise ValueError(f"semantic_ids.variants.{name}: codes {row.get('codes')!r} is not one of {sorted(CODES)}")
