@@ -5,6 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from sid_models.eval.systems import system_rows
+
 from ..resources import MlflowTracking, ParamsResource
 from ..stage_asset import materialize_stage
 
@@ -32,7 +34,7 @@ def eval_report(context: dg.AssetExecutionContext, prepared_dataset: str, text_e
 @dg.asset_check(asset=eval_report, blocking=True,
                 description="Every configured system was evaluated and every headline figure is a finite number.")
 def eval_report_complete(eval_report: str, params: ParamsResource) -> dg.AssetCheckResult:
-    expected = params.load()["eval"]["systems"]
+    expected = list(system_rows(params.load()))          # the rows switched on
     systems = json.loads((Path(eval_report) / "systems.json").read_text())
     missing = [name for name in expected if name not in systems]
     bad = {name: key for name, figures in systems.items() for key, value in figures.items()
