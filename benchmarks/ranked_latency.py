@@ -38,7 +38,7 @@ def main() -> None:
             parts: dict[str, list[float]] = {"minilm": [], "beam": [], "features": [], "lightgbm": [], "total": []}
             for text in texts:
                 started = time.perf_counter()
-                sci_query = featurizer.query_tower(featurizer.encode_minilm([text]))
+                sci_query = featurizer.query_tower([text], featurizer.encode_minilm([text]))
                 encoded = time.perf_counter()
                 featurizer.retriever.search_sids([text], max(featurizer.retriever.beam_size, settings.pool_sids),
                                                  sci_query)

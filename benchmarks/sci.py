@@ -1,14 +1,19 @@
 """SCI benchmark: BM25, MiniLM zero-shot, dual tower (λ_swap = 0), dual tower + swap, and
-swap + consistency term (`tower_swap_cons`), each searched exactly (`exact`), through IVF
+swap + consistency term (`tower_swap_cons`, with --consistency), for each tower kind, each searched exactly (`exact`), through IVF
 with item-view centroids (`ivf_item`) and through the consistent dual-view IVF (`ivf_dual`,
-centroids on the query view) at several nprobe, on the test split. One JSON line per (system, index, nprobe):
-recall@K, ndcg@10, mrr, recall@10_cold / _seen, qps of the index at batch 256.
+centroids on the query view) at nprobe 1-64 and `--lists-per-cell` (IVF lists per first-level
+cell), on the test split. One JSON line per (system, seed, index, lists per cell, nprobe):
+recall@K, ndcg@10, mrr, recall@10_cold / _seen, `recall@10_of_exact` (the share of exact
+search's recall@10 kept), qps of the index at batch 256, and for trained towers their
+misalignment (mean ‖f_q(x) − f_i(x)‖ and cos over items and queries, untrained and trained).
+Then a summary line per (system, index, lists per cell, nprobe) row: mean and sample std over the seeds.
 
 MiniLM has a single view (item = query view), so its `ivf_dual` equals `ivf_item` and is not
 repeated. Towers and IVF run with `sci.train.threads` threads (1 by default: the machine is
 shared), so qps are single-thread figures.
 
-    .venv/bin/python benchmarks/sci.py [--data PATH|demo] [--quick] [--seeds 0 1]
+    .venv/bin/python benchmarks/sci.py [--data PATH|demo] [--quick] [--seeds 0 1 2] [--lists-per-cell 1 4]
+        [--tower-kinds mlp minilm] [--consistency]
 """
 from __future__ import annotations
 
@@ -17,25 +22,27 @@ import time
 
 import numpy as np
 
-from common import benchmark_params, emit, log, parse_args, prepared_dataset
+from common import benchmark_params, emit, emit_summary, log, parse_args, prepared_dataset
 
 from sid_models.shared.metrics import evaluate
 from sid_models.lexical.bm25 import BM25Retriever
 from sid_models.sci.index import DualViewIndex, FlatIndex, n_lists, rankings
 from sid_models.sci.stage import zero_shot_metrics
-from sid_models.sci.towers import TowerConfig
-from sid_models.sci.train import TrainConfig, limit_threads, train_towers
+from sid_models.params import deep_merge
+from sid_models.sci.train import TrainConfig, limit_threads, misalignment, new_towers, tower_inputs, train_towers
 from sid_models.text.encoder import TextEncoder
 
 BENCH = "sci"
 K = 50
-NPROBES = (1, 4, 16)
+NPROBES = (1, 2, 4, 8, 16, 32, 64)
 INDEX_NAMES = {"item": "ivf_item", "query": "ivf_dual"}  # coarse_view -> reported index name
 QPS_BATCH = 256
 QPS_MIN_QUERIES = 2048
 REPORTED = ("recall@1", "recall@5", "recall@10", "recall@50", "ndcg@10", "mrr", "recall@10_cold",
             "recall@10_seen", "recall@10_head", "recall@10_torso", "recall@10_tail", "recall@10_multi",
             "n_queries")
+SUMMARISED = ("recall@10", "recall@50", "ndcg@10", "recall@10_cold", "recall@10_seen", "recall@10_of_exact", "qps",
+              "misalign_items_l2", "misalign_items_cos", "misalign_queries_l2", "misalign_queries_cos")
 QUICK = {"sci": {"train": {"epochs": 2}}}
 SWAP_LAMBDA = 1.0          # tower_swap when params set lambda_swap to 0
 CONSISTENCY_LAMBDA = 1.0   # extra system tower_swap_cons (swap + consistency) when params leave lambda_cons at 0
@@ -51,8 +58,18 @@ def throughput(index, query_vectors: np.ndarray, nprobe: int | None) -> float:
     return len(queries) / (time.perf_counter() - started)
 
 
+def own_arguments(parser) -> None:
+    parser.add_argument("--lists-per-cell", type=int, nargs="+", default=None,
+                        help="IVF lists per first-level cell to build (default: params index.lists_per_cell)")
+    parser.add_argument("--tower-kinds", nargs="+", default=None,
+                        help="sci.tower.kinds rows to train (default: params sci.tower.kind); "
+                             "a kind other than mlp names its systems <system>_<kind>")
+    parser.add_argument("--consistency", action="store_true",
+                        help="also train tower_swap_cons (swap + consistency term, λ_cons 1)")
+
+
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], own_arguments)
     params = benchmark_params(args, QUICK if args.quick else None)
     limit_threads(params["sci"]["train"]["threads"])
     prepared = prepared_dataset(params)
@@ -61,15 +78,21 @@ def main() -> None:
     query_ids, item_ids = test["query_id"].tolist(), prepared.items["item_id"].tolist()
     segment = dict(zip(prepared.segments["item_id"], prepared.segments["segment"]))
     log(f"{prepared.name}: {len(item_ids)} items, {len(test)} test queries")
+    results: dict[str, list[dict]] = {}
 
     def score(rows: np.ndarray) -> dict:
         result = evaluate(rankings(rows, query_ids, item_ids), judged, prepared.scale, segment)
         return {key: result[key] for key in REPORTED if key in result}
 
+    def record(system: str, index: str, lists_per_cell: int | None, nprobe: int | None, **fields) -> None:
+        emit(BENCH, system, index=index, lists_per_cell=lists_per_cell, nprobe=nprobe, **fields)
+        row = "/".join(str(part) for part in (system, index, lists_per_cell, nprobe) if part is not None)
+        results.setdefault(row, []).append(fields)
+
     started = time.perf_counter()
     bm25 = BM25Retriever.from_params(prepared.item_text().tolist(), params["bm25"])
     _, rows = bm25.search(test["text"].tolist(), K)
-    emit(BENCH, "bm25", index="bm25", nprobe=None, **score(rows), seconds=time.perf_counter() - started)
+    record("bm25", "bm25", None, None, **score(rows), seconds=time.perf_counter() - started)
 
     encoder = TextEncoder.from_params(params["text"])
     item_base = encoder.encode(prepared.item_text().tolist(), "items")
@@ -77,46 +100,61 @@ def main() -> None:
     test_rows = test.index.to_numpy()
     settings = params["index"]
     nlist = n_lists(len(item_ids), settings["nlist"], settings["min_points_per_list"])
-    log(f"IVF: {nlist} lists, nprobe {NPROBES}")
+    lists_per_cell = args.lists_per_cell or [settings["lists_per_cell"]]
+    log(f"IVF: {nlist} cells x {lists_per_cell} lists per cell, nprobe {NPROBES}")
 
     def search_all(system: str, query_vectors: np.ndarray, item_query_view: np.ndarray, item_view: np.ndarray,
                    seed: int, views: tuple[str, ...], **extra) -> None:
         flat = FlatIndex(item_view)
         _, rows = flat.search(query_vectors, K)
-        emit(BENCH, system, index="exact", nprobe=None, **score(rows), qps=throughput(flat, query_vectors, None),
-             seed=seed, **extra)
+        exact = score(rows)
+        record(system, "exact", None, None, **exact, qps=throughput(flat, query_vectors, None), seed=seed, **extra)
         for view in views:
-            built = time.perf_counter()
-            index = DualViewIndex.build(item_query_view, item_view, nlist, settings["niter"], seed,
-                                        settings["nprobe"], coarse_view=view)
-            build_seconds = time.perf_counter() - built
-            for nprobe in NPROBES:
-                _, rows = index.search(query_vectors, K, nprobe)
-                emit(BENCH, system, index=INDEX_NAMES[view], nprobe=nprobe, nlist=nlist, **score(rows),
-                     qps=throughput(index, query_vectors, nprobe), build_seconds=build_seconds, seed=seed, **extra)
+            for per_cell in lists_per_cell:
+                built = time.perf_counter()
+                index = DualViewIndex.build(item_query_view, item_view, nlist, settings["niter"], seed, 1,
+                                            coarse_view=view, lists_per_cell=per_cell,
+                                            min_points_per_list=settings["min_points_per_list"])
+                build_seconds = time.perf_counter() - built
+                for nprobe in (n for n in NPROBES if n <= index.nlist):
+                    _, rows = index.search(query_vectors, K, nprobe)
+                    figures = score(rows)
+                    record(system, INDEX_NAMES[view], per_cell, nprobe, nlist=index.nlist, **figures,
+                           **{"recall@10_of_exact": figures["recall@10"] / exact["recall@10"]},
+                           qps=throughput(index, query_vectors, nprobe), build_seconds=build_seconds, seed=seed,
+                           **extra)
 
     search_all("minilm", query_base[test_rows], item_base, item_base, params["seed"], ("item",),
                valid_recall_at_10=zero_shot_metrics(prepared, item_base, query_base, "valid", 10)["recall@10"])
 
-    tower_config = TowerConfig(in_dim=int(item_base.shape[1]), **params["sci"]["tower"])
-    for seed in args.seeds:
-        base_config = TrainConfig.from_params(params["sci"], seed)
-        lambda_swap = base_config.lambda_swap or SWAP_LAMBDA
-        variants = [("tower", {"lambda_swap": 0.0, "lambda_cons": 0.0}),
-                    ("tower_swap", {"lambda_swap": lambda_swap})]
-        if base_config.lambda_cons == 0:
-            variants.append(("tower_swap_cons", {"lambda_swap": lambda_swap, "lambda_cons": CONSISTENCY_LAMBDA}))
-        for system, overrides in variants:
-            config = dataclasses.replace(base_config, **overrides)
-            result = train_towers(prepared, item_base, query_base, tower_config, config, log=log)
-            towers = result.towers
-            log(f"{system} seed {seed}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
-            search_all(system, towers.encode_queries(query_base[test_rows]), towers.encode_queries(item_base),
-                       towers.encode_items(item_base), seed, ("item", "query"),
-                       train_seconds=result.seconds, best_epoch=result.best_epoch,
-                       lambda_swap=config.lambda_swap, lambda_cons=config.lambda_cons,
-                       valid_recall_at_10=result.best_valid["recall@10"],
-                       valid_recall_at_10_untrained=result.history[0]["valid_recall@10"])
+    for kind in args.tower_kinds or [params["sci"]["tower"]["kind"]]:
+        sci = deep_merge(params["sci"], {"tower": {"kind": kind}})
+        suffix = "" if kind == "mlp" else f"_{kind}"
+        for seed in args.seeds:
+            base_config = TrainConfig.from_params(sci, seed)
+            lambda_swap = base_config.lambda_swap or SWAP_LAMBDA
+            variants = [("tower", {"lambda_swap": 0.0, "lambda_cons": 0.0}),
+                        ("tower_swap", {"lambda_swap": lambda_swap})]
+            if base_config.lambda_cons == 0 and args.consistency:
+                variants.append(("tower_swap_cons", {"lambda_swap": lambda_swap, "lambda_cons": CONSISTENCY_LAMBDA}))
+            for system, overrides in variants:
+                config = dataclasses.replace(base_config, **overrides)
+                towers = new_towers(sci["tower"], params["text"], prepared, item_base, query_base, config)
+                item_inputs, query_inputs = tower_inputs(towers, prepared, item_base, query_base, params["text"])
+                result = train_towers(prepared, towers, item_inputs, query_inputs, config, log=log)
+                towers = result.towers
+                untrained = {f"{key}_untrained": value for key, value in result.history[0].items()
+                             if key.startswith("misalign_")}
+                log(f"{system}{suffix} seed {seed}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
+                query_vectors = towers.encode_queries(query_inputs)
+                search_all(system + suffix, query_vectors[test_rows], towers.encode_queries(item_inputs),
+                           towers.encode_items(item_inputs), seed, ("item", "query"), tower_kind=kind,
+                           train_seconds=result.seconds, best_epoch=result.best_epoch,
+                           lambda_swap=config.lambda_swap, lambda_cons=config.lambda_cons,
+                           valid_recall_at_10=result.best_valid["recall@10"],
+                           valid_recall_at_10_untrained=result.history[0]["valid_recall@10"],
+                           **misalignment(towers, item_inputs, query_inputs), **untrained)
+    emit_summary(BENCH, results, SUMMARISED)
 
 
 if __name__ == "__main__":

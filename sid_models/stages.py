@@ -94,7 +94,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
     Stage("segment_stats", "sid_models.data.stage:segment_stats", ("prepared_dataset",), params=()),
     Stage("text_embeddings", "sid_models.text.stage:run", ("prepared_dataset",), params=("text",)),
     Stage("sci_towers", "sid_models.sci.stage:train_towers", ("prepared_dataset", "text_embeddings"),
-          params=("seed", "sci")),
+          params=("seed", "sci", "text")),
     Stage("sci_index", "sid_models.sci.stage:build_index", ("prepared_dataset", "text_embeddings", "sci_towers"),
           params=("seed", "index")),
     Stage("acrq_codebooks", "sid_models.quantize.stage:fit_codebooks", ("prepared_dataset", "sci_towers", "sci_index"),

@@ -28,6 +28,8 @@ STAGE_PARAMS = {
     "semantic_ids": {"variants": {"tiger": {"levels": 2, "codes_per_level": 16}}},
 }
 
+UNREFINED = {"lists_per_cell": 1, "min_points_per_list": 39}
+
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -53,7 +55,7 @@ def folders(small_prepared, tmp_path_factory):
     np.save(towers / ITEM_VIEW_FILE, item_view)
     np.save(towers / QUERY_VIEW_FILE, query_view)
     np.save(towers / QUERIES_FILE, queries)
-    DualViewIndex.build(query_view, item_view, nlist=6, niter=10, seed=0, nprobe=2).save(root / "sci_index")
+    DualViewIndex.build(query_view, item_view, nlist=6, niter=10, seed=0, nprobe=2, **UNREFINED).save(root / "sci_index")
     return {"prepared_dataset": prepared_folder, "sci_towers": towers, "sci_index": root / "sci_index"}
 
 

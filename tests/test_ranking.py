@@ -61,7 +61,7 @@ def test_candidates_are_the_union_of_the_channels_with_their_features(ranker_par
     own = merged.features[merged.rows.tolist().index(5)]
     assert own[COLUMN["bm25_rank"]] == 0 and own[COLUMN["query_terms_in_title"]] == 1.0
     assert own[COLUMN["trigram_jaccard"]] == 1.0
-    sci = featurizer.retriever.item_vectors @ featurizer.query_tower(featurizer.encode_minilm([query]))[0]
+    sci = featurizer.retriever.item_vectors @ featurizer.query_tower([query], featurizer.encode_minilm([query]))[0]
     dense_top = np.argsort(-sci)[:10]
     assert set(dense_top.tolist()) <= set(merged.rows.tolist())
     ranks = merged.features[np.searchsorted(merged.rows, dense_top), COLUMN["sci_rank"]]

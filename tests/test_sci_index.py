@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from sid_models.sci.index import DualViewIndex, FlatIndex, n_lists, rankings
+from sid_models.sci.stage import choose_nprobe
+
+UNREFINED = {"lists_per_cell": 1, "min_points_per_list": 39}
 
 
 def _unit(rows: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -26,7 +29,7 @@ def views():
 @pytest.fixture(scope="module")
 def dual(views):
     query_view, item_view, _ = views
-    return DualViewIndex.build(query_view, item_view, nlist=12, niter=10, seed=0, nprobe=2)
+    return DualViewIndex.build(query_view, item_view, nlist=12, niter=10, seed=0, nprobe=2, **UNREFINED)
 
 
 def test_query_routes_to_the_cell_faiss_assigns(dual, views):
@@ -45,7 +48,7 @@ def test_items_are_filed_in_the_cell_their_query_view_routes_to(dual, views):
 
 def test_item_view_baseline_files_items_by_their_item_view(views):
     query_view, item_view, _ = views
-    baseline = DualViewIndex.build(query_view, item_view, nlist=12, niter=10, seed=0, nprobe=2, coarse_view="item")
+    baseline = DualViewIndex.build(query_view, item_view, nlist=12, niter=10, seed=0, nprobe=2, coarse_view="item", **UNREFINED)
     assert (baseline.list_assignments() == baseline.route(item_view)).all()
 
 
@@ -83,7 +86,7 @@ def test_nprobe_outside_the_lists_is_rejected(dual, views):
 def test_mismatched_views_are_rejected(views):
     query_view, item_view, _ = views
     with pytest.raises(ValueError, match="rows"):
-        DualViewIndex.build(query_view[:10], item_view, nlist=2, niter=5, seed=0, nprobe=1)
+        DualViewIndex.build(query_view[:10], item_view, nlist=2, niter=5, seed=0, nprobe=1, **UNREFINED)
 
 
 def test_number_of_lists_scales_down_with_the_catalogue():
@@ -98,3 +101,48 @@ def test_rankings_map_rows_to_ids_and_drop_padding():
 
 def test_index_is_faiss_ivf_over_inner_product(dual):
     assert isinstance(dual.index, faiss.IndexIVFFlat) and dual.index.metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+def test_refined_lists_nest_in_the_cells_and_keep_routing_consistent(views):
+    query_view, item_view, queries = views
+    cells_only = DualViewIndex.build(query_view, item_view, nlist=6, niter=10, seed=0, nprobe=1, **UNREFINED)
+    refined = DualViewIndex.build(query_view, item_view, nlist=6, niter=10, seed=0, nprobe=1,
+                                  lists_per_cell=3, min_points_per_list=39)
+    # the cells (first SID level) are untouched by the refinement; the lists are finer
+    np.testing.assert_array_equal(refined.centroids, cells_only.centroids)
+    np.testing.assert_array_equal(refined.route(query_view), cells_only.route(query_view))
+    assert (refined.n_cells, refined.nlist) == (6, 18)
+    # items and queries go to their nearest list centroid in the same space
+    assert (refined.list_assignments() == refined.route_lists(query_view)).all()
+    _, rows = refined.search(queries, 10, nprobe=1)
+    lists = refined.list_assignments()
+    for query_list, found in zip(refined.route_lists(queries), rows):
+        assert (lists[found[found >= 0]] == query_list).all()
+    # most items sit in a list of their own cell (the lists were fitted inside the cells)
+    list_cell = np.repeat(np.arange(6), 3)
+    assert (list_cell[lists] == refined.route(query_view)).mean() > 0.8
+    np.testing.assert_array_equal(refined.search(queries, 10, nprobe=18)[1], FlatIndex(item_view).search(queries, 10)[1])
+
+
+def test_a_cell_too_small_to_split_keeps_one_list(views):
+    query_view, item_view, _ = views
+    refined = DualViewIndex.build(query_view, item_view, nlist=6, niter=10, seed=0, nprobe=1,
+                                  lists_per_cell=4, min_points_per_list=150)
+    # 1,200 items in 6 cells: about 200 per cell, so each splits into one list (< 2 x 150 points)
+    sizes = np.bincount(refined.route(query_view), minlength=6)
+    assert refined.nlist == sum(max(1, min(4, size // 150)) for size in sizes)
+
+
+def test_auto_nprobe_is_the_smallest_power_of_two_reaching_the_ratio(dual, views):
+    _, item_view, queries = views
+    exact_rows = FlatIndex(item_view).search(queries, 10)[1]
+
+    def overlap(rows):
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, exact_rows)]))
+
+    nprobe, sweep = choose_nprobe(dual, queries, 1.0, overlap, 0.9)
+    recalls = [step["valid_recall@10"] for step in sweep]
+    assert [step["nprobe"] for step in sweep] == [2 ** i for i in range(len(sweep) - 1)] + [nprobe]
+    assert recalls[-1] >= 0.9 and all(recall < 0.9 for recall in recalls[:-1])
+    # asking for exact recall probes every list
+    assert choose_nprobe(dual, queries, 1.0, overlap, 1.0)[0] == dual.nlist

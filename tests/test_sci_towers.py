@@ -12,7 +12,7 @@ from sid_models.params import deep_merge, load_params
 from sid_models.sci.losses import consistency, info_nce
 from sid_models.sci.stage import train_towers as run_towers_stage
 from sid_models.sci.towers import DualTower, TowerConfig, initial_projection, load_towers
-from sid_models.sci.train import TrainConfig, TrainingData, objective, train_towers
+from sid_models.sci.train import TrainConfig, TrainingData, new_towers, objective, train_towers
 from sid_models.text.encoder import TextEncoder
 
 FAST_TRAIN = {"epochs": 2, "batch_size": 64, "patience": 1, "preserve_sample": 32}
@@ -124,10 +124,11 @@ def test_weighted_loss_counts_high_grades_more():
 def _objective_terms(towers: DualTower, lambda_swap: float, lambda_cons: float = 0.0):
     config = dataclasses.replace(TrainConfig.from_params(load_params()["sci"], 0), lambda_swap=lambda_swap,
                                  lambda_cons=lambda_cons, temperature=0.1)
-    queries, items, negatives = _unit(6, 32, 7), _unit(6, 32, 8), _unit(12, 32, 9).reshape(6, 2, 32)
-    return objective(towers, towers.query_tower.projection.weight.detach(), queries, items, negatives,
+    queries = _unit(6, 32, 7).numpy()
+    items = torch.cat([_unit(6, 32, 8), _unit(12, 32, 9)]).numpy()   # 6 positives, then 2 negatives per pair
+    return objective(towers, items, queries, np.arange(6), np.arange(6), np.arange(6, 18).reshape(6, 2),
                      torch.ones(6, 2, dtype=torch.bool), torch.zeros(6, 6, dtype=torch.bool), torch.ones(6), None,
-                     config)
+                     None, config)
 
 
 def test_swap_loss_adds_no_parameters_and_mirrors_the_main_loss_for_identical_towers():
@@ -162,14 +163,21 @@ def test_consistency_is_zero_for_identical_towers_and_positive_otherwise():
 def test_training_is_deterministic_under_a_seed(small_prepared, small_base, small_params):
     items, queries = small_base
     config = dataclasses.replace(TrainConfig.from_params(small_params["sci"], 3), **FAST_TRAIN, lambda_preserve=0.1)
-    tower_config = TowerConfig(in_dim=int(items.shape[1]), **{**small_params["sci"]["tower"], "hidden_dim": 64})
-    first = train_towers(small_prepared, items, queries, tower_config, config)
-    second = train_towers(small_prepared, items, queries, tower_config, config)
+    tower_params = deep_merge(small_params["sci"]["tower"], {"kinds": {"mlp": {"hidden_dim": 64}}})
+
+    def train(config):
+        towers = new_towers(tower_params, small_params["text"], small_prepared, items, queries, config)
+        return train_towers(small_prepared, towers, items, queries, config)
+
+    first, second = train(config), train(config)
     for name, tensor in first.towers.state_dict().items():
         torch.testing.assert_close(tensor, second.towers.state_dict()[name], rtol=0, atol=0)
     assert [h["loss_total"] for h in first.history[1:]] == [h["loss_total"] for h in second.history[1:]]
-    other = train_towers(small_prepared, items, queries, tower_config, dataclasses.replace(config, seed=4))
+    other = train(dataclasses.replace(config, seed=4))
     assert other.history[1]["loss_total"] != first.history[1]["loss_total"]
+    # the untrained towers coincide; training (with the swap, λ_swap 1) pulls them apart
+    assert first.history[0]["misalign_items_l2"] == 0 and first.history[0]["misalign_queries_cos"] == pytest.approx(1)
+    assert first.history[-1]["misalign_items_l2"] > 0
 
 
 def test_towers_stage_writes_normalised_views_and_loadable_towers(small_params, small_prepared, small_base, tmp_path):
@@ -179,12 +187,12 @@ def test_towers_stage_writes_normalised_views_and_loadable_towers(small_params, 
     text_folder.mkdir()
     np.save(text_folder / "items.npy", items)
     np.save(text_folder / "queries.npy", queries)
-    params = deep_merge(small_params, {"sci": {"train": FAST_TRAIN, "tower": {"hidden_dim": 64}}})
+    params = deep_merge(small_params, {"sci": {"train": FAST_TRAIN, "tower": {"kinds": {"mlp": {"hidden_dim": 64}}}}})
     out = tmp_path / "towers"
     out.mkdir()
     metadata = run_towers_stage(params, {"prepared_dataset": prepared_folder, "text_embeddings": text_folder}, out)
     towers = load_towers(out)
-    out_dim = params["sci"]["tower"]["out_dim"]
+    out_dim = params["sci"]["tower"]["kinds"]["mlp"]["out_dim"]
     for name, expected in (("item_query_view.npy", towers.encode_queries(items)),
                            ("item_item_view.npy", towers.encode_items(items)),
                            ("queries.npy", towers.encode_queries(queries))):
@@ -193,6 +201,7 @@ def test_towers_stage_writes_normalised_views_and_loadable_towers(small_params, 
         np.testing.assert_allclose(np.linalg.norm(saved, axis=1), 1.0, atol=1e-5)
         np.testing.assert_allclose(saved, expected, atol=1e-6)
     assert metadata["valid_recall@10"] >= 0 and "valid_recall@10_minilm" in metadata
+    assert metadata["misalign_items_l2_untrained"] == 0 and metadata["misalign_items_cos_trained"] <= 1
 
 
 def test_hard_negative_cutoff_never_exceeds_the_relevance_threshold(small_prepared, small_params):

@@ -15,7 +15,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from sid_models.serving import cli
-from sid_models.serving.pyfunc import ServingLimits, log_searcher_model, parse_request
+from sid_models.serving.pyfunc import PyfuncSearcher, ServingLimits, log_searcher_model, parse_request
 from sid_models.serving.server import post_json, scoring_server
 
 MODEL_NAME = "sid-retrieval-test"
@@ -55,6 +55,18 @@ def test_model_returns_ranked_items_with_scores(served):
     for ids, scores in zip(found["item_ids"], found["scores"]):
         assert len(ids) == 3 and set(ids) <= served["items"]
         assert list(scores) == sorted(scores, reverse=True)
+
+
+def test_searcher_splits_a_large_call_into_requests_the_model_accepts(served, small_prepared):
+    # 30 queries x k 5 = 150 results: over max_results (60) and max_batch (8) in one request
+    queries = small_prepared.queries["text"].tolist()[:30]
+    with pytest.raises(MlflowException, match="at most"):
+        served["model"].predict(pd.DataFrame({"query": queries}), params={"k": 5})
+    searcher = PyfuncSearcher(served["model"])
+    found = searcher.search(queries, 5)
+    assert len(found) == 30 and all(len(hits) == 5 for hits in found)
+    single = served["model"].predict(pd.DataFrame({"query": queries[17:18]}), params={"k": 5})
+    assert [item for item, _ in found[17]] == list(single["item_ids"][0])
 
 
 def test_default_k_comes_from_the_serving_limits(served):

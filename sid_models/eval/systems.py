@@ -91,19 +91,20 @@ def dual_tower(prepared_folder: str | Path, embeddings_folder: str | Path, param
     The pipeline keeps only the swap-trained towers, so the baseline is trained here with the
     same budget and seed as the `sci` section prescribes.
     """
-    from ..sci.towers import TowerConfig
-    from ..sci.train import TrainConfig, train_towers
+    from ..sci.train import TrainConfig, new_towers, tower_inputs, train_towers
     from ..text.stage import load_embeddings
 
     prepared = PreparedDataset.load(prepared_folder)
     item_base, query_base = load_embeddings(embeddings_folder)
     sci = deep_merge(params["sci"], sci_overrides)
-    towers = train_towers(prepared, item_base, query_base, TowerConfig(in_dim=int(item_base.shape[1]), **sci["tower"]),
-                          TrainConfig.from_params(sci, params["seed"])).towers
+    config = TrainConfig.from_params(sci, params["seed"])
+    towers = new_towers(sci["tower"], params["text"], prepared, item_base, query_base, config)
+    item_inputs, query_inputs = tower_inputs(towers, prepared, item_base, query_base, params["text"])
+    towers = train_towers(prepared, towers, item_inputs, query_inputs, config).towers
     encoder = query_text_encoder(params["text"])
     return ItemSearcher(prepared.items["item_id"].to_numpy(),
-                        lambda texts: towers.encode_queries(encoder.encode(texts)),
-                        exact_search(towers.encode_items(item_base)))
+                        lambda texts: towers.encode_query_texts(texts, encoder.encode),
+                        exact_search(towers.encode_items(item_inputs)))
 
 
 def load_sci(prepared_folder: str | Path, towers_folder: str | Path, index_folder: str | Path,
@@ -116,7 +117,7 @@ def load_sci(prepared_folder: str | Path, towers_folder: str | Path, index_folde
     towers = load_towers(towers_folder)
     index = DualViewIndex.load(index_folder)
     encoder = query_text_encoder(text_params)
-    return ItemSearcher(items["item_id"].to_numpy(), lambda texts: towers.encode_queries(encoder.encode(texts)),
+    return ItemSearcher(items["item_id"].to_numpy(), lambda texts: towers.encode_query_texts(texts, encoder.encode),
                          lambda vectors, k: index.search(vectors, k))
 
 

@@ -243,7 +243,7 @@ def load_retriever(checkpoint_folder: str | Path, sids_folder: str | Path, prepa
                        settings["text"]["max_seq_length"], progress=False)
     decode = settings["decode"]
     return GenerativeRetriever(model, load_tokenizer(), trie, Buckets.build(trie, item_sids), item_ids, item_vectors,
-                               lambda texts: towers.encode_queries(text.encode(texts)),
+                               lambda texts: towers.encode_query_texts(texts, text.encode),
                                beam_size=int(decode["beam_size"]), length_penalty=float(decode["length_penalty"]),
                                batch_size=int(decode["batch_size"]), device=device,
                                # checkpoints written before bucket_pool existed ranked one bucket at a time

@@ -131,10 +131,10 @@ class QueryCandidates:
 class CandidateFeaturizer:
     """Everything features are computed from: the generative retriever (its decoder, trie buckets,
     SCI query tower and item views), BM25, MiniLM item vectors, the items' training exposure
-    and their training queries."""
+    and their training queries. `query_tower(texts, their MiniLM vectors)` gives the SCI query vectors."""
 
     def __init__(self, retriever: GenerativeRetriever, bm25: BM25Retriever, encode_minilm: Callable[[list[str]], np.ndarray],
-                 query_tower: Callable[[np.ndarray], np.ndarray], minilm_items: np.ndarray,
+                 query_tower: Callable[[list[str], np.ndarray], np.ndarray], minilm_items: np.ndarray,
                  titles: Sequence[str], exposure: np.ndarray, history: QueryHistory):
         n_items = len(retriever.item_ids)
         for name, values in (("minilm_items", minilm_items), ("titles", titles), ("exposure", exposure)):
@@ -177,7 +177,7 @@ class CandidateFeaturizer:
         if not queries:
             return []
         minilm_queries = self.encode_minilm(queries)
-        sci_queries = self.query_tower(minilm_queries)
+        sci_queries = self.query_tower(queries, minilm_queries)
         # a pool deeper than the checkpoint's beam widens the beam to match
         sids, beam_scores = self.retriever.search_sids(queries, max(self.retriever.beam_size, settings.pool_sids),
                                                        sci_queries)

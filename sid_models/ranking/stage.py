@@ -60,7 +60,8 @@ def featurizer_from_folders(checkpoint_folder: str | Path, sids_folder: str | Pa
     minilm_items, minilm_queries = load_embeddings(embeddings_folder)
     exposure = prepared.items["item_id"].map(dict(zip(prepared.segments["item_id"], prepared.segments["exposure"])))
     bm25 = BM25Retriever.from_params(prepared.item_text().tolist(), bm25_params)
-    return CandidateFeaturizer(retriever, bm25, encoder.encode, towers.encode_queries, minilm_items,
+    return CandidateFeaturizer(retriever, bm25, encoder.encode,
+                               lambda texts, minilm: towers.encode_query_texts(texts, lambda _: minilm), minilm_items,
                                prepared.items["title"].tolist(), exposure.fillna(0).to_numpy(),
                                training_history(prepared, minilm_queries, bm25_params))
 

@@ -12,6 +12,10 @@ item is q·v.
 - Fine level: the lists store the *item view* v (IndexIVFFlat, inner product), so within
   the probed lists items are ranked by the true dual-tower score q·v; the finer SID levels
   quantise item-view residuals.
+- Lists may refine the cells (`lists_per_cell` r > 1): each cell's items are clustered again
+  into up to r list centroids, and queries and items alike go to their nearest *list* centroid
+  in the same query-view space, so routing stays consistent while the index count is decoupled
+  from the number of first-level SID codes (the cells). With r = 1 the lists are the cells.
 - Baseline `coarse_view="item"`: the usual IVF, k-means on v and items filed by route(v),
   queries routed in a space they were never trained to share with those centroids.
 - `FlatIndex`: exact inner-product search over v, the reference for recall.
@@ -77,21 +81,43 @@ class FlatIndex:
         return self.index.search(_matrix(query_vectors, "query vectors", self.index.d), k)
 
 
+def refine_cells(vectors: np.ndarray, centroids: np.ndarray, lists_per_cell: int, min_points_per_list: int,
+                 niter: int, seed: int) -> np.ndarray:
+    """List centroids [n_lists, d]: each cell's rows clustered into min(r, rows // min_points) lists.
+
+    Cells are taken in order, so the lists of cell c follow those of cell c − 1; a cell too
+    small to split keeps its own centroid as its one list.
+    """
+    if lists_per_cell < 1:
+        raise ValueError(f"index.lists_per_cell must be >= 1, got {lists_per_cell}")
+    if lists_per_cell == 1:
+        return centroids
+    cells = np.argmax(vectors @ centroids.T, axis=1)
+    lists = []
+    for cell in range(len(centroids)):
+        members = vectors[cells == cell]
+        k = min(lists_per_cell, len(members) // min_points_per_list)
+        lists.append(spherical_kmeans(members, k, niter, seed + cell) if k > 1 else centroids[cell:cell + 1])
+    return np.ascontiguousarray(np.concatenate(lists), dtype=np.float32)
+
+
 class DualViewIndex:
-    """IVF over item-view vectors with coarse cells from the `coarse_view` of the items."""
+    """IVF over item-view vectors with coarse cells (and lists) from the `coarse_view` of the items."""
 
     def __init__(self, index: faiss.IndexIVFFlat, centroids: np.ndarray, coarse_view: str, nprobe: int):
         if coarse_view not in VIEWS:
             raise ValueError(f"coarse_view must be one of {VIEWS}, got {coarse_view!r}")
         self.index = index
-        self.centroids = centroids
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.coarse_view = coarse_view
         self.nprobe = nprobe
 
     @classmethod
     def build(cls, query_view: np.ndarray, item_view: np.ndarray, nlist: int, niter: int, seed: int,
-              nprobe: int, coarse_view: str = "query") -> "DualViewIndex":
-        """Cluster the items' `coarse_view` into `nlist` cells, file each item by it, store the item view."""
+              nprobe: int, *, lists_per_cell: int, min_points_per_list: int,
+              coarse_view: str = "query") -> "DualViewIndex":
+        """Cluster the items' `coarse_view` into `nlist` cells (refined into up to `lists_per_cell`
+        lists each), file each item by it, store the item view."""
         item_view = _matrix(item_view, "item view")
         query_view = _matrix(query_view, "item query view", item_view.shape[1])
         if len(query_view) != len(item_view):
@@ -100,26 +126,44 @@ class DualViewIndex:
             raise ValueError(f"coarse_view must be one of {VIEWS}, got {coarse_view!r}")
         coarse = query_view if coarse_view == "query" else item_view
         centroids = spherical_kmeans(coarse, nlist, niter, seed)
+        list_centroids = refine_cells(coarse, centroids, lists_per_cell, min_points_per_list, niter, seed)
         quantizer = faiss.IndexFlatIP(item_view.shape[1])
-        quantizer.add(centroids)
-        index = faiss.IndexIVFFlat(quantizer, item_view.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        quantizer.add(list_centroids)
+        index = faiss.IndexIVFFlat(quantizer, item_view.shape[1], len(list_centroids), faiss.METRIC_INNER_PRODUCT)
         index.is_trained = True  # the quantizer already holds our centroids; faiss must not retrain it
         built = cls(index, centroids, coarse_view, nprobe)
-        add_preassigned(index, item_view, built.route(coarse))
+        _, lists = quantizer.search(coarse, 1)
+        add_preassigned(index, item_view, lists[:, 0])
         return built
 
     @property
     def nlist(self) -> int:
+        """Number of IVF lists (= cells unless the lists refine them)."""
         return int(self.index.nlist)
+
+    @property
+    def n_cells(self) -> int:
+        """Number of coarse cells: the first-level SID codes."""
+        return len(self.centroids)
 
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
     def route(self, query_view_vectors: np.ndarray) -> np.ndarray:
-        """Coarse cell per row, argmax_c x·c: the IVF list a query is probed first in / an item is filed in."""
-        _, cells = self.index.quantizer.search(_matrix(query_view_vectors, "vectors to route", self.index.d), 1)
-        return cells[:, 0].astype(np.int64)
+        """Coarse cell per row, argmax_c x·c (with unrefined lists: the list a query is probed first in / an item is filed in)."""
+        vectors = _matrix(query_view_vectors, "vectors to route", self.index.d)
+        if self.nlist == self.n_cells:
+            _, cells = self.index.quantizer.search(vectors, 1)
+            return cells[:, 0].astype(np.int64)
+        cells = faiss.IndexFlatIP(self.index.d)
+        cells.add(self.centroids)
+        return cells.search(vectors, 1)[1][:, 0].astype(np.int64)
+
+    def route_lists(self, query_view_vectors: np.ndarray) -> np.ndarray:
+        """IVF list per row: the list an item is filed in / a query is probed first in."""
+        _, lists = self.index.quantizer.search(_matrix(query_view_vectors, "vectors to route", self.index.d), 1)
+        return lists[:, 0].astype(np.int64)
 
     def list_assignments(self) -> np.ndarray:
         """The list each stored item row sits in, read back from faiss's inverted lists."""
@@ -146,7 +190,7 @@ class DualViewIndex:
         faiss.write_index(self.index, str(folder / INDEX_FILE))
         np.save(folder / CENTROIDS_FILE, self.centroids)
         (folder / META_FILE).write_text(json.dumps({
-            "coarse_view": self.coarse_view, "fine_view": "item", "nlist": self.nlist,
+            "coarse_view": self.coarse_view, "fine_view": "item", "nlist": self.nlist, "n_cells": self.n_cells,
             "nprobe": self.nprobe, "ntotal": self.ntotal, "dim": int(self.index.d),
         }, indent=2))
 

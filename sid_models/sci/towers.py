@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -74,6 +75,8 @@ class Tower(nn.Module):
 class DualTower(nn.Module):
     """f_q (query tower) and f_i (item tower); no parameter is shared between them."""
 
+    kind = "mlp"
+
     def __init__(self, config: TowerConfig, projection: torch.Tensor):
         super().__init__()
         self.config = config
@@ -100,11 +103,15 @@ class DualTower(nn.Module):
         """f_i: the item view (of items, or of queries in the swap loss)."""
         return self._encode(self.item_tower, base)
 
+    def encode_query_texts(self, texts: list[str], sentence_vectors: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """f_q of raw query texts, through their MiniLM sentence vectors."""
+        return self.encode_queries(sentence_vectors(texts))
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict(), folder / WEIGHTS_FILE)
-        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+        (folder / CONFIG_FILE).write_text(json.dumps({"kind": self.kind, **asdict(self.config)}, indent=2))
 
 
 def initial_projection(base: np.ndarray, out_dim: int, kind: str, seed: int) -> torch.Tensor:
@@ -134,10 +141,20 @@ def initial_projection(base: np.ndarray, out_dim: int, kind: str, seed: int) -> 
     return torch.tensor(matrix, dtype=torch.float32)
 
 
-def load_towers(folder: str | Path) -> DualTower:
-    """The trained towers from a sci_towers artifact folder (eval mode, CPU)."""
+def load_towers(folder: str | Path):
+    """The trained towers (DualTower, or TextDualTower for kind minilm) from a sci_towers
+    artifact folder (eval mode, CPU)."""
     folder = Path(folder)
-    config = TowerConfig(**json.loads((folder / CONFIG_FILE).read_text()))
-    towers = DualTower(config, torch.zeros(config.out_dim, config.in_dim))
+    settings = json.loads((folder / CONFIG_FILE).read_text())
+    kind = settings.pop("kind", "mlp")  # towers saved before tower kinds existed are mlp towers
+    if kind == "minilm":
+        from .text_tower import TextDualTower, TextTowerConfig
+
+        towers = TextDualTower(TextTowerConfig(**settings))
+    elif kind == "mlp":
+        config = TowerConfig(**settings)
+        towers = DualTower(config, torch.zeros(config.out_dim, config.in_dim))
+    else:
+        raise ValueError(f"{folder / CONFIG_FILE}: unknown tower kind {kind!r}")
     towers.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     return towers.eval()

@@ -8,11 +8,17 @@ threshold) are added as hard negatives; in-batch items relevant to another pair'
 masked as accidental hits. The objective is documented in `losses.py`. After every epoch, Recall@K of exact
 search f_q(valid query)·f_i(item) over the whole catalogue decides early stopping; the
 best epoch's weights are kept (epoch 0 = the untrained towers ≈ MiniLM).
+
+Two tower kinds (`sci.tower.kind`) train through this one loop: `mlp` (towers.py) reads the
+MiniLM sentence vectors, `minilm` (text_tower.py) reads the token states of MiniLM's frozen
+lower layers and fine-tunes a copy of its top layers per tower. `new_towers` builds either,
+`tower_inputs` gives what it reads.
 """
 from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,11 +28,16 @@ import pandas as pd
 import torch
 
 from .. import tracking
+from ..params import deep_merge
 from ..data.schema import PreparedDataset
 from ..shared.metrics import RECALL_KS, evaluate
 from .index import FlatIndex, dense_rankings
 from .losses import consistency, info_nce, preservation
+from ..text.states import TokenStates
+from .text_tower import TextDualTower, TextTowerConfig
 from .towers import DualTower, TowerConfig, initial_projection
+
+TOWER_KINDS = ("mlp", "minilm")
 
 
 @dataclass
@@ -53,7 +64,9 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, sci_params: dict, seed: int) -> "TrainConfig":
-        return cls(seed=seed, **sci_params["train"])
+        """params `sci.train`, with the `train` overrides of the chosen tower kind's row merged over it."""
+        row = sci_params["tower"]["kinds"][sci_params["tower"]["kind"]]
+        return cls(seed=seed, **deep_merge(sci_params["train"], row.get("train", {})))
 
 
 @dataclass
@@ -119,26 +132,47 @@ class TrainingData:
 
 @dataclass
 class TrainResult:
-    towers: DualTower
+    towers: "Towers"
     best_epoch: int
     best_valid: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
 
-def objective(towers: DualTower, anchor_projection: torch.Tensor, query_base: torch.Tensor,
-              item_base: torch.Tensor, negative_base: torch.Tensor, negative_mask: torch.Tensor,
-              accidental: torch.Tensor, weights: torch.Tensor, preserve_base: torch.Tensor | None,
-              config: TrainConfig) -> dict[str, torch.Tensor]:
-    """The loss terms of one batch (see losses.py); `total` is what the optimiser minimises."""
-    batch, hard, dim = negative_base.shape
+Towers = DualTower | TextDualTower
+TowerInputs = np.ndarray | TokenStates    # MiniLM sentence vectors (mlp towers) or token states (minilm towers)
+MISALIGNMENT_SAMPLE = 4096                 # rows per kind of text the misalignment means are taken over
+
+
+def gather(inputs: TowerInputs, rows: np.ndarray):
+    """What a tower's forward takes for text `rows`: a [B, d] tensor, or padded (states, mask)."""
+    if isinstance(inputs, TokenStates):
+        return inputs.batch(rows)
+    return torch.from_numpy(np.ascontiguousarray(inputs[rows], dtype=np.float32))
+
+
+def subset(inputs: TowerInputs, rows: np.ndarray) -> TowerInputs:
+    return inputs.subset(rows) if isinstance(inputs, TokenStates) else inputs[rows]
+
+
+def objective(towers: Towers, items: TowerInputs, queries: TowerInputs, query_rows: np.ndarray,
+              item_rows: np.ndarray, negative_rows: np.ndarray, negative_mask: torch.Tensor,
+              accidental: torch.Tensor, weights: torch.Tensor, preserve_rows: np.ndarray | None,
+              anchor: torch.Tensor | None, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The loss terms of one batch (see losses.py); `total` is what the optimiser minimises.
+
+    `negative_rows` [B, H] are item rows; `anchor` [n_items, d] the untrained towers' item vectors f_0.
+    """
+    batch, hard = negative_rows.shape
     f_q, f_i = towers.query_tower, towers.item_tower
-    query_q, query_i = f_q(query_base), f_i(query_base)
-    item_q, item_i = f_q(item_base), f_i(item_base)
-    negatives = negative_base.reshape(batch * hard, dim)
+    query_base, item_base = gather(queries, query_rows), gather(items, item_rows)
+    query_q, item_i = f_q(query_base), f_i(item_base)
+    negatives = gather(items, negative_rows.reshape(-1)) if hard else None
     negative_i = f_i(negatives).reshape(batch, hard, -1) if hard else None
     terms = {"main": info_nce(query_q, item_i, weights, config.temperature, accidental, negative_i, negative_mask)}
     total = terms["main"]
+    if config.lambda_swap > 0 or config.lambda_cons > 0:
+        query_i, item_q = f_i(query_base), f_q(item_base)
     if config.lambda_swap > 0:
         negative_q = f_q(negatives).reshape(batch, hard, -1) if hard else None
         terms["swap"] = info_nce(query_i, item_q, weights, config.temperature, accidental, negative_q, negative_mask)
@@ -146,26 +180,43 @@ def objective(towers: DualTower, anchor_projection: torch.Tensor, query_base: to
     if config.lambda_cons > 0:
         terms["cons"] = consistency(torch.cat([query_q, item_q]), torch.cat([query_i, item_i]))
         total = total + config.lambda_cons * terms["cons"]
-    if config.lambda_preserve > 0 and preserve_base is not None:
-        anchor = torch.nn.functional.normalize(preserve_base @ anchor_projection.T, dim=-1)
-        terms["pres"] = preservation(f_q(preserve_base), anchor) + preservation(f_i(preserve_base), anchor)
+    if config.lambda_preserve > 0 and preserve_rows is not None:
+        preserve_base, target = gather(items, preserve_rows), anchor[torch.from_numpy(preserve_rows)]
+        terms["pres"] = preservation(f_q(preserve_base), target) + preservation(f_i(preserve_base), target)
         total = total + config.lambda_preserve * terms["pres"]
     terms["total"] = total
     return terms
 
 
-def validation_metrics(towers: DualTower, prepared: PreparedDataset, item_base: np.ndarray,
-                       query_base: np.ndarray, split: str, k: int) -> dict[str, float]:
+def validation_metrics(towers: Towers, prepared: PreparedDataset, item_base: TowerInputs,
+                       query_base: TowerInputs, split: str, k: int) -> dict[str, float]:
     """Exact-search metrics of the towers on one split (every metric of shared.metrics.evaluate)."""
     queries = prepared.split_queries(split)
     rows = queries.index.to_numpy()
     if not len(rows):
         raise ValueError(f"split {split!r} has no queries to validate the towers on")
     index = FlatIndex(towers.encode_items(item_base))
-    ranked = dense_rankings(towers.encode_queries(query_base[rows]), index, k,
+    ranked = dense_rankings(towers.encode_queries(subset(query_base, rows)), index, k,
                             queries["query_id"].tolist(), prepared.items["item_id"].tolist())
     segment = dict(zip(prepared.segments["item_id"], prepared.segments["segment"]))
     return evaluate(ranked, prepared.split_judgments(split), prepared.scale, segment)
+
+
+def misalignment(towers: Towers, item_base: TowerInputs, query_base: TowerInputs) -> dict[str, float]:
+    """How far the two towers disagree on the same input, what the input swap acts on.
+
+    For x over catalogue items and over queries (a fixed sample of MISALIGNMENT_SAMPLE each
+    when there are more): mean ‖f_q(x) − f_i(x)‖ (`*_l2`, 0 when the towers coincide, at most
+    2) and mean cos(f_q(x), f_i(x)) (`*_cos`, 1 when they coincide).
+    """
+    result = {}
+    for name, base in (("items", item_base), ("queries", query_base)):
+        if len(base) > MISALIGNMENT_SAMPLE:
+            base = subset(base, np.sort(np.random.default_rng(0).choice(len(base), MISALIGNMENT_SAMPLE, replace=False)))
+        query_view, item_view = towers.encode_queries(base), towers.encode_items(base)
+        result[f"misalign_{name}_l2"] = float(np.linalg.norm(query_view - item_view, axis=1).mean())
+        result[f"misalign_{name}_cos"] = float(np.sum(query_view * item_view, axis=1).mean())
+    return result
 
 
 def limit_threads(threads: int) -> None:
@@ -179,33 +230,64 @@ def limit_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
-def train_towers(prepared: PreparedDataset, item_base: np.ndarray, query_base: np.ndarray,
-                 tower_config: TowerConfig, config: TrainConfig,
-                 log: Callable[[str], None] = lambda message: None) -> TrainResult:
-    """Train f_q and f_i; returns the best epoch's towers by validation Recall@`eval_k`."""
+def new_towers(tower_params: dict, text_params: dict, prepared: PreparedDataset, item_base: np.ndarray,
+               query_base: np.ndarray, config: TrainConfig) -> Towers:
+    """Untrained towers of kind `sci.tower.kind` (both towers equal to MiniLM zero-shot), seeded."""
+    kind = tower_params["kind"]
+    if kind not in TOWER_KINDS:
+        raise ValueError(f"sci.tower.kind must be one of {list(TOWER_KINDS)}, got {kind!r}")
+    settings = {key: value for key, value in tower_params["kinds"][kind].items() if key != "train"}
+    limit_threads(config.threads)  # the projection's eigensolver is not bit-stable across thread counts
+    torch.manual_seed(config.seed)
+    if kind == "minilm":
+        return TextDualTower(TextTowerConfig(model_name=text_params["model_name"], **settings))
+    # the projection preserves the geometry of the catalogue and of the queries training reaches
+    train_queries = np.unique(TrainingData.build(prepared, config).pair_queries)
+    projection = initial_projection(np.concatenate([item_base, query_base[train_queries]]), settings["out_dim"],
+                                    config.init_projection, config.seed)
+    return DualTower(TowerConfig(in_dim=int(item_base.shape[1]), **settings), projection)
+
+
+def tower_inputs(towers: Towers, prepared: PreparedDataset, item_base: np.ndarray, query_base: np.ndarray,
+                 text_params: dict, cache_root: Path | None = None) -> tuple[TowerInputs, TowerInputs]:
+    """(item inputs, query inputs) the towers read: the MiniLM sentence vectors themselves, or
+    for minilm towers the token states of their frozen layers (cached under params text.cache_dir)."""
+    if not isinstance(towers, TextDualTower):
+        return item_base, query_base
+    from ..params import REPO_ROOT
+
+    cache_dir = text_params["cache_dir"]
+    if cache_dir is not None and not Path(cache_dir).is_absolute():
+        cache_dir = (cache_root or REPO_ROOT) / cache_dir
+    encoder = towers.state_encoder(text_params["batch_size"], cache_dir)
+    return (encoder.encode(prepared.item_text().tolist(), "items"),
+            encoder.encode(prepared.queries["text"].tolist(), "queries"))
+
+
+def train_towers(prepared: PreparedDataset, towers: Towers, item_base: TowerInputs, query_base: TowerInputs,
+                 config: TrainConfig, log: Callable[[str], None] = lambda message: None) -> TrainResult:
+    """Train f_q and f_i of `towers` (as `new_towers` made them); returns the best epoch's towers
+    by validation Recall@`eval_k`."""
     if len(item_base) != len(prepared.items) or len(query_base) != len(prepared.queries):
-        raise ValueError(f"base features ({len(item_base)} items, {len(query_base)} queries) do not match the "
+        raise ValueError(f"tower inputs ({len(item_base)} items, {len(query_base)} queries) do not match the "
                          f"prepared dataset ({len(prepared.items)} items, {len(prepared.queries)} queries)")
     started = time.perf_counter()
     limit_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     data = TrainingData.build(prepared, config)
-    train_queries = np.unique(data.pair_queries)
-    projection = initial_projection(np.concatenate([item_base, query_base[train_queries]]),
-                                    tower_config.out_dim, config.init_projection, config.seed)
-    towers = DualTower(tower_config, projection)
     optimiser = torch.optim.AdamW([p for p in towers.parameters() if p.requires_grad],
                                   lr=config.learning_rate, weight_decay=config.weight_decay)
-    items_t = torch.from_numpy(np.ascontiguousarray(item_base, dtype=np.float32))
-    queries_t = torch.from_numpy(np.ascontiguousarray(query_base, dtype=np.float32))
+    # the untrained towers' item vectors: the preservation term's target f_0
+    anchor = torch.from_numpy(towers.encode_items(item_base)) if config.lambda_preserve > 0 else None
     metric = f"recall@{config.eval_k}"
 
     def validate(epoch: int, loss: dict[str, float]) -> dict[str, float]:
         valid = validation_metrics(towers, prepared, item_base, query_base, "valid",
                                    max(config.eval_k, max(RECALL_KS)))
         record = {"epoch": epoch, **{f"loss_{k}": v for k, v in loss.items()},
-                  **{f"valid_{k}": v for k, v in valid.items() if not k.startswith("n_")}}
+                  **{f"valid_{k}": v for k, v in valid.items() if not k.startswith("n_")},
+                  **misalignment(towers, item_base, query_base)}
         tracking.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
         log(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
         return record
@@ -224,12 +306,10 @@ def train_towers(prepared: PreparedDataset, item_base: np.ndarray, query_base: n
                 continue
             q_rows, i_rows = data.pair_queries[batch], data.pair_items[batch]
             negative_rows, negative_mask = data.sample_negatives(q_rows, config.hard_negatives, rng)
-            preserve = (items_t[torch.from_numpy(rng.integers(0, data.n_items, config.preserve_sample))]
-                        if config.lambda_preserve > 0 else None)
-            terms = objective(towers, projection, queries_t[q_rows], items_t[i_rows],
-                              items_t[torch.from_numpy(negative_rows.reshape(-1))].reshape(len(batch), config.hard_negatives, -1),
+            preserve = rng.integers(0, data.n_items, config.preserve_sample) if config.lambda_preserve > 0 else None
+            terms = objective(towers, item_base, query_base, q_rows, i_rows, negative_rows,
                               torch.from_numpy(negative_mask), torch.from_numpy(data.accidental_hits(q_rows, i_rows)),
-                              torch.from_numpy(data.pair_weights[batch]), preserve, config)
+                              torch.from_numpy(data.pair_weights[batch]), preserve, anchor, config)
             optimiser.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimiser.step()

@@ -183,14 +183,24 @@ def log_searcher_model(loader: str, artifacts: Mapping[str, str | Path], artifac
 
 
 class PyfuncSearcher:
-    """A loaded pyfunc model seen as a searcher: what the promotion check, the CLI and the benchmarks query."""
+    """A loaded pyfunc model seen as a searcher: what the promotion check, the CLI and the benchmarks query.
+
+    Queries go in requests the model accepts: at most `max_batch` queries and `max_results`
+    results each (the limits it was logged with), however many the caller passes at once.
+    """
 
     def __init__(self, model: "mlflow.pyfunc.PyFuncModel"):
         self.model = model
+        self.limits = ServingLimits(**model.model_config["limits"])
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
-        found = self.model.predict(pd.DataFrame({"query": list(queries)}), params={"k": k})
-        return [list(zip(ids, scores)) for ids, scores in zip(found["item_ids"], found["scores"])]
+        queries = list(queries)
+        per_request = max(1, min(self.limits.max_batch, self.limits.max_results // max(int(k), 1)))
+        out = []
+        for start in range(0, len(queries), per_request):
+            found = self.model.predict(pd.DataFrame({"query": queries[start:start + per_request]}), params={"k": k})
+            out.extend(list(zip(ids, scores)) for ids, scores in zip(found["item_ids"], found["scores"]))
+        return out
 
 
 RETRIEVER_LOADER = "sid_models.generative.retriever:load_retriever"
