@@ -1,5 +1,6 @@
 """SCI benchmark: BM25, MiniLM zero-shot, dual tower (λ_swap = 0), dual tower + swap, and
-swap + consistency term (`tower_swap_cons`, with --consistency), for each tower kind, each searched exactly (`exact`), through IVF
+swap + consistency term (`tower_swap_cons`, with --consistency), for each tower kind and contrast loss
+(`--losses`: InfoNCE or the SCI paper's triplet margin loss), each searched exactly (`exact`), through IVF
 with item-view centroids (`ivf_item`) and through the consistent dual-view IVF (`ivf_dual`,
 centroids on the query view) at nprobe 1-64 and `--lists-per-cell` (IVF lists per first-level
 cell), on the test split. One JSON line per (system, seed, index, lists per cell, nprobe):
@@ -13,11 +14,12 @@ repeated. Towers and IVF run with `sci.train.threads` threads (1 by default: the
 shared), so qps are single-thread figures.
 
     .venv/bin/python benchmarks/sci.py [--data PATH|demo] [--quick] [--seeds 0 1 2] [--lists-per-cell 1 4]
-        [--tower-kinds mlp minilm] [--consistency]
+        [--tower-kinds mlp minilm] [--losses info_nce triplet] [--consistency]
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 
 import numpy as np
@@ -29,7 +31,7 @@ from sid_models.lexical.bm25 import BM25Retriever
 from sid_models.sci.index import DualViewIndex, FlatIndex, n_lists, rankings
 from sid_models.sci.stage import zero_shot_metrics
 from sid_models.params import deep_merge
-from sid_models.sci.train import TrainConfig, limit_threads, misalignment, new_towers, tower_inputs, train_towers
+from sid_models.sci.train import CONTRAST_LOSSES, TrainConfig, limit_threads, misalignment, new_towers, tower_inputs, train_towers
 from sid_models.text.encoder import TextEncoder
 
 BENCH = "sci"
@@ -64,6 +66,9 @@ def own_arguments(parser) -> None:
     parser.add_argument("--tower-kinds", nargs="+", default=None,
                         help="sci.tower.kinds rows to train (default: params sci.tower.kind); "
                              "a kind other than mlp names its systems <system>_<kind>")
+    parser.add_argument("--losses", nargs="+", default=None, choices=CONTRAST_LOSSES,
+                        help="sci.train.loss values to train (default: params); a loss other than params' "
+                             "names its systems <system>_<loss>")
     parser.add_argument("--consistency", action="store_true",
                         help="also train tower_swap_cons (swap + consistency term, λ_cons 1)")
 
@@ -127,9 +132,11 @@ def main() -> None:
     search_all("minilm", query_base[test_rows], item_base, item_base, params["seed"], ("item",),
                valid_recall_at_10=zero_shot_metrics(prepared, item_base, query_base, "valid", 10)["recall@10"])
 
-    for kind in args.tower_kinds or [params["sci"]["tower"]["kind"]]:
-        sci = deep_merge(params["sci"], {"tower": {"kind": kind}})
-        suffix = "" if kind == "mlp" else f"_{kind}"
+    shipped_loss = params["sci"]["train"]["loss"]
+    for kind, loss in itertools.product(args.tower_kinds or [params["sci"]["tower"]["kind"]],
+                                        args.losses or [shipped_loss]):
+        sci = deep_merge(params["sci"], {"tower": {"kind": kind}, "train": {"loss": loss}})
+        suffix = ("" if kind == "mlp" else f"_{kind}") + ("" if loss == shipped_loss else f"_{loss}")
         for seed in args.seeds:
             base_config = TrainConfig.from_params(sci, seed)
             lambda_swap = base_config.lambda_swap or SWAP_LAMBDA
@@ -150,7 +157,7 @@ def main() -> None:
                 search_all(system + suffix, query_vectors[test_rows], towers.encode_queries(item_inputs),
                            towers.encode_items(item_inputs), seed, ("item", "query"), tower_kind=kind,
                            train_seconds=result.seconds, best_epoch=result.best_epoch,
-                           lambda_swap=config.lambda_swap, lambda_cons=config.lambda_cons,
+                           loss=config.loss, lambda_swap=config.lambda_swap, lambda_cons=config.lambda_cons,
                            valid_recall_at_10=result.best_valid["recall@10"],
                            valid_recall_at_10_untrained=result.history[0]["valid_recall@10"],
                            **misalignment(towers, item_inputs, query_inputs), **untrained)

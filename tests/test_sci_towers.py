@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sid_models.params import deep_merge, load_params
-from sid_models.sci.losses import consistency, info_nce
+from sid_models.sci.losses import consistency, info_nce, triplet
 from sid_models.sci.stage import train_towers as run_towers_stage
 from sid_models.sci.towers import DualTower, TowerConfig, initial_projection, load_towers
 from sid_models.sci.train import TrainConfig, TrainingData, new_towers, objective, train_towers
@@ -119,6 +119,54 @@ def test_weighted_loss_counts_high_grades_more():
     per_pair = torch.logsumexp(s, 1) - s.diagonal()
     weighted = info_nce(anchors, positives, torch.tensor([3.0, 1.0]), 0.1)
     torch.testing.assert_close(weighted, (3 * per_pair[0] + per_pair[1]) / 4)
+
+
+def test_triplet_loss_is_the_mean_hinge_over_unmasked_negatives():
+    anchors, positives = _unit(3, 8, 5), _unit(3, 8, 6)
+    hard = _unit(6, 8, 7).reshape(3, 2, 8)
+    hard_mask = torch.tensor([[True, False], [True, True], [False, False]])
+    accidental = torch.zeros(3, 3, dtype=torch.bool)
+    accidental[0, 1] = True                      # p_1 is relevant to query 0: not its negative
+    margin = 0.3
+    expected = []
+    for b in range(3):
+        negatives = [positives[j] for j in range(3) if j != b and not accidental[b, j]]
+        negatives += [hard[b, h] for h in range(2) if hard_mask[b, h]]
+        positive = anchors[b] @ positives[b]
+        expected.append(torch.stack([(margin - positive + anchors[b] @ n).clamp(min=0) for n in negatives]).mean())
+    weights = torch.tensor([2.0, 1.0, 1.0])
+    value = triplet(anchors, positives, weights, margin, accidental, hard, hard_mask)
+    torch.testing.assert_close(value, (2 * expected[0] + expected[1] + expected[2]) / 4)
+
+
+def test_triplet_loss_is_zero_once_every_negative_is_beyond_the_margin_and_rejects_a_bad_setting():
+    anchors = torch.eye(3)
+    assert triplet(anchors, anchors.clone(), torch.ones(3), 0.5).item() == 0.0   # cos 1 vs 0: margin 1 > 0.5
+    assert triplet(anchors, anchors.clone(), torch.ones(3), 1.5).item() == pytest.approx(0.5)
+    params = load_params()["sci"]
+    with pytest.raises(ValueError, match="sci.train.loss"):
+        TrainConfig.from_params(deep_merge(params, {"train": {"loss": "hinge"}}), 0)
+    with pytest.raises(ValueError, match="triplet_margin"):
+        TrainConfig.from_params(deep_merge(params, {"train": {"loss": "triplet", "triplet_margin": 0}}), 0)
+
+
+def test_objective_uses_the_contrast_params_name():
+    towers = _towers(n_blocks=1)
+    base = dataclasses.replace(TrainConfig.from_params(load_params()["sci"], 0), lambda_swap=1.0, temperature=0.1,
+                               triplet_margin=0.4)
+    queries = _unit(6, 32, 7).numpy()
+    items = torch.cat([_unit(6, 32, 8), _unit(12, 32, 9)]).numpy()
+    args = (towers, items, queries, np.arange(6), np.arange(6), np.arange(6, 18).reshape(6, 2),
+            torch.ones(6, 2, dtype=torch.bool), torch.zeros(6, 6, dtype=torch.bool), torch.ones(6), None, None)
+    with torch.no_grad():
+        nce = objective(*args, dataclasses.replace(base, loss="info_nce"))
+        margin = objective(*args, dataclasses.replace(base, loss="triplet"))
+        query_q = towers.query_tower(torch.from_numpy(queries))
+        item_i = towers.item_tower(torch.from_numpy(items))
+    expected = triplet(query_q, item_i[:6], torch.ones(6), 0.4, torch.zeros(6, 6, dtype=torch.bool),
+                       item_i[6:].reshape(6, 2, -1), torch.ones(6, 2, dtype=torch.bool))
+    torch.testing.assert_close(margin["main"], expected)
+    assert not torch.isclose(margin["main"], nce["main"])
 
 
 def _objective_terms(towers: DualTower, lambda_swap: float, lambda_cons: float = 0.0):

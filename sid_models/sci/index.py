@@ -27,6 +27,7 @@ nlist is a ceiling that small catalogues scale down from.
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -156,9 +157,14 @@ class DualViewIndex:
         if self.nlist == self.n_cells:
             _, cells = self.index.quantizer.search(vectors, 1)
             return cells[:, 0].astype(np.int64)
+        return self._cell_index.search(vectors, 1)[1][:, 0].astype(np.int64)
+
+    @cached_property
+    def _cell_index(self) -> faiss.IndexFlatIP:
+        """Exact search over the coarse cell centroids (refined lists have their own quantizer)."""
         cells = faiss.IndexFlatIP(self.index.d)
         cells.add(self.centroids)
-        return cells.search(vectors, 1)[1][:, 0].astype(np.int64)
+        return cells
 
     def route_lists(self, query_view_vectors: np.ndarray) -> np.ndarray:
         """IVF list per row: the list an item is filed in / a query is probed first in."""

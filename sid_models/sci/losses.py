@@ -1,8 +1,9 @@
 """Losses of the SCI dual towers. All vectors are L2-normalised, so dot products are cosines.
 
 L = L_main + λ_swap · L_swap + λ_cons · L_cons + λ_pres · L_pres, where
-L_main = info_nce(f_q(query), f_i(item)), L_swap = info_nce(f_i(query), f_q(item)) (the
-same objective with the inputs swapped between towers: no new parameters),
+L_main = contrast(f_q(query), f_i(item)), L_swap = contrast(f_i(query), f_q(item)) (the
+same objective with the inputs swapped between towers: no new parameters), contrast being
+`info_nce` (the default) or the SCI paper's `triplet` margin loss (params sci.train.loss),
 L_cons = consistency(f_q(x), f_i(x)) and L_pres = preservation(f(x), f_0(x)).
 """
 from __future__ import annotations
@@ -35,6 +36,35 @@ def info_nce(anchors: torch.Tensor, positives: torch.Tensor, weights: torch.Tens
             hard_logits = hard_logits.masked_fill(~hard_negative_mask, float("-inf"))
         logits = torch.cat([logits, hard_logits], dim=1)
     per_pair = torch.logsumexp(logits, dim=1) - logits.diagonal()[: len(anchors)]
+    return (weights * per_pair).sum() / weights.sum()
+
+
+def triplet(anchors: torch.Tensor, positives: torch.Tensor, weights: torch.Tensor, margin: float,
+            accidental_hits: torch.Tensor | None = None, hard_negatives: torch.Tensor | None = None,
+            hard_negative_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted triplet margin loss (the SCI paper's L_original) over in-batch and hard negatives.
+
+    For pair b with anchor a_b, positive p_b and its negatives N_b (the other in-batch
+    positives p_j that are not accidental hits, A_bj as in `info_nce`, and the hard negatives
+    n_bh with mask m_bh), with cosine similarities s:
+
+        ℓ_b = mean_{n ∈ N_b} max(0, δ − a_b·p_b + a_b·n)
+        L   = Σ_b w_b ℓ_b / Σ_b w_b
+
+    δ is `margin`. A pair without any negative contributes 0.
+    """
+    similarities = anchors @ positives.T
+    valid = ~torch.eye(len(anchors), dtype=torch.bool, device=anchors.device)
+    if accidental_hits is not None:
+        valid = valid & ~accidental_hits
+    if hard_negatives is not None:
+        similarities = torch.cat([similarities, torch.einsum("bd,bhd->bh", anchors, hard_negatives)], dim=1)
+        hard_valid = (hard_negative_mask if hard_negative_mask is not None
+                      else torch.ones(hard_negatives.shape[:2], dtype=torch.bool, device=anchors.device))
+        valid = torch.cat([valid, hard_valid], dim=1)
+    positive = similarities.diagonal()[: len(anchors)].unsqueeze(1)
+    hinges = (margin - positive + similarities).clamp(min=0) * valid
+    per_pair = hinges.sum(dim=1) / valid.sum(dim=1).clamp(min=1)
     return (weights * per_pair).sum() / weights.sum()
 
 

@@ -17,6 +17,7 @@ preset); on 2 CPU cores one or two layers fit the time budget.
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -164,8 +165,12 @@ class TextDualTower(nn.Module):
     def encode_query_texts(self, texts: list[str], sentence_vectors: Callable[[list[str]], np.ndarray]) -> np.ndarray:
         """f_q of raw query texts: the frozen lower layers (uncached), then the query tower;
         `sentence_vectors` (MiniLM sentence vectors, what the MLP towers read) is not needed."""
-        encoder = self.state_encoder(ENCODE_BATCH, None, progress=False)
-        return self.encode_queries(encoder.encode(texts))
+        return self.encode_queries(self._query_states.encode(texts))
+
+    @cached_property
+    def _query_states(self) -> StateEncoder:
+        """Served queries' frozen lower layers: uncached (every query is new), built once per tower."""
+        return self.state_encoder(ENCODE_BATCH, None, progress=False)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

@@ -32,12 +32,13 @@ from ..params import deep_merge
 from ..data.schema import PreparedDataset
 from ..shared.metrics import RECALL_KS, evaluate
 from .index import FlatIndex, dense_rankings
-from .losses import consistency, info_nce, preservation
+from .losses import consistency, info_nce, preservation, triplet
 from ..text.states import TokenStates
 from .text_tower import TextDualTower, TextTowerConfig
 from .towers import DualTower, TowerConfig, initial_projection
 
 TOWER_KINDS = ("mlp", "minilm")
+CONTRAST_LOSSES = ("info_nce", "triplet")
 
 
 @dataclass
@@ -48,7 +49,9 @@ class TrainConfig:
     batch_size: int
     learning_rate: float
     weight_decay: float
-    temperature: float
+    loss: str                             # info_nce | triplet (losses.py)
+    temperature: float                    # info_nce
+    triplet_margin: float                 # triplet's δ
     lambda_swap: float
     lambda_cons: float
     lambda_preserve: float
@@ -61,6 +64,12 @@ class TrainConfig:
     init_projection: str
     seed: int
     threads: int
+
+    def __post_init__(self):
+        if self.loss not in CONTRAST_LOSSES:
+            raise ValueError(f"sci.train.loss must be one of {list(CONTRAST_LOSSES)}, got {self.loss!r}")
+        if self.loss == "triplet" and not self.triplet_margin > 0:
+            raise ValueError(f"sci.train.triplet_margin must be > 0, got {self.triplet_margin}")
 
     @classmethod
     def from_params(cls, sci_params: dict, seed: int) -> "TrainConfig":
@@ -155,6 +164,14 @@ def subset(inputs: TowerInputs, rows: np.ndarray) -> TowerInputs:
     return inputs.subset(rows) if isinstance(inputs, TokenStates) else inputs[rows]
 
 
+def contrast(anchors: torch.Tensor, positives: torch.Tensor, weights: torch.Tensor, config: TrainConfig,
+             accidental: torch.Tensor, negatives: torch.Tensor | None, negative_mask: torch.Tensor) -> torch.Tensor:
+    """The query-item contrast `config.loss` names: info_nce (temperature) or triplet (margin)."""
+    if config.loss == "info_nce":
+        return info_nce(anchors, positives, weights, config.temperature, accidental, negatives, negative_mask)
+    return triplet(anchors, positives, weights, config.triplet_margin, accidental, negatives, negative_mask)
+
+
 def objective(towers: Towers, items: TowerInputs, queries: TowerInputs, query_rows: np.ndarray,
               item_rows: np.ndarray, negative_rows: np.ndarray, negative_mask: torch.Tensor,
               accidental: torch.Tensor, weights: torch.Tensor, preserve_rows: np.ndarray | None,
@@ -169,13 +186,13 @@ def objective(towers: Towers, items: TowerInputs, queries: TowerInputs, query_ro
     query_q, item_i = f_q(query_base), f_i(item_base)
     negatives = gather(items, negative_rows.reshape(-1)) if hard else None
     negative_i = f_i(negatives).reshape(batch, hard, -1) if hard else None
-    terms = {"main": info_nce(query_q, item_i, weights, config.temperature, accidental, negative_i, negative_mask)}
+    terms = {"main": contrast(query_q, item_i, weights, config, accidental, negative_i, negative_mask)}
     total = terms["main"]
     if config.lambda_swap > 0 or config.lambda_cons > 0:
         query_i, item_q = f_i(query_base), f_q(item_base)
     if config.lambda_swap > 0:
         negative_q = f_q(negatives).reshape(batch, hard, -1) if hard else None
-        terms["swap"] = info_nce(query_i, item_q, weights, config.temperature, accidental, negative_q, negative_mask)
+        terms["swap"] = contrast(query_i, item_q, weights, config, accidental, negative_q, negative_mask)
         total = total + config.lambda_swap * terms["swap"]
     if config.lambda_cons > 0:
         terms["cons"] = consistency(torch.cat([query_q, item_q]), torch.cat([query_i, item_i]))

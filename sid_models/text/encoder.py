@@ -169,14 +169,21 @@ class TextEncoder:
             yield shard_keys, np.asarray(shard_vectors)
 
     def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        if self.cache_dir is None:
-            return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        name = uuid.uuid4().hex
-        # Vectors first, keys last: a shard is visible (globbed by its keys file) only once complete.
-        for suffix, array in ((".vectors.npy", vectors), (".keys.npy", keys)):
-            final = self.cache_dir / f"{name}{suffix}"
-            temporary = final.with_name(final.name + ".tmp")
-            with temporary.open("wb") as handle:
-                np.save(handle, array)
-            temporary.rename(final)
+        if self.cache_dir is not None:
+            write_shard(self.cache_dir, [(".vectors.npy", vectors), (".keys.npy", keys)])
+
+
+def write_shard(cache_dir: Path, arrays: Sequence[tuple[str, np.ndarray]]) -> None:
+    """Write one cache shard: each (suffix, array) as `<name><suffix>` under a fresh name.
+
+    Each file is written under a temporary name and renamed; the last pair must be the keys
+    file, since readers glob keys files: a shard becomes visible only once complete.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    name = uuid.uuid4().hex
+    for suffix, array in arrays:
+        final = cache_dir / f"{name}{suffix}"
+        temporary = final.with_name(final.name + ".tmp")
+        with temporary.open("wb") as handle:
+            np.save(handle, array)
+        temporary.rename(final)

@@ -15,7 +15,6 @@ temporary names, so a crash never leaves a visible half-written shard.
 from __future__ import annotations
 
 import sys
-import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .encoder import EMBEDDING_DIM, _offline, content_keys, load_tokenizer, model_path
+from .encoder import EMBEDDING_DIM, _offline, content_keys, load_tokenizer, model_path, write_shard
 
 
 @lru_cache(maxsize=1)
@@ -99,22 +98,26 @@ class StateEncoder:
     def encode(self, texts: Sequence[str], desc: str = "texts") -> TokenStates:
         """Token states of `texts` in order; only texts missing from the cache reach the model."""
         texts = [str(text) for text in texts]
+        if not texts:
+            return concatenate([])
         keys = content_keys(self.model_id, texts)
         unique_keys, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        unique_list = unique_keys.tolist()
-        found: dict[bytes, np.ndarray] = {}
-        wanted = set(unique_list)
+        found: list[np.ndarray | None] = [None] * len(unique_keys)
         for shard_keys, shard_offsets, shard_states in self._shards():
-            for position, key in enumerate(shard_keys.tolist()):
-                if key in wanted and key not in found:
-                    found[key] = np.asarray(shard_states[shard_offsets[position]:shard_offsets[position + 1]])
-        missing = [i for i, key in enumerate(unique_list) if key not in found]
+            # sorted unique keys: one searchsorted per shard finds its hits (no per-key Python scan)
+            hit_positions = np.searchsorted(unique_keys, shard_keys)
+            hit_positions[hit_positions == len(unique_keys)] = 0
+            for position in np.flatnonzero(unique_keys[hit_positions] == shard_keys):
+                if found[hit_positions[position]] is None:
+                    found[hit_positions[position]] = np.asarray(
+                        shard_states[shard_offsets[position]:shard_offsets[position + 1]])
+        missing = [i for i, states in enumerate(found) if states is None]
         if missing:
             computed = self.compute([texts[first_index[i]] for i in missing], desc)
             for i, states in zip(missing, computed):
-                found[unique_list[i]] = states
+                found[i] = states
             self._write_shard(unique_keys[missing], computed)
-        return concatenate([found[unique_list[i]] for i in inverse.reshape(-1)])
+        return concatenate([found[i] for i in inverse.reshape(-1)])
 
     @torch.no_grad()
     def compute(self, texts: list[str], desc: str = "texts") -> list[np.ndarray]:
@@ -153,15 +156,7 @@ class StateEncoder:
             yield keys, offsets, states
 
     def _write_shard(self, keys: np.ndarray, computed: list[np.ndarray]) -> None:
-        if self.cache_dir is None:
-            return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        name = uuid.uuid4().hex
-        packed = concatenate(computed)
-        # keys last: a shard is visible (globbed by its keys file) only once complete
-        for suffix, array in ((".states.npy", packed.states), (".offsets.npy", packed.offsets), (".statekeys.npy", keys)):
-            final = self.cache_dir / f"{name}{suffix}"
-            temporary = final.with_name(final.name + ".tmp")
-            with temporary.open("wb") as handle:
-                np.save(handle, array)
-            temporary.rename(final)
+        if self.cache_dir is not None:
+            packed = concatenate(computed)
+            write_shard(self.cache_dir, [(".states.npy", packed.states), (".offsets.npy", packed.offsets),
+                                         (".statekeys.npy", keys)])
