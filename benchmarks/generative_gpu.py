@@ -52,7 +52,7 @@ from sid_models.shared.training import DistContext  # noqa: E402
 from sid_models.generative.trie import SidTrie  # noqa: E402
 from sid_models.generative.vocab import SidVocab  # noqa: E402
 from sid_models.params import deep_merge, load_params  # noqa: E402
-from sid_models.text.encoder import load_tokenizer  # noqa: E402
+from sid_models.generative.inputs import EncoderReader  # noqa: E402
 
 BENCH = "generative_gpu"
 PROBE_STEPS = 60
@@ -124,7 +124,7 @@ def train(args: argparse.Namespace, steps: int, probe_steps_per_s: float) -> Non
     vocab = SidVocab.load(model_dir)
     _, item_sids = catalogue_sids(args.sids, args.prepared, None)
     decode = params["decode"]
-    decoder = SidDecoder(model, load_tokenizer(), SidTrie.build(item_sids, vocab), int(decode["beam_size"]),
+    decoder = SidDecoder(model, EncoderReader.for_model(model.config, params["text"]), SidTrie.build(item_sids, vocab), int(decode["beam_size"]),
                          float(decode["length_penalty"]), int(decode["batch_size"]), device=dist.device)
     queries = test_queries(prepared)
     texts = queries["text"].astype(str).tolist()

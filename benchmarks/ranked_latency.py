@@ -3,14 +3,18 @@
 Batch 1, from query text, on `serving.torch_threads` torch threads as served, over the first
 LATENCY_QUERIES test queries, from the cached chain of the generative benchmark (run it
 first). Prints one JSON line per ranker system with the median milliseconds of each part
-and of the whole `search` call.
+and of the whole `search` call; with `--pyfunc`, also `pyfunc_p50_ms` / `pyfunc_p95_ms`: the
+same ranked retriever logged as the registry logs it (`log_retriever`, into a throw-away
+SQLite MLflow store), loaded back with `mlflow.pyfunc.load_model` and called with one-row
+DataFrames, which is what a served query costs before HTTP.
 
-    .venv/bin/python benchmarks/ranked_latency.py [--seeds 0] [--overrides '{...}']
+    .venv/bin/python benchmarks/ranked_latency.py [--seeds 0] [--pyfunc] [--overrides '{...}']
 """
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,8 +27,43 @@ BENCH = "ranked_latency"
 LATENCY_QUERIES = 64
 
 
+def pyfunc_latency_ms(params: dict, folders: dict, system: str, texts: list[str]) -> np.ndarray:
+    """Milliseconds per one-query predict of the ranked retriever as the registry logs it."""
+    import tempfile
+
+    import mlflow
+    import pandas as pd
+
+    from sid_models.serving.pyfunc import log_retriever
+
+    previous = mlflow.get_tracking_uri()
+    with tempfile.TemporaryDirectory() as store:
+        mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+        try:
+            experiment = mlflow.create_experiment("ranked_latency", artifact_location=Path(store, "artifacts").as_uri())
+            with mlflow.start_run(experiment_id=experiment):
+                info = log_retriever(params, folders["sft_checkpoint"], folders["semantic_ids"],
+                                     folders["prepared_dataset"], ranker=folders["ranker"] / system,
+                                     text_embeddings=folders["text_embeddings"])
+            model = mlflow.pyfunc.load_model(info.model_uri)
+            frames = [pd.DataFrame({"query": [text]}) for text in texts]
+            model.predict(frames[0], params={"k": 10})
+            timings = []
+            for frame in frames:
+                started = time.perf_counter()
+                model.predict(frame, params={"k": 10})
+                timings.append(1000 * (time.perf_counter() - started))
+        finally:
+            mlflow.set_tracking_uri(previous)
+    return np.array(timings)
+
+
+def own_arguments(parser) -> None:
+    parser.add_argument("--pyfunc", action="store_true", help="also time each ranker through the logged pyfunc model")
+
+
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], own_arguments)
     params = benchmark_params(args)
     torch.set_num_threads(int(params["serving"]["torch_threads"]))
     for seed in args.seeds:
@@ -54,7 +93,13 @@ def main() -> None:
                 started = time.perf_counter()
                 searcher.search([text], 10)
                 parts["total"].append(time.perf_counter() - started)
-            emit(BENCH, system, seed=seed, pool_sids=settings.pool_sids,
+            served = {}
+            if args.pyfunc:
+                timings = pyfunc_latency_ms(seeded, folders, system, texts)
+                torch.set_num_threads(int(params["serving"]["torch_threads"]))
+                served = {"pyfunc_p50_ms": round(float(np.percentile(timings, 50)), 1),
+                          "pyfunc_p95_ms": round(float(np.percentile(timings, 95)), 1)}
+            emit(BENCH, system, seed=seed, pool_sids=settings.pool_sids, **served,
                  mean_candidates=float(np.mean([len(found.rows) for found in featurizer.candidates(texts, settings)])),
                  **{f"{part}_p50_ms": round(1000 * float(np.median(values)), 1) for part, values in parts.items()})
 

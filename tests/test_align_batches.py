@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sid_models.align.batches import PreferenceDataset, batch_similarity, build_preference_tensors, make_batch
+from sid_models.generative.inputs import WordPieces
 from sid_models.generative.vocab import SidVocab
 
 VOCAB = SidVocab((4, 4, 4))
@@ -28,8 +29,8 @@ def tensors(with_vectors=False):
     if with_vectors:
         rng = np.random.default_rng(0)
         vectors = {tuple(sid): rng.normal(size=8).astype(np.float32) for sid in table["sid"]}
-    ids = torch.tensor([[5, 6, 0], [7, 0, 0], [8, 9, 10]])
-    return build_preference_tensors(table, VOCAB, ["q0", "q1", "q2"], ids, (ids > 0).long(), max_dec_len=4,
+    ids = np.array([[5, 6, 0], [7, 0, 0], [8, 9, 10]])
+    return build_preference_tensors(table, VOCAB, ["q0", "q1", "q2"], WordPieces(ids, ids > 0), max_dec_len=4,
                                     sid_vectors=vectors), vectors
 
 
@@ -39,7 +40,7 @@ def test_mlgc_batch_holds_every_positive_and_negative_of_each_query():
     assert batch["pos_index"].shape == (2, 2) and batch["neg_index"].shape == (2, 3)
     assert len(batch["targets"]) == 10
     assert batch["pos_weight"].tolist() == [[1.0, 0.5], [1.0, 0.5]]
-    assert batch["input_ids"].shape == (2, 3) and batch["local_owner"].tolist() == [0] * 5 + [1] * 5
+    assert batch["inputs"].shape == (2, 3) and batch["local_owner"].tolist() == [0] * 5 + [1] * 5
 
 
 def test_pairwise_batch_draws_one_pair_per_query_as_a_function_of_seed_and_epoch():

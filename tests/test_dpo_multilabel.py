@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 import pandas as pd
 import pytest
 import torch
@@ -11,6 +13,7 @@ from sid_models.align.batches import (SequenceScorer, build_preference_tensors, 
                                       score_batch, with_reference)
 from sid_models.align.losses import PreferenceLossConfig
 from sid_models.align.trainer import AlignmentConfig, alignment_loss
+from sid_models.generative.inputs import WordPieces
 from sid_models.generative.model import GenerativeConfig, Seq2SeqRetriever
 from sid_models.generative.vocab import SidVocab
 
@@ -21,15 +24,15 @@ STEPS = 40
 def tiny_setup():
     torch.manual_seed(0)
     vocab = SidVocab((4, 4))
-    model = Seq2SeqRetriever(GenerativeConfig(enc_vocab_size=16, dec_vocab_size=vocab.size, d_model=32, n_heads=2,
+    model = Seq2SeqRetriever(GenerativeConfig(encoder="wordpiece", tuned_layers=0, enc_vocab_size=16, dec_vocab_size=vocab.size, d_model=32, n_heads=2,
                                               n_enc_layers=1, n_dec_layers=1, d_ff=64, dropout=0.0, max_enc_len=4,
                                               max_dec_len=3, enc_pad_id=0, dec_pad_id=0,
                                               query_vector_dim=0))
     preferences = pd.DataFrame({"query_id": ["q"] * 3, "sid": [list(Y1), list(Y2), list(NEGATIVE)],
                                 "role": ["positive", "positive", "pseudo_negative"], "weight": [1.0, 1.0, 1.0],
                                 "rank": [0, 1, 0]})
-    data = build_preference_tensors(preferences, vocab, ["q"], torch.tensor([[5, 6, 7, 0]]),
-                                    torch.tensor([[1, 1, 1, 0]]), max_dec_len=3)
+    data = build_preference_tensors(preferences, vocab, ["q"], WordPieces(np.array([[5, 6, 7, 0]]), np.array([[1, 1, 1, 0]])),
+                                    max_dec_len=3)
     data = with_reference(data, reference_logprobs(copy.deepcopy(model), data, batch_queries=4))
     return model, data
 

@@ -84,7 +84,7 @@ def test_report_compares_every_system_and_lands_in_reports(pipeline):
     assert set(metrics["systems"]) == set(pipeline["params"]["eval"]["systems"])
     registered = next(event for event in pipeline["result"].get_asset_materialization_events()
                       if event.asset_key.to_user_string() == "registered_model").materialization.metadata
-    served = {"sft": "gr_sarq_acrq", "rad_dpo": "gr_rad_dpo"}[registered["checkpoint"].value]
+    served = {"sft": "hybrid", "rad_dpo": "hybrid_rad_dpo"}[registered["checkpoint"].value]
     assert metrics["headline_system"] == served          # the report's headline is the model the registry serves
     # every file `dvc metrics show` reads is there after a Dagster run too
     assert json.loads((reports / "segment_stats.json").read_text())["n_items"] > 0

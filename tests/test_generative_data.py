@@ -15,11 +15,13 @@ import pandas as pd
 import pytest
 
 from sid_models.generative.data import SftDataset, SftTables, read_sid_table, vocab_for
+from sid_models.generative.inputs import EncoderReader, tokenize
 from sid_models.generative.views import ViewConfig, query_like_views, typo
-
-VIEWS = ViewConfig(views=2, min_words=2, max_words=3, typo_rate=0.5)
 from sid_models.generative.vocab import BOS, EOS, PAD, SidVocab
 from sid_models.text.encoder import load_tokenizer
+
+VIEWS = ViewConfig(views=2, min_words=2, max_words=3, typo_rate=0.5)
+WORDPIECE = EncoderReader("wordpiece", 0, 16, {"model_name": "unused", "batch_size": 8})
 
 
 def synthetic_sids(prepared) -> pd.DataFrame:
@@ -64,7 +66,7 @@ def sft_inputs(small_prepared, tmp_path_factory):
     folder = write_synthetic_sids(small_prepared, tmp_path_factory.mktemp("sids"))
     table = read_sid_table(folder, "sarq_acrq")
     vocab = vocab_for(folder, "sarq_acrq")
-    return (SftTables.build(small_prepared, table, vocab, load_tokenizer(), 16, vocab.levels + 1, VIEWS, seed=0),
+    return (SftTables.build(small_prepared, table, vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0),
             vocab, table)
 
 
@@ -90,7 +92,7 @@ def test_epoch_mix_follows_the_indexing_ratio_and_walks_all_items(sft_inputs):
     dataset = SftDataset(tables, indexing_ratio=0.5, seed=3)
     assert dataset.n_indexing == dataset.n_pairs
     seen = set()
-    n_items = len(tables.item_ids)
+    n_items = tables.n_items
     for epoch in range(n_items // dataset.n_indexing + 1):
         dataset.set_epoch(epoch)
         indices = np.arange(dataset.n_pairs, len(dataset))
@@ -116,20 +118,23 @@ def test_batches_are_teacher_forced_and_deterministic(sft_inputs):
 def test_a_missing_sid_is_an_error_naming_the_item(small_prepared, sft_inputs):
     _, vocab, table = sft_inputs
     with pytest.raises(ValueError, match="no SID"):
-        SftTables.build(small_prepared, table.iloc[1:], vocab, load_tokenizer(), 16, vocab.levels + 1, VIEWS, seed=0)
+        SftTables.build(small_prepared, table.iloc[1:], vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0)
 
 
 def test_indexing_walks_show_the_title_then_each_query_like_view(sft_inputs, small_prepared):
     tables, _, _ = sft_inputs
     dataset = SftDataset(tables, indexing_ratio=0.5, seed=3)
-    n_items = len(tables.item_ids)
+    n_items = tables.n_items
     first_slot_item = dataset.item_order[0]
-    for walk, expected in enumerate([tables.item_ids, tables.view_ids[0], tables.view_ids[1], tables.item_ids]):
+    views = query_like_views(small_prepared.items["title"].astype(str).tolist(), VIEWS, seed=0)[first_slot_item]
+    item_text = small_prepared.item_text().iloc[first_slot_item]
+    for walk, text in enumerate([item_text, views[0], views[1], item_text]):
         slot = walk * n_items                      # the first slot of walk `walk` indexes item_order[0]
         dataset.set_epoch(slot // dataset.n_indexing)
         index = dataset.n_pairs + slot % dataset.n_indexing
-        source = dataset.batch([index])["input_ids"][0].numpy()
-        assert np.array_equal(source, expected[first_slot_item][:len(source)])
+        source = dataset.batch([index])["inputs"][0].numpy()
+        ids, mask = tokenize(load_tokenizer(), [text], 16)
+        assert np.array_equal(source, ids[0, :int(mask.sum())]), (walk, text)
 
 
 def test_query_like_views_are_short_seeded_and_name_the_product_type():

@@ -8,7 +8,7 @@ from sid_models.generative.model import (GenerativeConfig, Seq2SeqRetriever, ini
                                          load_model, save_model)
 from sid_models.generative.vocab import BOS, EOS, SidVocab
 
-TINY = GenerativeConfig(enc_vocab_size=100, dec_vocab_size=20, d_model=32, n_heads=4, n_enc_layers=2,
+TINY = GenerativeConfig(encoder="wordpiece", tuned_layers=0, enc_vocab_size=100, dec_vocab_size=20, d_model=32, n_heads=4, n_enc_layers=2,
                         n_dec_layers=2, d_ff=64, dropout=0.0, max_enc_len=10, max_dec_len=5, enc_pad_id=0,
                         dec_pad_id=0, query_vector_dim=0)
 

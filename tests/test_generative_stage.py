@@ -88,7 +88,7 @@ def test_items_sharing_a_sid_are_ordered_by_sci_score(stage_output, stage_inputs
                   if base.buckets.ptr[index + 1] - base.buckets.ptr[index] >= 3)
     rows = base.buckets.rows[base.buckets.ptr[shared]:base.buckets.ptr[shared + 1]]
     query_vector = base.item_vectors[rows[-1]]        # the bucket's last item is the query's nearest
-    retriever = GenerativeRetriever(base.model, base.tokenizer, base.trie, base.buckets, base.item_ids,
+    retriever = GenerativeRetriever(base.model, base.reader, base.trie, base.buckets, base.item_ids,
                                     base.item_vectors, lambda texts: np.stack([query_vector] * len(texts)),
                                     beam_size=len(base.trie.sids), length_penalty=0.0, batch_size=4)
     hits = retriever.search(["anything"], len(base.item_ids))[0]
@@ -105,7 +105,7 @@ def test_bucket_pool_orders_the_items_of_each_group_of_top_sids_by_sci_score(sta
     base = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"])
     rng = np.random.default_rng(pool)
     query_vector = rng.normal(size=base.item_vectors.shape[1]).astype(np.float32)
-    retriever = GenerativeRetriever(base.model, base.tokenizer, base.trie, base.buckets, base.item_ids,
+    retriever = GenerativeRetriever(base.model, base.reader, base.trie, base.buckets, base.item_ids,
                                     base.item_vectors, lambda texts: np.stack([query_vector] * len(texts)),
                                     beam_size=4, length_penalty=0.0, batch_size=4, bucket_pool=pool)
     beam = [2, 0, 1, 3]                                           # SID indices in beam order, then an empty slot
@@ -119,3 +119,25 @@ def test_bucket_pool_orders_the_items_of_each_group_of_top_sids_by_sci_score(sta
         expected += [(str(base.item_ids[row]), float(scores[0, start])) for row in rows]
     assert hits == expected
     assert [score for _, score in hits] == sorted((score for _, score in hits), reverse=True)
+
+
+def test_a_minilm_encoder_model_trains_in_the_stage_and_serves_from_raw_text(small_params, stage_inputs,
+                                                                             small_prepared, tmp_path):
+    params = deep_merge(small_params, {
+        "generative": {"preset": "cpu", "device": "cpu", "encoder": "minilm", "minilm_tuned_layers": 1,
+                       "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 12, "batch_size": 32}}}},
+        "sft": {"warmup_steps": 4, "checkpoint_every": 12, "log_every": 6, "lr": 0.005, "valid_max_queries": 24,
+                "baselines": {"tiger": None}},
+        "decode": {"beam_size": 5, "batch_size": 16},
+        "text": {"cache_dir": str(tmp_path / "cache")},
+    })
+    metadata = run(params, stage_inputs, tmp_path / "out")
+    assert metadata["sarq_acrq_valid_sid_rate"] == 1.0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["encoder"] == "minilm" and config["tuned_layers"] == 1
+    # the frozen layers' states of every SFT source were cached once
+    assert list((tmp_path / "cache").glob("*.statekeys.npy"))
+    retriever = load_retriever(tmp_path / "out", stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"])
+    found = retriever.search(["brass rug", "heavy duty ladder"], 5)
+    known = set(small_prepared.items["item_id"])
+    assert [len({item for item, _ in hits} & known) for hits in found] == [5, 5]

@@ -78,7 +78,7 @@ def test_a_query_vector_model_trains_and_decodes_with_the_towers_vectors(small_p
     from sid_models.generative.data import read_sid_table, vocab_for
     from sid_models.generative.retriever import SidDecoder
     from sid_models.generative.trie import SidTrie
-    from sid_models.text.encoder import load_tokenizer
+    from sid_models.generative.inputs import EncoderReader
 
     towers = tmp_path / "towers"
     towers.mkdir()
@@ -93,7 +93,7 @@ def test_a_query_vector_model_trains_and_decodes_with_the_towers_vectors(small_p
     assert model.config.query_vector_dim == 8 and len(history) == 6
     vocab = vocab_for(sids_folder, "sarq_acrq")
     trie = SidTrie.build([tuple(int(c) for c in sid) for sid in read_sid_table(sids_folder, "sarq_acrq")["sid"]], vocab)
-    decoder = SidDecoder(model, load_tokenizer(), trie, beam_size=3, length_penalty=0.0, batch_size=2,
+    decoder = SidDecoder(model, EncoderReader.for_model(model.config, params["text"]), trie, beam_size=3, length_penalty=0.0, batch_size=2,
                          encode_queries=lambda texts: np.ones((len(texts), 8), dtype=np.float32))
     sids, _ = decoder.search_sids(["brass lamp", "steel hammer", "rug"], 3)
     assert sids.shape == (3, 3) and (sids >= 0).all()

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..generative.data import sid_targets
+from ..generative.inputs import EncoderSources
 from ..generative.model import Seq2SeqRetriever
 from ..generative.vocab import BOS, PAD, SidVocab
 from .losses import pair_similarity, token_logprobs
@@ -30,8 +31,7 @@ from .losses import pair_similarity, token_logprobs
 @dataclass
 class PreferenceTensors:
     query_ids: list[str]
-    input_ids: Tensor           # [Q, S] encoder WordPiece ids
-    attention_mask: Tensor      # [Q, S]
+    sources: EncoderSources     # encoder inputs of the queries, in query_ids order
     targets: Tensor             # [C, T] decoder targets (SID tokens, EOS, PAD)
     owner: Tensor               # [C] query row of each sequence
     weight: Tensor              # [C] grade weight (positives), 1 (negatives)
@@ -47,12 +47,12 @@ class PreferenceTensors:
 
 
 def build_preference_tensors(preferences: pd.DataFrame, vocab: SidVocab, query_ids: list[str],
-                             input_ids: Tensor, attention_mask: Tensor, max_dec_len: int,
+                             sources: EncoderSources, max_dec_len: int,
                              sid_vectors: dict[tuple[int, ...], np.ndarray] | None = None,
                              query_vectors: Tensor | None = None) -> PreferenceTensors:
     """Tensorise the mined table (see `mining.mine_preferences`) for the queries in `query_ids` order.
 
-    `input_ids`/`attention_mask` are the encoder inputs of `query_ids`; targets are padded to
+    `sources` are the encoder inputs of `query_ids` (`generative.inputs`); targets are padded to
     the decoder's `max_dec_len` positions (SID codes + EOS; the decoder input is BOS + targets[:-1]).
     `sid_vectors`: SID -> item vector, for the sci_item RDRW similarity.
     """
@@ -75,7 +75,9 @@ def build_preference_tensors(preferences: pd.DataFrame, vocab: SidVocab, query_i
         if absent:
             raise ValueError(f"{len(absent)} preference SIDs have no item vector, e.g. {absent[:3]}")
         vectors = torch.from_numpy(np.stack([sid_vectors[sid] for sid in sids]).astype(np.float32))
-    return PreferenceTensors(query_ids=list(query_ids), input_ids=input_ids, attention_mask=attention_mask,
+    if len(sources) != len(query_ids):
+        raise ValueError(f"{len(sources)} encoder sources for {len(query_ids)} queries")
+    return PreferenceTensors(query_ids=list(query_ids), sources=sources,
                              targets=targets, owner=torch.tensor(ordered["_query"].to_numpy(), dtype=torch.long),
                              weight=torch.tensor(ordered["weight"].to_numpy(), dtype=torch.float32),
                              positives=positives, negatives=negatives, vectors=vectors,
@@ -97,7 +99,7 @@ def trainable_queries(data: PreferenceTensors, pairwise: bool) -> np.ndarray:
 def make_batch(data: PreferenceTensors, query_rows, pairwise: bool, seed: int = 0, epoch: int = 0) -> dict[str, Tensor]:
     """Model tensors for `query_rows`: all their sequences, or one drawn (positive, negative) per query.
 
-    Keys: input_ids/attention_mask [B, S] (cut to the longest query), targets [Cb, T],
+    Keys: inputs/attention_mask (the queries' encoder inputs, cut to the longest), targets [Cb, T],
     local_owner [Cb] (batch position of each sequence's query), pos_index/pos_weight [B, P]
     and neg_index [B, N] (positions into the batch's sequences, -1 pads), and when present
     reference_logp [Cb, T] and vectors [Cb, d].
@@ -124,11 +126,10 @@ def make_batch(data: PreferenceTensors, query_rows, pairwise: bool, seed: int = 
         pos_index[i, :len(p)] = torch.arange(start, start + len(p))
         neg_index[i, :len(n)] = torch.arange(start + len(p), start + len(p) + len(n))
         start += len(p) + len(n)
-    mask = data.attention_mask[query_rows]
-    length = max(int(mask.sum(1).max()), 1)
+    inputs, mask = data.sources.batch(query_rows)
     batch = {
-        "input_ids": data.input_ids[query_rows, :length].long(),
-        "attention_mask": mask[:, :length].long(),
+        "inputs": inputs,
+        "attention_mask": mask,
         "targets": data.targets[rows],
         "local_owner": local_owner,
         "pos_index": pos_index,
@@ -176,9 +177,9 @@ class SequenceScorer(nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, local_owner: Tensor,
+    def forward(self, inputs: Tensor, attention_mask: Tensor, local_owner: Tensor,
                 targets: Tensor, query_vectors: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        memory, memory_mask = self.policy.encode(input_ids, attention_mask, query_vectors)
+        memory, memory_mask = self.policy.encode(inputs, attention_mask, query_vectors)
         decoder_input = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
         logits, hidden = self.policy.decode(memory[local_owner], memory_mask[local_owner], decoder_input)
         eos_position = (targets != PAD).sum(-1) - 1
@@ -187,7 +188,7 @@ class SequenceScorer(nn.Module):
 
 
 def score_batch(scorer: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    return scorer(batch["input_ids"], batch["attention_mask"], batch["local_owner"], batch["targets"],
+    return scorer(batch["inputs"], batch["attention_mask"], batch["local_owner"], batch["targets"],
                   batch.get("query_vectors"))
 
 

@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 from ..data.schema import PreparedDataset
+from ..generative.inputs import EncoderSources
 from ..generative.model import Seq2SeqRetriever
 from ..generative.trie import SidTrie, constrained_beam_search
 
@@ -148,21 +149,19 @@ def preference_summary(preferences: pd.DataFrame) -> dict[str, float]:
 
 
 @torch.no_grad()
-def beam_sids(model: Seq2SeqRetriever, trie: SidTrie, input_ids: np.ndarray, attention_mask: np.ndarray,
+def beam_sids(model: Seq2SeqRetriever, trie: SidTrie, sources: EncoderSources,
               beams: int, batch_size: int, length_penalty: float,
               query_vectors: np.ndarray | None = None) -> list[list[Sid]]:
-    """The model's constrained-beam SIDs per query (best first), the source of pseudo-negatives.
-    `query_vectors`: the queries' SCI vectors, for a model that reads them."""
+    """The model's constrained-beam SIDs per query of `sources` (best first), the source of
+    pseudo-negatives. `query_vectors`: the queries' SCI vectors, for a model that reads them."""
     device = next(model.parameters()).device
     trie = trie.to(device)
     found: list[list[Sid]] = []
-    for start in range(0, len(input_ids), batch_size):
-        mask = torch.as_tensor(attention_mask[start:start + batch_size], dtype=torch.long)
-        length = max(int(mask.sum(1).max()), 1)
-        ids = torch.as_tensor(input_ids[start:start + batch_size, :length], dtype=torch.long)
+    for start in range(0, len(sources), batch_size):
+        inputs, mask = sources.batch(np.arange(start, min(start + batch_size, len(sources))))
         vectors = (None if query_vectors is None else
                    torch.as_tensor(query_vectors[start:start + batch_size], dtype=torch.float32, device=device))
-        sid_index, _ = constrained_beam_search(model, ids.to(device), mask[:, :length].to(device), trie, beams,
+        sid_index, _ = constrained_beam_search(model, inputs.to(device), mask.to(device), trie, beams,
                                                length_penalty, vectors)
         found.extend([[trie.sids[i] for i in row if i >= 0] for row in sid_index.tolist()])
     return found

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from .. import tracking
 from ..data.schema import PreparedDataset
-from ..generative.data import read_sid_table, tokenize
+from ..generative.data import read_sid_table
+from ..generative.inputs import EncoderReader
 from ..generative.model import GenerativeConfig, Seq2SeqRetriever, save_model
 from ..shared.training import (DistContext, LoopConfig, cli_params, fingerprint, run_distributed, train_loop,
                                training_cli)
@@ -173,7 +174,7 @@ def prepare_preferences(params: dict, system: str, prepared: PreparedDataset, sf
     `sci_queries` (f_q of every query, queries.parquet row order: the sci_towers artifact's
     queries.npy) is what a policy with a query-vector memory position reads.
     """
-    from ..text.encoder import load_tokenizer
+    from ..text.encoder import cache_path
 
     align = system_params(params, system)["align"]
     policy, vocab = load_policy(sft_folder, device)
@@ -190,16 +191,15 @@ def prepare_preferences(params: dict, system: str, prepared: PreparedDataset, sf
             raise ValueError(f"the SFT model of {sft_folder} reads SCI query vectors: give sci_queries with one row "
                              f"per query ({len(prepared.queries)})")
         query_vectors = np.asarray(sci_queries, dtype=np.float32)[trained.to_numpy()]
-    input_ids, attention_mask = tokenize(load_tokenizer(), queries["text"].astype(str).tolist(),
-                                         policy.config.max_enc_len)
-    beams = beam_sids(policy, trie, input_ids, attention_mask, mining_beam_size(align["mining"]),
+    sources = EncoderReader.for_model(policy.config, params["text"], cache_path(params["text"])).read(
+        queries["text"].astype(str).tolist(), desc="preference queries")
+    beams = beam_sids(policy, trie, sources, mining_beam_size(align["mining"]),
                       int(params["decode"]["batch_size"]), float(params["decode"]["length_penalty"]), query_vectors)
     query_ids = queries["query_id"].astype(str).tolist()
     preferences = mine_preferences(prepared, item_sid, dict(zip(query_ids, beams)), align["mining"],
                                    seed=int(align["seed"]))
     vectors = None if item_vectors is None else sid_vectors(table, prepared.items["item_id"], item_vectors)
-    data = build_preference_tensors(preferences, vocab, query_ids, torch.from_numpy(input_ids.astype(np.int64)),
-                                    torch.from_numpy(attention_mask.astype(np.int64)), policy.config.max_dec_len,
+    data = build_preference_tensors(preferences, vocab, query_ids, sources, policy.config.max_dec_len,
                                     sid_vectors=vectors,
                                     query_vectors=None if query_vectors is None else torch.from_numpy(query_vectors))
     return preferences, with_reference(data, reference_logprobs(policy, data, int(align["train"]["batch_size"])))

@@ -26,6 +26,7 @@ import torch
 
 from ..data.schema import PreparedDataset
 from ..quantize.table import load_sid_table, load_vocab
+from .inputs import EncoderReader, EncoderSources
 from .views import ViewConfig, query_like_views
 from .vocab import BOS, EOS, PAD, SidVocab
 
@@ -46,13 +47,6 @@ def vocab_for(sids_folder: str | Path, variant: str | None) -> SidVocab:
     return SidVocab(tuple(load_vocab(sids_folder, variant)["codes_per_level"]))
 
 
-def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """WordPiece ids and attention mask, padded to `max_length`, int32 arrays [n, max_length]."""
-    encoded = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
-                        return_tensors="np")
-    return encoded["input_ids"].astype(np.int32), encoded["attention_mask"].astype(np.int8)
-
-
 def sid_targets(sids: Sequence[Sequence[int]], vocab: SidVocab, width: int) -> np.ndarray:
     """Target token rows [n, width]: SID tokens, EOS, then PAD."""
     targets = np.full((len(sids), width), PAD, dtype=np.int64)
@@ -66,14 +60,15 @@ def sid_targets(sids: Sequence[Sequence[int]], vocab: SidVocab, width: int) -> n
 
 @dataclass
 class SftTables:
-    """Pre-tokenised sources and targets shared by both tasks."""
+    """Encoder sources and SID targets shared by both tasks.
 
-    query_ids: np.ndarray          # [n_queries, S] WordPiece ids of training queries
-    query_mask: np.ndarray
-    item_ids: np.ndarray           # [n_items, S] WordPiece ids of item texts
-    item_mask: np.ndarray
-    view_ids: np.ndarray           # [n_views, n_items, S] WordPiece ids of the query-like views
-    view_mask: np.ndarray
+    `sources` holds every source text's encoder input, in rows: the split's queries, then the
+    item texts, then view 1 of every item, view 2, ... (`view_row`)."""
+
+    sources: EncoderSources        # encoder inputs of queries, items, then each view of the items
+    n_queries: int
+    n_items: int
+    n_views: int
     item_targets: np.ndarray       # [n_items, T] SID tokens + EOS + PAD per item
     pair_query: np.ndarray         # [n_pairs] retrieval pairs: query row
     pair_item: np.ndarray          # [n_pairs] retrieval pairs: item row
@@ -82,9 +77,13 @@ class SftTables:
     query_vectors: np.ndarray | None = None   # [n_queries, d] of the split's queries
     item_vectors: np.ndarray | None = None    # [n_items, d] f_q(item text): every indexing view reads its item's
 
+    def view_row(self, view: int, item: np.ndarray) -> np.ndarray:
+        """Source rows of view `view` of items `item` (view 0: the item text itself)."""
+        return self.n_queries + self.n_items * view + np.asarray(item)
+
     @classmethod
-    def build(cls, prepared: PreparedDataset, sid_table: pd.DataFrame, vocab: SidVocab, tokenizer,
-              max_enc_len: int, max_dec_len: int, views: ViewConfig, seed: int, split: str = "train",
+    def build(cls, prepared: PreparedDataset, sid_table: pd.DataFrame, vocab: SidVocab, reader: EncoderReader,
+              max_dec_len: int, views: ViewConfig, seed: int, split: str = "train",
               sci_vectors: tuple[np.ndarray, np.ndarray] | None = None) -> "SftTables":
         """`sci_vectors`: (f_q of every query in queries.parquet order, f_q of every item) from the
         sci_towers artifact, for a model that reads query vectors."""
@@ -94,14 +93,11 @@ class SftTables:
         if missing:
             raise ValueError(f"{len(missing)} items have no SID in the table, e.g. {missing[:3]}")
         sids = [tuple(int(code) for code in sid_by_item[item]) for item in items["item_id"].astype(str)]
-        item_ids, item_mask = tokenize(tokenizer, prepared.item_text().tolist(), max_enc_len)
         view_texts = query_like_views(items["title"].astype(str).tolist(), views, seed)
-        tokenised_views = [tokenize(tokenizer, [texts[view] for texts in view_texts], max_enc_len)
-                           for view in range(views.views)]
-        view_ids = np.stack([ids for ids, _ in tokenised_views]) if tokenised_views else item_ids[None][:0]
-        view_mask = np.stack([mask for _, mask in tokenised_views]) if tokenised_views else item_mask[None][:0]
         queries = prepared.split_queries(split).reset_index(drop=True)
-        query_ids, query_mask = tokenize(tokenizer, queries["text"].astype(str).tolist(), max_enc_len)
+        texts = (queries["text"].astype(str).tolist() + prepared.item_text().tolist()
+                 + [item_views[view] for view in range(views.views) for item_views in view_texts])
+        sources = reader.read(texts, desc="SFT sources")
         relevant = prepared.relevant(split)
         query_row = pd.Series(np.arange(len(queries)), index=queries["query_id"].astype(str))
         item_row = pd.Series(np.arange(len(items)), index=items["item_id"].astype(str))
@@ -117,8 +113,7 @@ class SftTables:
                 raise ValueError(f"SCI vectors for {len(all_queries)} queries and {len(item_vectors)} items; the "
                                  f"dataset has {len(prepared.queries)} and {len(items)}")
             query_vectors = all_queries[prepared.queries["split"].eq(split).to_numpy()]
-        return cls(query_ids=query_ids, query_mask=query_mask, item_ids=item_ids, item_mask=item_mask,
-                   view_ids=view_ids, view_mask=view_mask,
+        return cls(sources=sources, n_queries=len(queries), n_items=len(items), n_views=views.views,
                    item_targets=sid_targets(sids, vocab, max_dec_len),
                    pair_query=query_row.loc[relevant["query_id"].astype(str)].to_numpy(),
                    pair_item=item_row.loc[relevant["item_id"].astype(str)].to_numpy(),
@@ -136,7 +131,7 @@ class SftDataset:
         if not 0.0 <= indexing_ratio < 1.0:
             raise ValueError(f"sft.indexing_ratio must be in [0, 1), got {indexing_ratio}")
         self.tables, self.seed = tables, seed
-        n_pairs, n_items = len(tables.pair_query), len(tables.item_ids)
+        n_pairs, n_items = len(tables.pair_query), tables.n_items
         if n_pairs == 0 and indexing_ratio == 0.0:
             raise ValueError("no retrieval pairs and indexing_ratio 0: nothing to train on")
         self.n_pairs = n_pairs
@@ -161,16 +156,11 @@ class SftDataset:
         item_for_index = self.item_order[slot % len(self.item_order)]
         item = np.where(is_pair, tables.pair_item[pair], item_for_index)
         # walk w over the items shows view (w mod (1 + n_views)); view 0 is the full item text
-        view = (slot // len(self.item_order)) % (1 + len(tables.view_ids))
-        item_source, item_mask = tables.item_ids[item], tables.item_mask[item]
-        for extra in range(len(tables.view_ids)):
-            chosen = (view == extra + 1)[:, None]
-            item_source = np.where(chosen, tables.view_ids[extra][item], item_source)
-            item_mask = np.where(chosen, tables.view_mask[extra][item], item_mask)
-        source = np.where(is_pair[:, None], tables.query_ids[tables.pair_query[pair]], item_source)
-        mask = np.where(is_pair[:, None], tables.query_mask[tables.pair_query[pair]], item_mask)
+        view = (slot // len(self.item_order)) % (1 + tables.n_views)
+        source_row = np.where(is_pair, tables.pair_query[pair], tables.view_row(view, item))
+        inputs, mask = tables.sources.batch(source_row)
         weight = np.where(is_pair, tables.pair_weight[pair], 1.0)
-        batch = collate(source, mask, tables.item_targets[item], weight)
+        batch = collate(inputs, mask, tables.item_targets[item], weight)
         if tables.query_vectors is not None:
             vectors = np.where(is_pair[:, None], tables.query_vectors[tables.pair_query[pair]],
                                tables.item_vectors[item])
@@ -178,15 +168,14 @@ class SftDataset:
         return batch
 
 
-def collate(source: np.ndarray, mask: np.ndarray, targets: np.ndarray, weight: np.ndarray) -> dict[str, torch.Tensor]:
-    """Model tensors; the encoder length is cut to the longest source of the batch."""
-    length = max(int(mask.sum(axis=1).max()), 1)
+def collate(inputs: torch.Tensor, mask: torch.Tensor, targets: np.ndarray, weight: np.ndarray) -> dict[str, torch.Tensor]:
+    """Model tensors from encoder sources (`EncoderSources.batch`: cut to the longest source)."""
     targets = torch.as_tensor(targets, dtype=torch.long)
     decoder_input = torch.cat([torch.full((len(targets), 1), BOS, dtype=torch.long), targets[:, :-1]], dim=1)
     decoder_input = decoder_input.masked_fill(decoder_input == EOS, PAD)
     return {
-        "input_ids": torch.as_tensor(source[:, :length], dtype=torch.long),
-        "attention_mask": torch.as_tensor(mask[:, :length], dtype=torch.long),
+        "inputs": inputs,
+        "attention_mask": mask,
         "decoder_input_ids": decoder_input,
         "targets": targets,
         "weight": torch.as_tensor(weight, dtype=torch.float32),

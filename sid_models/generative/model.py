@@ -9,8 +9,10 @@ few hundred SID tokens with a tied output embedding and no relative-position buc
 RAD-DPO needs the final decoder hidden states next to the logits from one forward call;
 and (4) ~200 readable lines are easier to audit than a configuration of a general library.
 
-Encoder: token + learned position embeddings, pre-LN blocks (self-attention, GELU MLP),
-final LayerNorm. With `query_vector_dim` > 0 the query's SCI vector f_q(query) (the space
+Encoder: the input (`encoder` `wordpiece`: a learned embedding of WordPiece ids; `minilm`:
+the pretrained MiniLM's token states, through the model's copies of MiniLM's top
+`tuned_layers` layers, then a linear map to d_model; see inputs.py) + learned position
+embeddings, pre-LN blocks (self-attention, GELU MLP), final LayerNorm. With `query_vector_dim` > 0 the query's SCI vector f_q(query) (the space
 the first SID level was cut in) is projected to d_model, normalised, and appended to the
 token states as one more memory position: short, misspelt queries the small encoder cannot
 read still carry the pretrained MiniLM geometry into cross-attention. Decoder: pre-LN blocks (causal self-attention, cross-attention, MLP),
@@ -27,11 +29,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..text.encoder import EMBEDDING_DIM
+
 
 @dataclass
 class GenerativeConfig:
     """Sizes of the seq2seq model: a preset of params generative.presets, plus what the SIDs and
     the query vectors fix (model_config in train.py fills those)."""
+    encoder: str                    # what the encoder reads: wordpiece | minilm (inputs.py)
+    tuned_layers: int               # minilm: MiniLM's top layers the model fine-tunes (0 = all frozen)
     enc_vocab_size: int             # MiniLM WordPiece vocabulary
     dec_vocab_size: int             # SidVocab.size
     d_model: int
@@ -192,7 +198,12 @@ class Seq2SeqRetriever(nn.Module):
     def __init__(self, config: GenerativeConfig):
         super().__init__()
         self.config = config
-        self.enc_tokens = nn.Embedding(config.enc_vocab_size, config.d_model, padding_idx=config.enc_pad_id)
+        if config.encoder == "wordpiece":
+            self.enc_tokens = nn.Embedding(config.enc_vocab_size, config.d_model, padding_idx=config.enc_pad_id)
+        elif config.encoder == "minilm":
+            self.enc_states = nn.Linear(EMBEDDING_DIM, config.d_model)
+        else:
+            raise ValueError(f"GenerativeConfig.encoder must be wordpiece or minilm, got {config.encoder!r}")
         self.enc_positions = nn.Embedding(config.max_enc_len, config.d_model)
         self.enc_blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.n_enc_layers))
         self.enc_norm = nn.LayerNorm(config.d_model)
@@ -210,6 +221,15 @@ class Seq2SeqRetriever(nn.Module):
         for name, parameter in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(n_residual))
+        # after the init above: these start as MiniLM's own layers
+        self.minilm_blocks = nn.ModuleList()
+        if config.encoder == "minilm" and config.tuned_layers:
+            from ..sci.text_tower import minilm_block
+            from .inputs import frozen_layers
+
+            first = frozen_layers(config.tuned_layers)
+            self.minilm_blocks.extend(minilm_block(layer, config.dropout)
+                                      for layer in range(first, first + config.tuned_layers))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -219,19 +239,31 @@ class Seq2SeqRetriever(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def encode(self, inputs: torch.Tensor, attention_mask: torch.Tensor,
                query_vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, S] WordPiece ids (+ mask, 1 = token), and [B, query_vector_dim] SCI query vectors
-        when the config has them -> (memory [B, S(+1), d], memory mask [B, S(+1)] bool)."""
+        """`inputs`: [B, S] WordPiece ids, or [B, S, 384] MiniLM token states (config.encoder), with
+        the mask [B, S] (1 = token); [B, query_vector_dim] SCI query vectors when the config has
+        them -> (memory [B, S(+1), d], memory mask [B, S(+1)] bool)."""
         if bool(self.config.query_vector_dim) != (query_vectors is not None):
             raise ValueError(f"model has query_vector_dim={self.config.query_vector_dim}: query vectors must be "
                              f"{'given' if self.config.query_vector_dim else 'omitted'}")
-        length = input_ids.shape[1]
+        expected_dims = 2 if self.config.encoder == "wordpiece" else 3
+        if inputs.dim() != expected_dims:
+            raise ValueError(f"a {self.config.encoder} encoder reads {expected_dims}-d inputs, got shape "
+                             f"{tuple(inputs.shape)}")
+        length = inputs.shape[1]
         if length > self.config.max_enc_len:
             raise ValueError(f"encoder input length {length} > max_enc_len {self.config.max_enc_len}")
-        positions = torch.arange(length, device=input_ids.device)
-        x = self.drop(self.enc_tokens(input_ids) + self.enc_positions(positions))
         mask = attention_mask.bool()
+        if self.config.encoder == "wordpiece":
+            embedded = self.enc_tokens(inputs)
+        else:
+            states = inputs.float()
+            for block in self.minilm_blocks:
+                states = block(states, mask)
+            embedded = self.enc_states(states)
+        positions = torch.arange(length, device=inputs.device)
+        x = self.drop(embedded + self.enc_positions(positions))
         for block in self.enc_blocks:
             x = block(x, mask)
         memory = self.enc_norm(x)
@@ -256,14 +288,14 @@ class Seq2SeqRetriever(nn.Module):
         hidden = self.dec_norm(x)
         return hidden @ self.dec_tokens.weight.t(), hidden
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
                 query_vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.decode(*self.encode(input_ids, attention_mask, query_vectors), decoder_input_ids)
+        return self.decode(*self.encode(inputs, attention_mask, query_vectors), decoder_input_ids)
 
-    def start_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, beams: int,
+    def start_cache(self, inputs: torch.Tensor, attention_mask: torch.Tensor, beams: int,
                     query_vectors: torch.Tensor | None = None) -> DecoderCache:
         """Encode a batch once and prepare incremental decoding of `beams` hypotheses per query."""
-        memory, memory_mask = self.encode(input_ids, attention_mask, query_vectors)
+        memory, memory_mask = self.encode(inputs, attention_mask, query_vectors)
         return DecoderCache(memory_kv=[block.cross_attn.memory_kv(memory) for block in self.dec_blocks],
                             memory_mask=memory_mask, layers=[{} for _ in self.dec_blocks], beams=beams)
 
@@ -293,6 +325,8 @@ def init_encoder_embeddings(model: Seq2SeqRetriever, word_embeddings: torch.Tens
     principal directions (keeps the most variance of the pre-trained geometry) and
     rescaled to the model's init std, so the choice of width does not change the input scale.
     """
+    if model.config.encoder != "wordpiece":
+        raise ValueError(f"a {model.config.encoder} encoder has no token embeddings to initialise")
     target = model.enc_tokens.weight
     if word_embeddings.shape[0] != target.shape[0]:
         raise ValueError(f"MiniLM vocabulary {word_embeddings.shape[0]} != enc_vocab_size {target.shape[0]}")
@@ -322,6 +356,9 @@ def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> 
     for name in ("model.pt", "config.json"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"generative checkpoint {folder} lacks {name}")
-    model = Seq2SeqRetriever(GenerativeConfig.from_dict(json.loads((folder / "config.json").read_text())))
+    values = json.loads((folder / "config.json").read_text())
+    if "encoder" not in values:     # written before encoder kinds existed: a WordPiece encoder
+        values.update(encoder="wordpiece", tuned_layers=0)
+    model = Seq2SeqRetriever(GenerativeConfig.from_dict(values))
     model.load_state_dict(torch.load(folder / "model.pt", map_location=map_location, weights_only=True))
     return model

@@ -4,7 +4,8 @@
 returns a `GenerativeRetriever` whose `search(queries, k)` answers
 `[[(item_id, score), ...], ...]`, best first:
 
-1. the query's WordPiece tokens go through the seq2seq model and one batched beam search
+1. the query's encoder input (WordPiece ids, or MiniLM token states: `inputs.py`) goes through
+   the seq2seq model and one batched beam search
    under the SID trie (`trie.py`) with `max(beam_size, k)` beams;
 2. the finished SIDs, in beam order, are taken in groups of `bucket_pool` (decode params);
    each group's leaf buckets (every item holding one of its SIDs) are pooled and ordered by
@@ -37,7 +38,8 @@ import torch
 
 from ..data.schema import PreparedDataset
 from ..quantize.table import resolve_variant
-from .data import read_sid_table, tokenize
+from .data import read_sid_table
+from .inputs import EncoderReader
 from .model import Seq2SeqRetriever, load_model
 from .trie import BeamResult, SidTrie, TrieConstraint, beam_search
 from .vocab import SidVocab
@@ -99,20 +101,18 @@ class SidDecoder:
     """Query text -> ranked SIDs: the model and the trie, no item catalogue (step 1 of the module
     docstring). What a GPU worker needs; `GenerativeRetriever` adds the items."""
 
-    def __init__(self, model: Seq2SeqRetriever, tokenizer, trie: SidTrie, beam_size: int, length_penalty: float,
+    def __init__(self, model: Seq2SeqRetriever, reader: EncoderReader, trie: SidTrie, beam_size: int, length_penalty: float,
                  batch_size: int, device: torch.device | str = "cpu",
                  encode_queries: Callable[[list[str]], np.ndarray] | None = None):
         self.model = model.to(device).eval()
         self.encode_queries = encode_queries       # query text -> SCI query vectors f_q (a query-vector model needs it)
-        self.tokenizer, self.trie = tokenizer, trie.to(device)
+        self.reader, self.trie = reader, trie.to(device)
         self.beam_size, self.length_penalty, self.batch_size = beam_size, length_penalty, batch_size
         self.device = torch.device(device)
 
     def _inputs(self, queries: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        input_ids, mask = tokenize(self.tokenizer, queries, self.model.config.max_enc_len)
-        length = max(int(mask.sum(axis=1).max()), 1)
-        return (torch.as_tensor(input_ids[:, :length], dtype=torch.long, device=self.device),
-                torch.as_tensor(mask[:, :length], dtype=torch.long, device=self.device))
+        inputs, mask = self.reader.read(queries, desc="queries").batch(np.arange(len(queries)))
+        return inputs.to(self.device), mask.to(self.device)
 
     def _query_vectors(self, queries: list[str], query_vectors: np.ndarray | None) -> torch.Tensor | None:
         if not self.model.config.query_vector_dim:
@@ -127,8 +127,8 @@ class SidDecoder:
                query_vectors: np.ndarray | None = None) -> BeamResult:
         """Beam search for one batch of queries; the trie constraint unless another is given.
         `query_vectors`: the queries' f_q, when already computed (else encoded here if the model reads them)."""
-        input_ids, mask = self._inputs(queries)
-        return beam_search(self.model, input_ids, mask, beams, self.trie.max_length + 1,
+        inputs, mask = self._inputs(queries)
+        return beam_search(self.model, inputs, mask, beams, self.trie.max_length + 1,
                            constraint if constraint is not None else TrieConstraint(self.trie),
                            self.length_penalty, self._query_vectors(queries, query_vectors))
 
@@ -149,10 +149,10 @@ class SidDecoder:
 class GenerativeRetriever(SidDecoder):
     """A `SidDecoder` plus the catalogue: SIDs resolved to leaf buckets, buckets ordered by SCI score."""
 
-    def __init__(self, model: Seq2SeqRetriever, tokenizer, trie: SidTrie, buckets: Buckets, item_ids: np.ndarray,
+    def __init__(self, model: Seq2SeqRetriever, reader: EncoderReader, trie: SidTrie, buckets: Buckets, item_ids: np.ndarray,
                  item_vectors: np.ndarray, encode_queries: Callable[[list[str]], np.ndarray], beam_size: int,
                  length_penalty: float, batch_size: int, device: torch.device | str = "cpu", bucket_pool: int = 1):
-        super().__init__(model, tokenizer, trie, beam_size, length_penalty, batch_size, device, encode_queries)
+        super().__init__(model, reader, trie, beam_size, length_penalty, batch_size, device, encode_queries)
         if bucket_pool < 1:
             raise ValueError(f"decode.bucket_pool must be >= 1, got {bucket_pool}")
         self.buckets, self.item_ids, self.item_vectors = buckets, item_ids, item_vectors
@@ -221,7 +221,7 @@ def load_retriever(checkpoint_folder: str | Path, sids_folder: str | Path, prepa
     decoding the SIDs of `variant` (None: the semantic_ids folder's shipped one). `bucket_pool`
     overrides the checkpoint's decode setting (e.g. to compare poolings on one model)."""
     from ..sci.towers import load_towers
-    from ..text.encoder import TextEncoder, load_tokenizer
+    from ..text.encoder import TextEncoder
 
     variant = resolve_variant(sids_folder, variant)
     folder = Path(checkpoint_folder)
@@ -242,7 +242,7 @@ def load_retriever(checkpoint_folder: str | Path, sids_folder: str | Path, prepa
     text = TextEncoder(settings["text"]["model_name"], None, settings["text"]["batch_size"],
                        settings["text"]["max_seq_length"], progress=False)
     decode = settings["decode"]
-    return GenerativeRetriever(model, load_tokenizer(), trie, Buckets.build(trie, item_sids), item_ids, item_vectors,
+    return GenerativeRetriever(model, EncoderReader.for_model(model.config, settings["text"]), trie, Buckets.build(trie, item_sids), item_ids, item_vectors,
                                lambda texts: towers.encode_query_texts(texts, text.encode),
                                beam_size=int(decode["beam_size"]), length_penalty=float(decode["length_penalty"]),
                                batch_size=int(decode["batch_size"]), device=device,

@@ -21,6 +21,7 @@ from ..quantize.table import resolve_variant
 from ..shared.training import (DistContext, LoopConfig, cli_params, fingerprint, run_distributed, train_loop,
                                training_cli)
 from .data import SftDataset, SftTables, read_sid_table, vocab_for
+from .inputs import EncoderReader
 from .views import ViewConfig
 from .model import GenerativeConfig, Seq2SeqRetriever, init_encoder_embeddings, save_model
 from .vocab import PAD
@@ -29,7 +30,7 @@ from .vocab import PAD
 def sft_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     """L = (1/N) Σ_i w_i Σ_t −log p(y_it | y_i<t, x_i): graded-weight sequence NLL over the
     SID tokens and EOS of each target (PAD positions excluded), averaged over the N examples."""
-    logits, _ = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"],
+    logits, _ = model(batch["inputs"], batch["attention_mask"], batch["decoder_input_ids"],
                       batch.get("query_vectors"))
     targets = batch["targets"]
     token_nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=PAD,
@@ -46,14 +47,16 @@ def sid_digest(table) -> str:
 
 
 def model_config(params: dict, vocab_size: int, max_dec_len: int, query_vector_dim: int = 0) -> GenerativeConfig:
-    """The config of the preset `generative.preset` names, with the decoder sized to the SIDs and
-    the query-vector memory position `query_vector_dim` wide (0: none)."""
+    """The config of the preset `generative.preset` names, reading `generative.encoder`, with the
+    decoder sized to the SIDs and the query-vector memory position `query_vector_dim` wide (0: none)."""
     generative = params["generative"]
     preset = generative["preset"]
     if preset not in generative["presets"]:
         raise ValueError(f"generative.preset {preset!r} not in presets {sorted(generative['presets'])}")
     values = dict(generative["presets"][preset]["model"])
-    return GenerativeConfig.from_dict({**values, "dec_vocab_size": vocab_size, "max_dec_len": max_dec_len,
+    return GenerativeConfig.from_dict({**values, "encoder": generative["encoder"],
+                                       "tuned_layers": int(generative["minilm_tuned_layers"]),
+                                       "dec_vocab_size": vocab_size, "max_dec_len": max_dec_len,
                                        "query_vector_dim": query_vector_dim})
 
 
@@ -68,8 +71,9 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
               stop_at: int | None = None, towers_folder: str | Path | None = None) -> tuple[Seq2SeqRetriever, list[dict]]:
     """Train (or resume) the SFT model for `variant`'s SIDs into `out` (model.pt, config.json,
     vocab.json, train_state.pt, metrics.jsonl). With `generative.query_vector` the model reads
-    the SCI query vectors of the sci_towers artifact `towers_folder`."""
-    from ..text.encoder import load_tokenizer, load_word_embeddings
+    the SCI query vectors of the sci_towers artifact `towers_folder`; with `generative.encoder: minilm`
+    the frozen MiniLM token states of its sources come from the cache under params text.cache_dir."""
+    from ..text.encoder import cache_path, load_word_embeddings
 
     dist = dist or DistContext.from_env(params["generative"]["device"])
     out = Path(out)
@@ -86,13 +90,14 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
         sci_vectors = (np.load(Path(towers_folder) / SCI_QUERIES_FILE), np.load(Path(towers_folder) / QUERY_VIEW_FILE))
     config = model_config(params, vocab.size, max_dec_len, 0 if sci_vectors is None else sci_vectors[0].shape[1])
     loop = loop_config(params)
-    tables = SftTables.build(prepared, table, vocab, load_tokenizer(), config.max_enc_len, max_dec_len,
+    reader = EncoderReader.for_model(config, params["text"], cache_path(params["text"]), progress=progress and dist.is_main)
+    tables = SftTables.build(prepared, table, vocab, reader, max_dec_len,
                              ViewConfig.from_params(params["sft"]["indexing_views"]), seed=loop.seed,
                              sci_vectors=sci_vectors)
     dataset = SftDataset(tables, params["sft"]["indexing_ratio"], seed=loop.seed)
     torch.manual_seed(loop.seed)
     model = Seq2SeqRetriever(config)
-    if params["generative"]["init_from_minilm"]:
+    if params["generative"]["init_from_minilm"] and config.encoder == "wordpiece":
         init_encoder_embeddings(model, torch.from_numpy(load_word_embeddings()))
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -266,17 +265,14 @@ def new_towers(tower_params: dict, text_params: dict, prepared: PreparedDataset,
 
 
 def tower_inputs(towers: Towers, prepared: PreparedDataset, item_base: np.ndarray, query_base: np.ndarray,
-                 text_params: dict, cache_root: Path | None = None) -> tuple[TowerInputs, TowerInputs]:
+                 text_params: dict) -> tuple[TowerInputs, TowerInputs]:
     """(item inputs, query inputs) the towers read: the MiniLM sentence vectors themselves, or
     for minilm towers the token states of their frozen layers (cached under params text.cache_dir)."""
     if not isinstance(towers, TextDualTower):
         return item_base, query_base
-    from ..params import REPO_ROOT
+    from ..text.encoder import cache_path
 
-    cache_dir = text_params["cache_dir"]
-    if cache_dir is not None and not Path(cache_dir).is_absolute():
-        cache_dir = (cache_root or REPO_ROOT) / cache_dir
-    encoder = towers.state_encoder(text_params["batch_size"], cache_dir)
+    encoder = towers.state_encoder(text_params["batch_size"], cache_path(text_params))
     return (encoder.encode(prepared.item_text().tolist(), "items"),
             encoder.encode(prepared.queries["text"].tolist(), "queries"))
 

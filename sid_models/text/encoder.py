@@ -73,6 +73,16 @@ def load_word_embeddings() -> np.ndarray:
     return tensors[names[0]].astype(np.float32)
 
 
+def cache_path(text_params: dict) -> Path | None:
+    """params text.cache_dir as a path (a relative one is under the repo root), or None: no cache."""
+    from ..params import REPO_ROOT
+
+    cache_dir = text_params["cache_dir"]
+    if cache_dir is None:
+        return None
+    return Path(cache_dir) if Path(cache_dir).is_absolute() else REPO_ROOT / cache_dir
+
+
 def content_keys(model_name: str, texts: Sequence[str]) -> np.ndarray:
     """sha256(model_name + newline + text) per text, as a [n] array of 32-byte keys."""
     prefix = (model_name + "\n").encode()
@@ -104,14 +114,9 @@ class TextEncoder:
         return f"{self.model_name}@{self.max_seq_length}"
 
     @classmethod
-    def from_params(cls, text_params: dict, root: Path | None = None, progress: bool = True) -> "TextEncoder":
-        """Build from params.yaml's `text` section; a relative cache_dir is taken from `root` (the repo root)."""
-        from ..params import REPO_ROOT
-
-        cache_dir = text_params.get("cache_dir")
-        if cache_dir is not None and not Path(cache_dir).is_absolute():
-            cache_dir = (root or REPO_ROOT) / cache_dir
-        return cls(text_params["model_name"], cache_dir, text_params["batch_size"],
+    def from_params(cls, text_params: dict, progress: bool = True) -> "TextEncoder":
+        """Build from params.yaml's `text` section."""
+        return cls(text_params["model_name"], cache_path(text_params), text_params["batch_size"],
                    text_params["max_seq_length"], progress=progress)
 
     def encode(self, texts: Sequence[str], desc: str = "texts") -> np.ndarray:
