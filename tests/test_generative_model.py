@@ -1,6 +1,8 @@
 """The seq2seq retriever's interface: shapes, cached decoding, vocabulary round trips."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -81,6 +83,18 @@ def test_save_and_load_round_trip(tmp_path):
     model = Seq2SeqRetriever(TINY).eval()
     save_model(model, tmp_path)
     loaded = load_model(tmp_path).eval()
+    input_ids, mask, decoder = _batch()
+    torch.testing.assert_close(model(input_ids, mask, decoder)[0], loaded(input_ids, mask, decoder)[0])
+
+
+def test_a_checkpoint_written_before_encoder_kinds_loads_as_a_wordpiece_encoder(tmp_path):
+    model = Seq2SeqRetriever(TINY).eval()
+    save_model(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["encoder"], config["tuned_layers"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = load_model(tmp_path).eval()
+    assert loaded.config.encoder == "wordpiece" and loaded.config.tuned_layers == 0
     input_ids, mask, decoder = _batch()
     torch.testing.assert_close(model(input_ids, mask, decoder)[0], loaded(input_ids, mask, decoder)[0])
 
