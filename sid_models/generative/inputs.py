@@ -6,11 +6,10 @@
 - `minilm`: the token states of the pretrained all-MiniLM-L6-v2. Its lower L − k layers
   are frozen: they run once per text and are cached by content hash (`text/states.py`), so
   SFT never runs them per epoch; the model fine-tunes its own copy of the top k layers
-  (`generative.minilm_tuned_layers`; 0 = all L layers frozen). A shopper's three misspelt
-  words are read by a model trained on a billion sentence pairs, not by an encoder that
-  has seen 9.5k queries.
+  (`generative.minilm_tuned_layers`; 0 = all L layers frozen). On Home Depot, all frozen, it
+  measured no better than `wordpiece` with the SCI query-vector memory (README, Benchmarks).
 
-`EncoderReader(config, ...).read(texts)` gives the `EncoderSources` of a list of texts;
+`EncoderReader.for_model(config, text).read(texts)` gives the `EncoderSources` of a list of texts;
 `sources.batch(rows)` gives the model tensors of some of them (inputs, mask), cut to the
 longest row: ids [B, S] long, or states [B, S, 384] float32.
 """

@@ -46,7 +46,7 @@ def triplet(anchors: torch.Tensor, positives: torch.Tensor, weights: torch.Tenso
 
     For pair b with anchor a_b, positive p_b and its negatives N_b (the other in-batch
     positives p_j that are not accidental hits, A_bj as in `info_nce`, and the hard negatives
-    n_bh with mask m_bh), with cosine similarities s:
+    n_bh with mask m_bh), all unit vectors, so each dot product is a cosine:
 
         ℓ_b = mean_{n ∈ N_b} max(0, δ − a_b·p_b + a_b·n)
         L   = Σ_b w_b ℓ_b / Σ_b w_b
