@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sid_models.generative.borrowed import BorrowConfig, bm25_ranks, dense_ranks, lent_pairs
 from sid_models.generative.data import SftDataset, SftTables, read_sid_table, vocab_for
 from sid_models.generative.inputs import EncoderReader, tokenize
 from sid_models.generative.views import ViewConfig, query_like_views, typo
@@ -22,6 +23,8 @@ from sid_models.text.encoder import load_tokenizer
 
 VIEWS = ViewConfig(views=2, min_words=2, max_words=3, typo_rate=0.5)
 WORDPIECE = EncoderReader("wordpiece", 0, 16, {"model_name": "unused", "batch_size": 8})
+NO_LENDING = BorrowConfig(channels=("bm25",), depth=5, per_item=0, weight=0.5)
+BM25 = {"k1": 1.2, "b": 0.75, "method": "lucene", "stopwords": "en", "stemmer": "english"}
 
 
 def synthetic_sids(prepared) -> pd.DataFrame:
@@ -66,8 +69,8 @@ def sft_inputs(small_prepared, tmp_path_factory):
     folder = write_synthetic_sids(small_prepared, tmp_path_factory.mktemp("sids"))
     table = read_sid_table(folder, "sarq_acrq")
     vocab = vocab_for(folder, "sarq_acrq")
-    return (SftTables.build(small_prepared, table, vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0),
-            vocab, table)
+    return (SftTables.build(small_prepared, table, vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0,
+                            borrow=NO_LENDING, bm25_params=BM25), vocab, table)
 
 
 def test_retrieval_pairs_are_the_relevant_training_judgments_with_graded_weights(small_prepared, sft_inputs):
@@ -118,7 +121,8 @@ def test_batches_are_teacher_forced_and_deterministic(sft_inputs):
 def test_a_missing_sid_is_an_error_naming_the_item(small_prepared, sft_inputs):
     _, vocab, table = sft_inputs
     with pytest.raises(ValueError, match="no SID"):
-        SftTables.build(small_prepared, table.iloc[1:], vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0)
+        SftTables.build(small_prepared, table.iloc[1:], vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0,
+                        borrow=NO_LENDING, bm25_params=BM25)
 
 
 def test_indexing_walks_show_the_title_then_each_query_like_view(sft_inputs, small_prepared):
@@ -154,3 +158,66 @@ def test_typos_change_one_word_or_one_word_boundary():
         slipped = typo("cordless hammer drill", rng)
         assert slipped != "cordless hammer drill"
         assert abs(len(slipped.replace(" ", "")) - len("cordlesshammerdrill")) <= 1
+
+
+def test_lent_pairs_go_to_unreached_unjudged_items_best_ranked_first():
+    # query 0 ranks items 5, 6, 1; query 1 ranks 6, 5, 7; item 1 is reached, item 7 judged for query 1
+    bm25 = np.array([[5, 6, 1], [6, 5, 7]])
+    dense = np.array([[6, 5, -1], [5, 7, 6]])
+    judged = pd.DataFrame({"query_row": [1], "item_row": [7]})
+    reached = np.zeros(8, dtype=bool)
+    reached[1] = True
+    query, item = lent_pairs([bm25], judged, reached, per_item=1)
+    assert list(zip(query, item)) == [(0, 5), (1, 6)]
+    query, item = lent_pairs([bm25], judged, reached, per_item=2)
+    assert list(zip(query, item)) == [(0, 5), (0, 6), (1, 5), (1, 6)]
+    # in both channels: the worst of the two ranks counts (item 5: 0/1 for query 0, 1/0 for query 1 -> tie,
+    # the earlier query wins); item 6 is third in dense for query 1, second for query 0
+    query, item = lent_pairs([bm25, dense], judged, reached, per_item=1)
+    assert list(zip(query, item)) == [(0, 5), (0, 6)]
+    assert lent_pairs([bm25], judged, reached, per_item=0)[0].size == 0
+
+
+def test_channel_ranks_are_the_best_items_first():
+    query_vectors = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    item_vectors = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.0, 0.2]], dtype=np.float32)
+    assert dense_ranks(query_vectors, item_vectors, 3).tolist() == [[0, 2, 1], [1, 2, 3]]
+    titles = ["cordless drill kit", "garden hose reel", "drill bit set", "hose nozzle"]
+    ranks = bm25_ranks(["drills", "nothing here"], titles, BM25, 3)
+    assert set(ranks[0, :2]) == {0, 2} and ranks[0, 2] == -1      # stemming: drills -> drill
+    assert (ranks[1] == -1).all()
+
+
+def test_lent_queries_join_the_retrieval_pairs(small_prepared, sft_inputs):
+    tables, vocab, table = sft_inputs
+    borrow = BorrowConfig(channels=("bm25",), depth=10, per_item=2, weight=0.25)
+    lending = SftTables.build(small_prepared, table, vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0,
+                              borrow=borrow, bm25_params=BM25)
+    judged_pairs = len(tables.pair_query)
+    assert lending.n_lent > 0 and len(lending.pair_query) == judged_pairs + lending.n_lent
+    np.testing.assert_array_equal(lending.pair_query[:judged_pairs], tables.pair_query)
+    lent_items = lending.pair_item[judged_pairs:]
+    assert not np.isin(lent_items, tables.pair_item).any()          # only items no training query reaches
+    assert np.bincount(lent_items).max() <= 2
+    assert (lending.pair_weight[judged_pairs:] == 0.25).all()
+    queries = small_prepared.split_queries("train").reset_index(drop=True)
+    items = small_prepared.items.reset_index(drop=True)
+    judged = small_prepared.split_judgments("train")
+    judged_keys = set(zip(judged["query_id"].astype(str), judged["item_id"].astype(str)))
+    lent = set(zip(queries["query_id"].astype(str).to_numpy()[lending.pair_query[judged_pairs:]],
+                   items["item_id"].astype(str).to_numpy()[lent_items]))
+    assert not lent & judged_keys
+    with pytest.raises(ValueError, match="dense_vectors"):
+        SftTables.build(small_prepared, table, vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0,
+                        borrow=BorrowConfig(("dense",), 10, 1, 0.5), bm25_params=BM25)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"channels": ["bm25", "clicks"], "depth": 5, "per_item": 1, "weight": 0.5}, "subset"),
+    ({"channels": [], "depth": 5, "per_item": 1, "weight": 0.5}, "subset"),
+    ({"channels": ["bm25"], "depth": 0, "per_item": 1, "weight": 0.5}, "depth"),
+    ({"channels": ["bm25"], "depth": 5, "per_item": 1, "weight": 0.0}, "weight"),
+])
+def test_bad_borrowed_query_settings_are_named(section, message):
+    with pytest.raises(ValueError, match=message):
+        BorrowConfig.from_params(section)

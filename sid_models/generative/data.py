@@ -3,6 +3,9 @@
 Two tasks (DESIGN.md Stage 3):
 - retrieval: each training query -> the SID of each of its relevant training items, with
   weight gain(relevance) / gain(scale maximum), so a highly relevant item pulls harder;
+- lent queries: a real training query -> the SID of an item no training query reaches but
+  that ranks near the top for it (`borrowed.py`, params `sft.borrowed_queries`), with a fixed
+  weight; they mix with the retrieval pairs;
 - indexing: each item's text -> its own SID, weight 1, for every item (cold items too:
   their only chance to be decodable at all). The text is the full item text on the first
   walk over the items, then each of its query-like views (`views.py`, params
@@ -26,6 +29,7 @@ import torch
 
 from ..data.schema import PreparedDataset
 from ..quantize.table import load_sid_table, load_vocab
+from .borrowed import BorrowConfig, bm25_ranks, dense_ranks, lent_pairs
 from .inputs import EncoderReader, EncoderSources
 from .views import ViewConfig, query_like_views
 from .vocab import BOS, EOS, PAD, SidVocab
@@ -70,9 +74,10 @@ class SftTables:
     n_items: int
     n_views: int
     item_targets: np.ndarray       # [n_items, T] SID tokens + EOS + PAD per item
-    pair_query: np.ndarray         # [n_pairs] retrieval pairs: query row
+    pair_query: np.ndarray         # [n_pairs] retrieval pairs (judged, then lent): query row
     pair_item: np.ndarray          # [n_pairs] retrieval pairs: item row
     pair_weight: np.ndarray        # [n_pairs] graded weight in (0, 1]
+    n_lent: int                    # the last n_lent pairs are lent queries (borrowed.py)
     # SCI query-view vectors f_q for a model with a query-vector memory position, else None:
     query_vectors: np.ndarray | None = None   # [n_queries, d] of the split's queries
     item_vectors: np.ndarray | None = None    # [n_items, d] f_q(item text): every indexing view reads its item's
@@ -83,10 +88,12 @@ class SftTables:
 
     @classmethod
     def build(cls, prepared: PreparedDataset, sid_table: pd.DataFrame, vocab: SidVocab, reader: EncoderReader,
-              max_dec_len: int, views: ViewConfig, seed: int, split: str = "train",
-              sci_vectors: tuple[np.ndarray, np.ndarray] | None = None) -> "SftTables":
+              max_dec_len: int, views: ViewConfig, seed: int, borrow: BorrowConfig, bm25_params: dict,
+              split: str = "train", sci_vectors: tuple[np.ndarray, np.ndarray] | None = None,
+              dense_vectors: tuple[np.ndarray, np.ndarray] | None = None) -> "SftTables":
         """`sci_vectors`: (f_q of every query in queries.parquet order, f_q of every item) from the
-        sci_towers artifact, for a model that reads query vectors."""
+        sci_towers artifact, for a model that reads query vectors; `dense_vectors`: (the same f_q
+        of every query, f_i of every item), for `borrow`'s dense channel."""
         items = prepared.items.reset_index(drop=True)
         sid_by_item = dict(zip(sid_table["item_id"].astype(str), sid_table["sid"]))
         missing = [item for item in items["item_id"].astype(str) if item not in sid_by_item]
@@ -105,7 +112,11 @@ class SftTables:
         top_gain = float(scale.gain(scale.maximum))
         if top_gain <= 0:
             raise ValueError(f"relevance scale {scale} gives the top grade no gain")
-        weight = scale.gain(relevant["relevance"].to_numpy()) / top_gain
+        weight = (scale.gain(relevant["relevance"].to_numpy()) / top_gain).astype(np.float32)
+        pair_query = query_row.loc[relevant["query_id"].astype(str)].to_numpy()
+        pair_item = item_row.loc[relevant["item_id"].astype(str)].to_numpy()
+        lent_query, lent_item = lend_queries(prepared, queries, items, borrow, bm25_params, dense_vectors, split,
+                                             query_row, item_row)
         query_vectors = item_vectors = None
         if sci_vectors is not None:
             all_queries, item_vectors = (np.asarray(vectors, dtype=np.float32) for vectors in sci_vectors)
@@ -115,9 +126,36 @@ class SftTables:
             query_vectors = all_queries[prepared.queries["split"].eq(split).to_numpy()]
         return cls(sources=sources, n_queries=len(queries), n_items=len(items), n_views=views.views,
                    item_targets=sid_targets(sids, vocab, max_dec_len),
-                   pair_query=query_row.loc[relevant["query_id"].astype(str)].to_numpy(),
-                   pair_item=item_row.loc[relevant["item_id"].astype(str)].to_numpy(),
-                   pair_weight=weight.astype(np.float32), query_vectors=query_vectors, item_vectors=item_vectors)
+                   pair_query=np.concatenate([pair_query, lent_query]),
+                   pair_item=np.concatenate([pair_item, lent_item]),
+                   pair_weight=np.concatenate([weight, np.full(len(lent_query), borrow.weight, dtype=np.float32)]),
+                   n_lent=len(lent_query), query_vectors=query_vectors, item_vectors=item_vectors)
+
+
+def lend_queries(prepared: PreparedDataset, queries: pd.DataFrame, items: pd.DataFrame, borrow: BorrowConfig,
+                 bm25_params: dict, dense_vectors: tuple[np.ndarray, np.ndarray] | None, split: str,
+                 query_row: pd.Series, item_row: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(query rows, item rows) of the `split` queries lent to unreached items (`borrowed.py`)."""
+    if not borrow.enabled:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    ranks = []
+    if "bm25" in borrow.channels:
+        ranks.append(bm25_ranks(queries["text"].astype(str).tolist(), prepared.item_text().tolist(), bm25_params,
+                                borrow.depth))
+    if "dense" in borrow.channels:
+        if dense_vectors is None:
+            raise ValueError("sft.borrowed_queries.channels has dense: SftTables.build needs dense_vectors")
+        all_queries, item_view = (np.asarray(vectors, dtype=np.float32) for vectors in dense_vectors)
+        if len(all_queries) != len(prepared.queries) or len(item_view) != len(items):
+            raise ValueError(f"dense vectors for {len(all_queries)} queries and {len(item_view)} items; the dataset "
+                             f"has {len(prepared.queries)} and {len(items)}")
+        ranks.append(dense_ranks(all_queries[prepared.queries["split"].eq(split).to_numpy()], item_view, borrow.depth))
+    judged = prepared.split_judgments(split)
+    judged = pd.DataFrame({"query_row": query_row.loc[judged["query_id"].astype(str)].to_numpy(),
+                           "item_row": item_row.loc[judged["item_id"].astype(str)].to_numpy()})
+    reached = np.zeros(len(items), dtype=bool)
+    reached[item_row.loc[prepared.relevant(split)["item_id"].astype(str)].to_numpy()] = True
+    return lent_pairs(ranks, judged, reached, borrow.per_item)
 
 
 class SftDataset:

@@ -21,6 +21,7 @@ from ..quantize.table import resolve_variant
 from ..shared.training import (DistContext, LoopConfig, cli_params, fingerprint, run_distributed, train_loop,
                                training_cli)
 from .data import SftDataset, SftTables, read_sid_table, vocab_for
+from .borrowed import BorrowConfig
 from .inputs import EncoderReader
 from .views import ViewConfig
 from .model import GenerativeConfig, Seq2SeqRetriever, init_encoder_embeddings, save_model
@@ -81,19 +82,27 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     table = read_sid_table(sids_folder, variant)
     vocab = vocab_for(sids_folder, variant)
     max_dec_len = vocab.levels + 1
-    sci_vectors = None
-    if params["generative"]["query_vector"]:
-        from ..sci.stage import QUERIES_FILE as SCI_QUERIES_FILE, QUERY_VIEW_FILE
+    borrow = BorrowConfig.from_params(params["sft"]["borrowed_queries"])
+    sci_vectors = dense_vectors = None
+    if params["generative"]["query_vector"] or (borrow.enabled and "dense" in borrow.channels):
+        from ..sci.stage import ITEM_VIEW_FILE, QUERIES_FILE as SCI_QUERIES_FILE, QUERY_VIEW_FILE
 
         if towers_folder is None:
-            raise ValueError("generative.query_vector is on: train_sft needs the sci_towers folder (towers_folder)")
-        sci_vectors = (np.load(Path(towers_folder) / SCI_QUERIES_FILE), np.load(Path(towers_folder) / QUERY_VIEW_FILE))
+            raise ValueError("generative.query_vector or a dense channel of sft.borrowed_queries is on: train_sft "
+                             "needs the sci_towers folder (towers_folder)")
+        towers_folder = Path(towers_folder)
+        query_vectors = np.load(towers_folder / SCI_QUERIES_FILE)
+        if params["generative"]["query_vector"]:
+            sci_vectors = (query_vectors, np.load(towers_folder / QUERY_VIEW_FILE))
+        if borrow.enabled and "dense" in borrow.channels:
+            dense_vectors = (query_vectors, np.load(towers_folder / ITEM_VIEW_FILE))
     config = model_config(params, vocab.size, max_dec_len, 0 if sci_vectors is None else sci_vectors[0].shape[1])
     loop = loop_config(params)
     reader = EncoderReader.for_model(config, params["text"], cache_path(params["text"]), progress=progress and dist.is_main)
     tables = SftTables.build(prepared, table, vocab, reader, max_dec_len,
                              ViewConfig.from_params(params["sft"]["indexing_views"]), seed=loop.seed,
-                             sci_vectors=sci_vectors)
+                             borrow=borrow, bm25_params=params["bm25"], sci_vectors=sci_vectors,
+                             dense_vectors=dense_vectors)
     dataset = SftDataset(tables, params["sft"]["indexing_ratio"], seed=loop.seed)
     torch.manual_seed(loop.seed)
     model = Seq2SeqRetriever(config)
@@ -103,10 +112,12 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
         out.mkdir(parents=True, exist_ok=True)
         (out / "vocab.json").write_text(json.dumps(vocab.to_json()))
         tracking.log_params({"variant": variant, "n_parameters": model.num_parameters(),
-                             "n_retrieval_pairs": dataset.n_pairs, "n_indexing_per_epoch": dataset.n_indexing,
+                             "n_retrieval_pairs": dataset.n_pairs, "n_lent_pairs": tables.n_lent,
+                             "n_indexing_per_epoch": dataset.n_indexing,
                              **{f"model.{k}": v for k, v in config.to_dict().items()}}, prefix=f"sft_{variant}")
     trained_from = fingerprint("sft", variant, config.to_dict(), loop.__dict__, params["sft"]["indexing_ratio"],
-                               params["sft"]["indexing_views"],
+                               params["sft"]["indexing_views"], params["sft"]["borrowed_queries"],
+                               params["bm25"] if borrow.enabled and "bm25" in borrow.channels else None,
                                params["generative"]["init_from_minilm"], sid_digest(table),
                                len(prepared.items), int(tables.pair_query.size), float(tables.pair_weight.sum()),
                                None if sci_vectors is None else [float(np.abs(v).sum()) for v in sci_vectors])
