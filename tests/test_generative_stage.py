@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sid_models.generative.retriever import GenerativeRetriever, load_retriever
-from sid_models.generative.stage import run
+from sid_models.generative.stage import run, validate
 from sid_models.params import deep_merge
 from sid_models.sci.towers import DualTower, TowerConfig
 from test_generative_data import write_synthetic_sids
@@ -42,7 +42,9 @@ def stage_output(small_params, stage_inputs, tmp_path_factory):
     params = deep_merge(small_params, {
         "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False,
                        "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 20, "batch_size": 32}}}},
-        "sft": {"warmup_steps": 4, "checkpoint_every": 20, "log_every": 10, "lr": 0.005, "valid_max_queries": 24},
+        "sft": {"warmup_steps": 4, "checkpoint_every": 20, "log_every": 10, "lr": 0.005, "valid_max_queries": 24,
+                # both channels, so the stage reads BM25 and the towers' item views for lending
+                "borrowed_queries": {"channels": ["bm25", "dense"], "depth": 10, "per_item": 1}},
         "decode": {"beam_size": 5, "batch_size": 16},
     })
     out = tmp_path_factory.mktemp("sft_checkpoint")
@@ -62,6 +64,24 @@ def test_stage_writes_both_models_and_validation_figures(stage_output):
         assert 0.0 <= figures["unconstrained_invalid_rate"] <= 1.0
         assert 0.0 <= figures["recall@10"] <= 1.0
     assert metadata["sarq_acrq_valid_sid_rate"] == 1.0
+
+
+def test_beam_order_validation_is_the_bucket_pool_1_retriever(stage_output, stage_inputs, small_prepared):
+    out, _ = stage_output
+    figures = json.loads((out / "validation.json").read_text())["sarq_acrq"]
+    strict = load_retriever(out, stage_inputs["semantic_ids"], stage_inputs["prepared_dataset"], bucket_pool=1)
+    again = validate(strict, small_prepared, 24)
+    assert figures["beam_order_recall@10"] == pytest.approx(again["recall@10"])
+    assert figures["beam_order_ndcg@10"] == pytest.approx(again["ndcg@10"])
+    assert strict.bucket_pool == 1 and again["beam_order_recall@10"] == pytest.approx(again["recall@10"])
+
+
+def test_the_stage_lends_training_queries_to_unreached_items(stage_output, small_prepared):
+    out, metadata = stage_output
+    figures = json.loads((out / "validation.json").read_text())["sarq_acrq"]
+    assert figures["n_retrieval_pairs"] == len(small_prepared.relevant("train")) + figures["n_lent_pairs"]
+    assert 0 < figures["n_lent_pairs"] <= small_prepared.items["item_id"].nunique()      # per_item 1
+    assert metadata["sarq_acrq_n_lent_pairs"] == figures["n_lent_pairs"]
 
 
 def test_retriever_returns_k_distinct_known_items(stage_output, stage_inputs, small_prepared):

@@ -5,12 +5,13 @@
 Inputs: prepared_dataset, sci_towers (query tower + item views for bucket ranking),
 sci_index, semantic_ids. Writes:
 
-  model.pt, config.json, vocab.json, train_state.pt, metrics.jsonl   the shipped variant's model
+  model.pt, config.json, vocab.json, train_state.pt, metrics.jsonl, sft_data.json   the shipped variant's model
   sci/                 query tower, item views, decode/text settings (`retriever.py`)
   <name>/              each baseline model of sft.baselines, same layout (`tiger/`)
-  validation.json      per model (the shipped one, under its variant's name, first): recall@10, ndcg@10, recall@10_<segment>,
-                       valid_sid_rate (constrained beam, must be 1), unconstrained_invalid_rate,
-                       train_seconds
+  validation.json      per model (the shipped one, under its variant's name, first): recall@10, ndcg@10,
+                       recall@10_<segment>, beam_order_recall@10 and _ndcg@10 (bucket_pool 1), valid_sid_rate
+                       (constrained beam, must be 1), unconstrained_invalid_rate, train_seconds, and the
+                       model's sft_data.json (n_retrieval_pairs, n_lent_pairs, n_indexing_per_epoch)
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ..shared.metrics import evaluate
 from ..shared.training import DistContext
 from ..params import deep_merge
 from .retriever import GenerativeRetriever, load_retriever, write_retriever_assets
-from .train import train_sft
+from .train import DATA_FILE, train_sft
 from .trie import UnconstrainedConstraint, invalid_rate
 
 VALIDATION_FILE = "validation.json"
@@ -60,14 +61,29 @@ def sid_validity(retriever: GenerativeRetriever, texts: list[str]) -> dict[str, 
 
 
 def validate(retriever: GenerativeRetriever, prepared: PreparedDataset, max_queries: int) -> dict[str, float]:
+    """REPORTED under the checkpoint's decoding, and `beam_order_recall@10` / `beam_order_ndcg@10`
+    from the same beams with the SIDs taken strictly in beam order (bucket_pool 1)."""
     queries = validation_queries(prepared, max_queries)
     texts = queries["text"].astype(str).tolist()
-    found = retriever.search(texts, EVAL_K)
-    rankings = {query: [item for item, _ in hits] for query, hits in zip(queries["query_id"], found)}
     judged = prepared.split_judgments("valid")
-    metrics = evaluate(rankings, judged[judged["query_id"].isin(set(queries["query_id"]))], prepared.scale,
-                       dict(zip(prepared.segments["item_id"], prepared.segments["segment"])))
+    judged = judged[judged["query_id"].isin(set(queries["query_id"]))]
+    segments = dict(zip(prepared.segments["item_id"], prepared.segments["segment"]))
+    query_vectors = retriever.encode_queries(texts)
+    sids, scores = retriever.search_sids(texts, EVAL_K, query_vectors)
+
+    def metrics_at(bucket_pool: int) -> dict[str, float]:
+        pooled = retriever.bucket_pool
+        retriever.bucket_pool = bucket_pool
+        try:
+            found = retriever.resolve(texts, sids, scores, EVAL_K, query_vectors)
+        finally:
+            retriever.bucket_pool = pooled
+        rankings = {query: [item for item, _ in hits] for query, hits in zip(queries["query_id"], found)}
+        return evaluate(rankings, judged, prepared.scale, segments)
+
+    metrics, beam_order = metrics_at(retriever.bucket_pool), metrics_at(1)
     figures = {key: metrics[key] for key in REPORTED if key in metrics}
+    figures["beam_order_recall@10"], figures["beam_order_ndcg@10"] = beam_order["recall@10"], beam_order["ndcg@10"]
     figures["n_valid_queries"] = len(texts)
     return {**figures, **sid_validity(retriever, texts)}
 
@@ -93,7 +109,7 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
         retriever = load_retriever(folder, inputs["semantic_ids"], inputs["prepared_dataset"],
                                    variant=variant, device=dist.device)
         summary[name] = {**validate(retriever, prepared, int(params["sft"]["valid_max_queries"])),
-                         "train_seconds": seconds, "steps": len(history)}
+                         **json.loads((folder / DATA_FILE).read_text()), "train_seconds": seconds, "steps": len(history)}
         if history:
             tail = history[-FINAL_LOSS_STEPS:]
             summary[name]["final_loss"] = sum(record["loss"] for record in tail) / len(tail)

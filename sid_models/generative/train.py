@@ -27,6 +27,8 @@ from .views import ViewConfig
 from .model import GenerativeConfig, Seq2SeqRetriever, init_encoder_embeddings, save_model
 from .vocab import PAD
 
+DATA_FILE = "sft_data.json"      # what the model trained on: retrieval pairs (judged + lent), indexing per epoch
+
 
 def sft_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     """L = (1/N) Σ_i w_i Σ_t −log p(y_it | y_i<t, x_i): graded-weight sequence NLL over the
@@ -71,7 +73,7 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
               variant: str | None = None, dist: DistContext | None = None, progress: bool = True,
               stop_at: int | None = None, towers_folder: str | Path | None = None) -> tuple[Seq2SeqRetriever, list[dict]]:
     """Train (or resume) the SFT model for `variant`'s SIDs into `out` (model.pt, config.json,
-    vocab.json, train_state.pt, metrics.jsonl). With `generative.query_vector` the model reads
+    vocab.json, train_state.pt, metrics.jsonl, sft_data.json). With `generative.query_vector` the model reads
     the SCI query vectors of the sci_towers artifact `towers_folder`; with `generative.encoder: minilm`
     the frozen MiniLM token states of its sources come from the cache under params text.cache_dir."""
     from ..text.encoder import cache_path, load_word_embeddings
@@ -111,6 +113,8 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "vocab.json").write_text(json.dumps(vocab.to_json()))
+        (out / DATA_FILE).write_text(json.dumps({"n_retrieval_pairs": dataset.n_pairs, "n_lent_pairs": tables.n_lent,
+                                                 "n_indexing_per_epoch": dataset.n_indexing}))
         tracking.log_params({"variant": variant, "n_parameters": model.num_parameters(),
                              "n_retrieval_pairs": dataset.n_pairs, "n_lent_pairs": tables.n_lent,
                              "n_indexing_per_epoch": dataset.n_indexing,
