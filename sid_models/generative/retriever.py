@@ -168,11 +168,14 @@ class GenerativeRetriever(SidDecoder):
         sids, scores = self.search_sids(queries, k, query_vectors)
         return self.resolve(queries, sids, scores, k, query_vectors)
 
-    def resolve(self, queries: list[str], sids: np.ndarray, scores: np.ndarray,
-                k: int, query_vectors: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
+    def resolve(self, queries: list[str], sids: np.ndarray, scores: np.ndarray, k: int,
+                query_vectors: np.ndarray | None = None, bucket_pool: int | None = None) -> list[list[tuple[str, float]]]:
         """Top-k items per query from `search_sids` output (which may come from another machine
-        decoding with the same trie): groups of `bucket_pool` SIDs in beam order, the items of a
-        group's buckets SCI-ordered (module docstring, step 2)."""
+        decoding with the same trie): groups of `bucket_pool` SIDs (None: this retriever's) in beam
+        order, the items of a group's buckets SCI-ordered (module docstring, step 2)."""
+        bucket_pool = self.bucket_pool if bucket_pool is None else bucket_pool
+        if bucket_pool < 1:
+            raise ValueError(f"bucket_pool must be >= 1, got {bucket_pool}")
         if len(sids) != len(queries) or len(scores) != len(queries):
             raise ValueError(f"{len(queries)} queries but SIDs for {len(sids)} and scores for {len(scores)}")
         if query_vectors is None:
@@ -181,10 +184,10 @@ class GenerativeRetriever(SidDecoder):
         for query_vector, query_sids, query_scores in zip(query_vectors, sids, scores):
             finished = int(np.argmax(query_sids < 0)) if (query_sids < 0).any() else len(query_sids)
             found: list[tuple[str, float]] = []
-            for start in range(0, finished, self.bucket_pool):
+            for start in range(0, finished, bucket_pool):
                 if len(found) >= k:
                     break
-                group = query_sids[start:min(start + self.bucket_pool, finished)]
+                group = query_sids[start:min(start + bucket_pool, finished)]
                 rows = np.concatenate([self.buckets.rows[self.buckets.ptr[sid]:self.buckets.ptr[sid + 1]]
                                        for sid in group])
                 if len(rows) > 1:

@@ -72,12 +72,7 @@ def validate(retriever: GenerativeRetriever, prepared: PreparedDataset, max_quer
     sids, scores = retriever.search_sids(texts, EVAL_K, query_vectors)
 
     def metrics_at(bucket_pool: int) -> dict[str, float]:
-        pooled = retriever.bucket_pool
-        retriever.bucket_pool = bucket_pool
-        try:
-            found = retriever.resolve(texts, sids, scores, EVAL_K, query_vectors)
-        finally:
-            retriever.bucket_pool = pooled
+        found = retriever.resolve(texts, sids, scores, EVAL_K, query_vectors, bucket_pool)
         rankings = {query: [item for item, _ in hits] for query, hits in zip(queries["query_id"], found)}
         return evaluate(rankings, judged, prepared.scale, segments)
 

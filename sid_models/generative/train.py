@@ -113,11 +113,10 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "vocab.json").write_text(json.dumps(vocab.to_json()))
-        (out / DATA_FILE).write_text(json.dumps({"n_retrieval_pairs": dataset.n_pairs, "n_lent_pairs": tables.n_lent,
-                                                 "n_indexing_per_epoch": dataset.n_indexing}))
-        tracking.log_params({"variant": variant, "n_parameters": model.num_parameters(),
-                             "n_retrieval_pairs": dataset.n_pairs, "n_lent_pairs": tables.n_lent,
-                             "n_indexing_per_epoch": dataset.n_indexing,
+        counts = {"n_retrieval_pairs": dataset.n_pairs, "n_lent_pairs": tables.n_lent,
+                  "n_indexing_per_epoch": dataset.n_indexing}
+        (out / DATA_FILE).write_text(json.dumps(counts))
+        tracking.log_params({"variant": variant, "n_parameters": model.num_parameters(), **counts,
                              **{f"model.{k}": v for k, v in config.to_dict().items()}}, prefix=f"sft_{variant}")
     trained_from = fingerprint("sft", variant, config.to_dict(), loop.__dict__, params["sft"]["indexing_ratio"],
                                params["sft"]["indexing_views"], params["sft"]["borrowed_queries"],
