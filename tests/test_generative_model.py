@@ -127,9 +127,6 @@ def test_vocab_rejects_codes_outside_their_level():
     assert SidVocab.for_sids([(1, 2), (0, 0, 5)]).codes_per_level == (2, 3, 6)
 
 
-PRIOR_VOCAB = SidVocab((8, 6, 3))      # 3 special tokens + 17 codes = TINY's 20
-
-
 def _prior_model(vectors_dim: int = 6):
     from dataclasses import replace
 
@@ -139,7 +136,7 @@ def _prior_model(vectors_dim: int = 6):
     model = Seq2SeqRetriever(replace(TINY, query_vector_dim=vectors_dim, sid_prior=True)).eval()
     token_vectors = torch.randn(TINY.dec_vocab_size, vectors_dim, generator=torch.Generator().manual_seed(2))
     token_vectors[:3] = 0.0
-    set_sid_prior(model, token_vectors.numpy(), PRIOR_VOCAB, scale=7.0)
+    set_sid_prior(model, token_vectors.numpy(), scale=7.0)
     return model, token_vectors
 
 
@@ -148,12 +145,7 @@ def test_sid_prior_adds_the_scaled_dense_score_of_every_token_in_training_and_ca
     input_ids, mask, decoder = _batch()
     vectors = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
     logits, hidden = model(input_ids, mask, decoder, vectors)
-    # position t predicts a level-t code: only level t's tokens get the prior there
-    level_of_token = torch.tensor([-1] * 3 + [0] * 8 + [1] * 6 + [2] * 3)
-    own_level = (level_of_token[None, :] == torch.arange(decoder.shape[1])[:, None]).float()
-    expected = hidden @ model.dec_tokens.weight.t() + 7.0 * (vectors @ token_vectors.t())[:, None, :] * own_level
-    torch.testing.assert_close(logits, expected)
-    assert torch.equal(logits[:, 3], (hidden @ model.dec_tokens.weight.t())[:, 3])   # past the last level: none
+    torch.testing.assert_close(logits, hidden @ model.dec_tokens.weight.t() + 7.0 * (vectors @ token_vectors.t())[:, None, :])
     cache = model.start_cache(input_ids, mask, beams=2, query_vectors=vectors)
     tokens = decoder.repeat_interleave(2, dim=0)
     for position in range(decoder.shape[1]):
@@ -180,11 +172,9 @@ def test_sid_prior_is_refused_without_query_vectors_and_loads_with_matching_shap
         Seq2SeqRetriever(replace(TINY, sid_prior=True))
     model, _ = _prior_model()
     with pytest.raises(ValueError, match="token vectors"):
-        set_sid_prior(model, torch.zeros(TINY.dec_vocab_size, 5).numpy(), PRIOR_VOCAB, scale=1.0)
-    with pytest.raises(ValueError, match="vocabulary of 12 tokens"):
-        set_sid_prior(model, torch.zeros(TINY.dec_vocab_size, 6).numpy(), SidVocab((4, 3, 2)), scale=1.0)
+        set_sid_prior(model, torch.zeros(TINY.dec_vocab_size, 5).numpy(), scale=1.0)
     with pytest.raises(ValueError, match="without sid_prior"):
-        set_sid_prior(Seq2SeqRetriever(TINY), torch.zeros(TINY.dec_vocab_size, 6).numpy(), PRIOR_VOCAB, scale=1.0)
+        set_sid_prior(Seq2SeqRetriever(TINY), torch.zeros(TINY.dec_vocab_size, 6).numpy(), scale=1.0)
 
 
 def test_token_vectors_recover_an_additive_code_and_start_as_residual_quantisation():

@@ -101,40 +101,6 @@ def test_a_query_vector_model_trains_and_decodes_with_the_towers_vectors(small_p
     assert np.array_equal(sids, given)
 
 
-def test_a_sid_prior_model_starts_from_the_towers_item_vectors_and_its_checkpoint_carries_them(
-        small_params, small_prepared, sids_folder, tmp_path):
-    import numpy as np
-    import torch
-
-    from sid_models.generative.data import read_sid_table, sid_targets, vocab_for
-    from sid_models.generative.model import load_model
-    from sid_models.generative.prior import fit_token_vectors
-
-    towers = tmp_path / "towers"
-    towers.mkdir()
-    rng = np.random.default_rng(0)
-    np.save(towers / "queries.npy", rng.normal(size=(len(small_prepared.queries), 8)).astype(np.float32))
-    np.save(towers / "item_query_view.npy", rng.normal(size=(len(small_prepared.items), 8)).astype(np.float32))
-    item_view = rng.normal(size=(len(small_prepared.items), 8)).astype(np.float32)
-    np.save(towers / "item_item_view.npy", item_view)
-    params = deep_merge(tiny_params(small_params, lr=0.005),
-                        {"generative": {"query_vector": True, "sid_prior": {"enabled": True, "scale": 5.0}}})
-    with pytest.raises(ValueError, match="needs generative.query_vector"):
-        train_sft(deep_merge(params, {"generative": {"query_vector": False}}), small_prepared, sids_folder,
-                  tmp_path / "none", dist=DistContext(), progress=False, towers_folder=towers)
-    model, _ = train_sft(params, small_prepared, sids_folder, tmp_path / "model", dist=DistContext(), progress=False,
-                         towers_folder=towers)
-    vocab = vocab_for(sids_folder, "sarq_acrq")
-    by_item = dict(zip(*read_sid_table(sids_folder, "sarq_acrq")[["item_id", "sid"]].T.values))
-    sids = [tuple(int(c) for c in by_item[item]) for item in small_prepared.items["item_id"].astype(str)]
-    expected = fit_token_vectors(sid_targets(sids, vocab, vocab.levels + 1), item_view, vocab.size,
-                                 params["generative"]["sid_prior"]["sweeps"])
-    np.testing.assert_allclose(model.sid_vectors.numpy(), expected, rtol=1e-6)
-    loaded = load_model(tmp_path / "model")
-    assert loaded.config.sid_prior and loaded.sid_prior_scale.item() == model.sid_prior_scale.item() != 5.0
-    torch.testing.assert_close(loaded.sid_vectors, model.sid_vectors)
-
-
 def test_resuming_a_folder_trained_with_other_params_is_refused(small_params, small_prepared, sids_folder, tmp_path):
     train_sft(tiny_params(small_params), small_prepared, sids_folder, tmp_path, dist=DistContext(), progress=False)
     with pytest.raises(ValueError, match="trained from other params or inputs"):

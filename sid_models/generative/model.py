@@ -224,8 +224,6 @@ class Seq2SeqRetriever(nn.Module):
                 raise ValueError("GenerativeConfig.sid_prior needs query vectors (query_vector_dim > 0)")
             # filled by prior.set_sid_prior before training; the checkpoint carries both
             self.register_buffer("sid_vectors", torch.zeros(config.dec_vocab_size, config.query_vector_dim))
-            # the SID level of every token (-1: PAD, BOS, EOS): position t adds the prior to level t's codes only
-            self.register_buffer("sid_token_level", torch.full((config.dec_vocab_size,), -1, dtype=torch.long))
             self.sid_prior_scale = nn.Parameter(torch.zeros(()))
         self.apply(self._init_weights)
         # GPT-2 scaling: residual branch outputs shrink with depth so the stream stays O(1).
@@ -286,19 +284,12 @@ class Seq2SeqRetriever(nn.Module):
                 torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1))
 
     def prior_logits(self, query_vectors: torch.Tensor | None) -> torch.Tensor | None:
-        """[B, V] SCI prior s · f_q · v_t of every token for a sid_prior model, else None
-        (`at_positions` keeps each decoder position's own level)."""
+        """[B, V] SCI prior s · f_q · v_t of every token for a sid_prior model, else None."""
         if not self.config.sid_prior:
             return None
         if query_vectors is None:
             raise ValueError("a sid_prior model needs the query vectors to decode")
         return self.sid_prior_scale * (query_vectors.to(self.sid_vectors.dtype) @ self.sid_vectors.t())
-
-    def at_positions(self, prior: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """[B, V] prior -> [B, P, V] at decoder `positions` [P]: position t predicts a level-t code (or EOS),
-        so only level t's tokens get it; the other levels' codes would only crowd the softmax."""
-        own_level = self.sid_token_level[None, :] == positions[:, None]
-        return prior[:, None, :] * own_level[None].to(prior.dtype)
 
     def decode(self, memory: torch.Tensor, memory_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
                query_vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,7 +306,7 @@ class Seq2SeqRetriever(nn.Module):
         hidden = self.dec_norm(x)
         logits = hidden @ self.dec_tokens.weight.t()
         prior = self.prior_logits(query_vectors)
-        return (logits if prior is None else logits + self.at_positions(prior, positions)), hidden
+        return (logits if prior is None else logits + prior[:, None, :]), hidden
 
     def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
                 query_vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,7 +334,7 @@ class Seq2SeqRetriever(nn.Module):
         cache.position += 1
         logits = self.dec_norm(x[:, 0, :]) @ self.dec_tokens.weight.t()
         if cache.prior is not None:
-            logits = logits + self.at_positions(cache.prior, position)[:, 0].repeat_interleave(cache.beams, dim=0)
+            logits = logits + cache.prior.repeat_interleave(cache.beams, dim=0)
         return torch.log_softmax(logits.float(), dim=-1)
 
     def num_parameters(self) -> int:

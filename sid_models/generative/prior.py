@@ -14,8 +14,8 @@ by block coordinate descent over the SID positions (each position's vectors beco
 residual of its items given the other positions; `sweeps` passes; the first pass is greedy
 residual quantisation). Special tokens (PAD, BOS, EOS) keep v = 0.
 
-The model adds s · f_q(x) · v_t to the logit of every level-l token t at decoder position l (s a
-learned scalar, initialised to `scale`; `model.py`), so a SID's summed log-probability carries s · f_q(x) · Σ_t v_t ≈
+The model adds s · f_q(x) · v_t to the logit of every token t (s a learned scalar, initialised to
+`scale`; `model.py`), so a SID's summed log-probability carries s · f_q(x) · Σ_t v_t ≈
 s · f_q(x) · f_i(item), minus each level's normaliser, before the model has learnt anything.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .vocab import N_SPECIAL, SidVocab
+from .vocab import N_SPECIAL
 
 
 @dataclass(frozen=True)
@@ -73,17 +73,12 @@ def fit_token_vectors(item_targets: np.ndarray, item_vectors: np.ndarray, vocab_
     return token_vectors.astype(np.float32)
 
 
-def set_sid_prior(model, token_vectors: np.ndarray, vocab: SidVocab, scale: float) -> None:
-    """Load the token vectors, the SID level of every token of `vocab` and the initial scale into a
-    sid_prior model."""
+def set_sid_prior(model, token_vectors: np.ndarray, scale: float) -> None:
+    """Load the token vectors and the initial scale into a sid_prior model."""
     if not model.config.sid_prior:
         raise ValueError("the model was built without sid_prior")
     if tuple(token_vectors.shape) != tuple(model.sid_vectors.shape):
         raise ValueError(f"token vectors {tuple(token_vectors.shape)}, the model holds {tuple(model.sid_vectors.shape)}")
-    if vocab.size != model.config.dec_vocab_size:
-        raise ValueError(f"vocabulary of {vocab.size} tokens, the model decodes {model.config.dec_vocab_size}")
-    levels = [-1] * N_SPECIAL + [level for level, codes in enumerate(vocab.codes_per_level) for _ in range(codes)]
     with torch.no_grad():
         model.sid_vectors.copy_(torch.from_numpy(np.asarray(token_vectors, dtype=np.float32)))
-        model.sid_token_level.copy_(torch.tensor(levels, dtype=torch.long))
         model.sid_prior_scale.fill_(scale)

@@ -121,8 +121,7 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     if prior.enabled:
         if len(item_view) != tables.n_items:
             raise ValueError(f"{towers_folder / ITEM_VIEW_FILE} has {len(item_view)} rows for {tables.n_items} items")
-        set_sid_prior(model, fit_token_vectors(tables.item_targets, item_view, vocab.size, prior.sweeps), vocab,
-                      prior.scale)
+        set_sid_prior(model, fit_token_vectors(tables.item_targets, item_view, vocab.size, prior.sweeps), prior.scale)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "vocab.json").write_text(json.dumps(vocab.to_json()))
