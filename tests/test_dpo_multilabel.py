@@ -27,7 +27,7 @@ def tiny_setup():
     model = Seq2SeqRetriever(GenerativeConfig(encoder="wordpiece", tuned_layers=0, enc_vocab_size=16, dec_vocab_size=vocab.size, d_model=32, n_heads=2,
                                               n_enc_layers=1, n_dec_layers=1, d_ff=64, dropout=0.0, max_enc_len=4,
                                               max_dec_len=3, enc_pad_id=0, dec_pad_id=0,
-                                              query_vector_dim=0, sid_prior=False))
+                                              query_vector_dim=0))
     preferences = pd.DataFrame({"query_id": ["q"] * 3, "sid": [list(Y1), list(Y2), list(NEGATIVE)],
                                 "role": ["positive", "positive", "pseudo_negative"], "weight": [1.0, 1.0, 1.0],
                                 "rank": [0, 1, 0]})

@@ -16,7 +16,7 @@ from sid_models.text.states import StateEncoder
 TEXT = {"model_name": "sentence-transformers/all-MiniLM-L6-v2", "batch_size": 8}
 MINILM = GenerativeConfig(encoder="minilm", tuned_layers=1, enc_vocab_size=30522, dec_vocab_size=20, d_model=32,
                           n_heads=4, n_enc_layers=1, n_dec_layers=1, d_ff=64, dropout=0.0, max_enc_len=16,
-                          max_dec_len=4, enc_pad_id=0, dec_pad_id=0, query_vector_dim=0, sid_prior=False)
+                          max_dec_len=4, enc_pad_id=0, dec_pad_id=0, query_vector_dim=0)
 TEXTS = ["cordless drill", "gas lawn mower with briggs engine and mulching kit", "rug"]
 
 

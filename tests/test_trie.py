@@ -29,7 +29,7 @@ def tiny_model(vocab: SidVocab, seed: int) -> Seq2SeqRetriever:
     torch.manual_seed(seed)
     config = GenerativeConfig(encoder="wordpiece", tuned_layers=0, enc_vocab_size=ENC_VOCAB, dec_vocab_size=vocab.size, d_model=16, n_heads=2,
                               n_enc_layers=1, n_dec_layers=1, d_ff=32, dropout=0.0, max_enc_len=8,
-                              max_dec_len=vocab.levels + 1, enc_pad_id=0, dec_pad_id=0, query_vector_dim=0, sid_prior=False)
+                              max_dec_len=vocab.levels + 1, enc_pad_id=0, dec_pad_id=0, query_vector_dim=0)
     return Seq2SeqRetriever(config).eval()
 
 

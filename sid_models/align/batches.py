@@ -181,8 +181,7 @@ class SequenceScorer(nn.Module):
                 targets: Tensor, query_vectors: Tensor | None = None) -> tuple[Tensor, Tensor]:
         memory, memory_mask = self.policy.encode(inputs, attention_mask, query_vectors)
         decoder_input = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
-        logits, hidden = self.policy.decode(memory[local_owner], memory_mask[local_owner], decoder_input,
-                                            None if query_vectors is None else query_vectors[local_owner])
+        logits, hidden = self.policy.decode(memory[local_owner], memory_mask[local_owner], decoder_input)
         eos_position = (targets != PAD).sum(-1) - 1
         at_eos = hidden[torch.arange(len(targets), device=targets.device), eos_position]
         return token_logprobs(logits, targets, PAD), at_eos

@@ -16,9 +16,7 @@ embeddings, pre-LN blocks (self-attention, GELU MLP), final LayerNorm. With `que
 the first SID level was cut in) is projected to d_model, normalised, and appended to the
 token states as one more memory position: short, misspelt queries the small encoder cannot
 read still carry the pretrained MiniLM geometry into cross-attention. Decoder: pre-LN blocks (causal self-attention, cross-attention, MLP),
-final LayerNorm, logits = hidden @ token_embedding^T (tied). With `sid_prior` the logits also get the
-SCI prior s · f_q(query) · v_t of every token t (prior.py: v_t fitted so that an item's SID tokens sum
-to its SCI item vector, s learned), so a decoded SID's log-probability starts from dense retrieval's score.
+final LayerNorm, logits = hidden @ token_embedding^T (tied).
 """
 from __future__ import annotations
 
@@ -53,7 +51,6 @@ class GenerativeConfig:
     enc_pad_id: int
     dec_pad_id: int
     query_vector_dim: int           # width of the SCI query vector memory position; 0 = tokens only
-    sid_prior: bool                 # logits += s · f_q(query) · v_token (prior.py); needs query vectors
 
     @classmethod
     def from_dict(cls, values: dict) -> "GenerativeConfig":
@@ -189,7 +186,6 @@ class DecoderCache:
     layers: list
     beams: int
     position: int = 0
-    prior: torch.Tensor | None = None   # [B, V] SCI prior logits of each query (sid_prior models)
 
     def reorder(self, hypothesis_index: torch.Tensor) -> None:
         """Keep the self-attention history of the selected hypotheses (flat indices)."""
@@ -219,12 +215,6 @@ class Seq2SeqRetriever(nn.Module):
         self.dec_blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_dec_layers))
         self.dec_norm = nn.LayerNorm(config.d_model)
         self.drop = nn.Dropout(config.dropout)
-        if config.sid_prior:
-            if not config.query_vector_dim:
-                raise ValueError("GenerativeConfig.sid_prior needs query vectors (query_vector_dim > 0)")
-            # filled by prior.set_sid_prior before training; the checkpoint carries both
-            self.register_buffer("sid_vectors", torch.zeros(config.dec_vocab_size, config.query_vector_dim))
-            self.sid_prior_scale = nn.Parameter(torch.zeros(()))
         self.apply(self._init_weights)
         # GPT-2 scaling: residual branch outputs shrink with depth so the stream stays O(1).
         n_residual = 2 * config.n_enc_layers + 3 * config.n_dec_layers
@@ -283,18 +273,10 @@ class Seq2SeqRetriever(nn.Module):
         return (torch.cat([memory, vector], dim=1),
                 torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1))
 
-    def prior_logits(self, query_vectors: torch.Tensor | None) -> torch.Tensor | None:
-        """[B, V] SCI prior s · f_q · v_t of every token for a sid_prior model, else None."""
-        if not self.config.sid_prior:
-            return None
-        if query_vectors is None:
-            raise ValueError("a sid_prior model needs the query vectors to decode")
-        return self.sid_prior_scale * (query_vectors.to(self.sid_vectors.dtype) @ self.sid_vectors.t())
-
-    def decode(self, memory: torch.Tensor, memory_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
-               query_vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced decoder over `encode`'s (memory, memory mask), with the rows' query vectors
-        for a sid_prior model: -> (logits [B, T, V], hidden [B, T, d] after the last norm)."""
+    def decode(self, memory: torch.Tensor, memory_mask: torch.Tensor,
+               decoder_input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced decoder over `encode`'s (memory, memory mask):
+        -> (logits [B, T, V], hidden [B, T, d] after the last norm)."""
         length = decoder_input_ids.shape[1]
         if length > self.config.max_dec_len:
             raise ValueError(f"decoder input length {length} > max_dec_len {self.config.max_dec_len}")
@@ -304,21 +286,18 @@ class Seq2SeqRetriever(nn.Module):
         for block in self.dec_blocks:
             x = block(x, block.cross_attn.memory_kv(memory), mask)
         hidden = self.dec_norm(x)
-        logits = hidden @ self.dec_tokens.weight.t()
-        prior = self.prior_logits(query_vectors)
-        return (logits if prior is None else logits + prior[:, None, :]), hidden
+        return hidden @ self.dec_tokens.weight.t(), hidden
 
     def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
                 query_vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.decode(*self.encode(inputs, attention_mask, query_vectors), decoder_input_ids, query_vectors)
+        return self.decode(*self.encode(inputs, attention_mask, query_vectors), decoder_input_ids)
 
     def start_cache(self, inputs: torch.Tensor, attention_mask: torch.Tensor, beams: int,
                     query_vectors: torch.Tensor | None = None) -> DecoderCache:
         """Encode a batch once and prepare incremental decoding of `beams` hypotheses per query."""
         memory, memory_mask = self.encode(inputs, attention_mask, query_vectors)
         return DecoderCache(memory_kv=[block.cross_attn.memory_kv(memory) for block in self.dec_blocks],
-                            memory_mask=memory_mask, layers=[{} for _ in self.dec_blocks], beams=beams,
-                            prior=self.prior_logits(query_vectors))
+                            memory_mask=memory_mask, layers=[{} for _ in self.dec_blocks], beams=beams)
 
     def step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """One decoder position for every hypothesis: `tokens` [B*beams] -> log-probs [B*beams, V].
@@ -333,8 +312,6 @@ class Seq2SeqRetriever(nn.Module):
             x = block(x, memory_kv, cache.memory_mask, cache=layer_cache, beams=cache.beams)
         cache.position += 1
         logits = self.dec_norm(x[:, 0, :]) @ self.dec_tokens.weight.t()
-        if cache.prior is not None:
-            logits = logits + cache.prior.repeat_interleave(cache.beams, dim=0)
         return torch.log_softmax(logits.float(), dim=-1)
 
     def num_parameters(self) -> int:
@@ -382,7 +359,6 @@ def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> 
     values = json.loads((folder / "config.json").read_text())
     if "encoder" not in values:     # written before encoder kinds existed: a WordPiece encoder
         values.update(encoder="wordpiece", tuned_layers=0)
-    values.setdefault("sid_prior", False)   # written before the SCI prior existed
     model = Seq2SeqRetriever(GenerativeConfig.from_dict(values))
     model.load_state_dict(torch.load(folder / "model.pt", map_location=map_location, weights_only=True))
     return model

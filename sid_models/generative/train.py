@@ -25,7 +25,6 @@ from .borrowed import BorrowConfig
 from .inputs import EncoderReader
 from .views import ViewConfig
 from .model import GenerativeConfig, Seq2SeqRetriever, init_encoder_embeddings, save_model
-from .prior import PriorConfig, fit_token_vectors, set_sid_prior
 from .vocab import PAD
 
 DATA_FILE = "sft_data.json"      # what the model trained on: retrieval pairs (judged + lent), indexing per epoch
@@ -51,9 +50,8 @@ def sid_digest(table) -> str:
 
 
 def model_config(params: dict, vocab_size: int, max_dec_len: int, query_vector_dim: int = 0) -> GenerativeConfig:
-    """The config of the preset `generative.preset` names, reading `generative.encoder` and
-    `generative.sid_prior`, with the decoder sized to the SIDs and the query-vector memory position
-    `query_vector_dim` wide (0: none)."""
+    """The config of the preset `generative.preset` names, reading `generative.encoder`, with the
+    decoder sized to the SIDs and the query-vector memory position `query_vector_dim` wide (0: none)."""
     generative = params["generative"]
     preset = generative["preset"]
     if preset not in generative["presets"]:
@@ -62,8 +60,7 @@ def model_config(params: dict, vocab_size: int, max_dec_len: int, query_vector_d
     return GenerativeConfig.from_dict({**values, "encoder": generative["encoder"],
                                        "tuned_layers": int(generative["minilm_tuned_layers"]),
                                        "dec_vocab_size": vocab_size, "max_dec_len": max_dec_len,
-                                       "query_vector_dim": query_vector_dim,
-                                       "sid_prior": PriorConfig.from_params(generative["sid_prior"]).enabled})
+                                       "query_vector_dim": query_vector_dim})
 
 
 def loop_config(params: dict) -> LoopConfig:
@@ -88,9 +85,6 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     vocab = vocab_for(sids_folder, variant)
     max_dec_len = vocab.levels + 1
     borrow = BorrowConfig.from_params(params["sft"]["borrowed_queries"])
-    prior = PriorConfig.from_params(params["generative"]["sid_prior"])
-    if prior.enabled and not params["generative"]["query_vector"]:
-        raise ValueError("generative.sid_prior scores with the SCI query vector: it needs generative.query_vector")
     sci_vectors = dense_vectors = None
     if params["generative"]["query_vector"] or (borrow.enabled and "dense" in borrow.channels):
         from ..sci.stage import ITEM_VIEW_FILE, QUERIES_FILE as SCI_QUERIES_FILE, QUERY_VIEW_FILE
@@ -102,10 +96,8 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
         query_vectors = np.load(towers_folder / SCI_QUERIES_FILE)
         if params["generative"]["query_vector"]:
             sci_vectors = (query_vectors, np.load(towers_folder / QUERY_VIEW_FILE))
-        if prior.enabled or (borrow.enabled and "dense" in borrow.channels):
-            item_view = np.load(towers_folder / ITEM_VIEW_FILE)
         if borrow.enabled and "dense" in borrow.channels:
-            dense_vectors = (query_vectors, item_view)
+            dense_vectors = (query_vectors, np.load(towers_folder / ITEM_VIEW_FILE))
     config = model_config(params, vocab.size, max_dec_len, 0 if sci_vectors is None else sci_vectors[0].shape[1])
     loop = loop_config(params)
     reader = EncoderReader.for_model(config, params["text"], cache_path(params["text"]), progress=progress and dist.is_main)
@@ -118,10 +110,6 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     model = Seq2SeqRetriever(config)
     if params["generative"]["init_from_minilm"] and config.encoder == "wordpiece":
         init_encoder_embeddings(model, torch.from_numpy(load_word_embeddings()))
-    if prior.enabled:
-        if len(item_view) != tables.n_items:
-            raise ValueError(f"{towers_folder / ITEM_VIEW_FILE} has {len(item_view)} rows for {tables.n_items} items")
-        set_sid_prior(model, fit_token_vectors(tables.item_targets, item_view, vocab.size, prior.sweeps), prior.scale)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "vocab.json").write_text(json.dumps(vocab.to_json()))
@@ -133,8 +121,7 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     trained_from = fingerprint("sft", variant, config.to_dict(), loop.__dict__, params["sft"]["indexing_ratio"],
                                params["sft"]["indexing_views"], params["sft"]["borrowed_queries"],
                                params["bm25"] if borrow.enabled and "bm25" in borrow.channels else None,
-                               params["generative"]["init_from_minilm"], params["generative"]["sid_prior"],
-                               sid_digest(table),
+                               params["generative"]["init_from_minilm"], sid_digest(table),
                                len(prepared.items), int(tables.pair_query.size), float(tables.pair_weight.sum()),
                                None if sci_vectors is None else [float(np.abs(v).sum()) for v in sci_vectors])
     history = train_loop(model, dataset, sft_loss, loop, out, dist, metric_prefix=f"sft_{variant}",
