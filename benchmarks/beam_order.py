@@ -102,15 +102,14 @@ def main() -> None:
         folders = run_chain({**params, "seed": seed}, args.quick, ("sft_checkpoint",), BENCH)
         prepared = PreparedDataset.load(folders["prepared_dataset"])
         retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"], folders["prepared_dataset"])
+        buckets = retriever.buckets
         sid_of_row = np.empty(len(retriever.item_ids), dtype=np.int64)
-        for sid in range(len(retriever.buckets.ptr) - 1):
-            sid_of_row[bucket_rows(retriever, sid)] = sid
+        sid_of_row[buckets.rows] = np.repeat(np.arange(len(buckets.ptr) - 1), np.diff(buckets.ptr))
         queries = validation_queries(prepared, int(params["sft"]["valid_max_queries"]))
         texts, query_ids = queries["text"].astype(str).tolist(), queries["query_id"].tolist()
         query_vectors = retriever.encode_queries(texts)
         beam_sids, beam_scores = retriever.search_sids(texts, args.beam, query_vectors)
         log(f"[{BENCH}] seed {seed}: decoded {len(texts)} validation queries, beam {args.beam}")
-        buckets = retriever.buckets
         sizes = np.diff(buckets.ptr)
         centroids = np.add.reduceat(retriever.item_vectors[buckets.rows], buckets.ptr[:-1], axis=0) / sizes[:, None]
         row_of = dict(zip(np.asarray(retriever.item_ids).astype(str), range(len(retriever.item_ids))))
