@@ -45,16 +45,11 @@ def own_arguments(parser) -> None:
                         help="weights of the best item's SCI score in the fused rows")
 
 
-def bucket_rows(retriever, sid: int) -> np.ndarray:
-    buckets = retriever.buckets
-    return buckets.rows[buckets.ptr[sid]:buckets.ptr[sid + 1]]
-
-
 def oracle_first(retriever, sid_of_row: np.ndarray, item_scores: np.ndarray, relevant_rows: set[int]) -> int:
     """The SID whose SCI-ordered top EVAL_K items hold the most relevant items (-1: no bucket holds one)."""
     best, best_found = -1, 0
     for sid in {int(sid_of_row[row]) for row in relevant_rows}:
-        rows = bucket_rows(retriever, sid)
+        rows = retriever.buckets.items(sid)
         top = rows[np.argsort(-item_scores[rows], kind="stable")[:EVAL_K]]
         found = len(relevant_rows.intersection(top.tolist()))
         if found > best_found:
@@ -81,12 +76,11 @@ def score_orderings(retriever, texts, query_ids, orderings: dict[str, list[np.nd
         found = retriever.resolve(texts, sids, keys, EVAL_K, query_vectors, bucket_pool=1)
         metrics = evaluate({query: [item for item, _ in hits] for query, hits in zip(query_ids, found)}, judged,
                            prepared.scale)
-        first = [bucket_rows(retriever, int(order[0])) if len(order) else np.zeros(0, dtype=np.int64)
+        first = [retriever.buckets.items(int(order[0])) if len(order) else np.zeros(0, dtype=np.int64)
                  for order in ordered]
         out[name] = {"recall@10": metrics["recall@10"], "ndcg@10": metrics["ndcg@10"],
                      "top20_sid_coverage": coverage(
-                         [np.concatenate([bucket_rows(retriever, int(sid)) for sid in order[:TOP_SIDS]])
-                          if len(order) else np.zeros(0, dtype=np.int64) for order in ordered],
+                         [retriever.buckets.items_of(order[:TOP_SIDS]) for order in ordered],
                          query_ids, item_ids, relevant),
                      "first_sid_hit": float(np.mean([bool(wanted.get(query, set()) & set(item_ids[rows].tolist()))
                                                      for query, rows in zip(query_ids, first)]))}
@@ -103,14 +97,13 @@ def main() -> None:
         prepared = PreparedDataset.load(folders["prepared_dataset"])
         retriever = load_retriever(folders["sft_checkpoint"], folders["semantic_ids"], folders["prepared_dataset"])
         buckets = retriever.buckets
-        sid_of_row = np.empty(len(retriever.item_ids), dtype=np.int64)
-        sid_of_row[buckets.rows] = np.repeat(np.arange(len(buckets.ptr) - 1), np.diff(buckets.ptr))
+        sid_of_row = buckets.sid_of_row()
         queries = validation_queries(prepared, int(params["sft"]["valid_max_queries"]))
         texts, query_ids = queries["text"].astype(str).tolist(), queries["query_id"].tolist()
         query_vectors = retriever.encode_queries(texts)
         beam_sids, beam_scores = retriever.search_sids(texts, args.beam, query_vectors)
         log(f"[{BENCH}] seed {seed}: decoded {len(texts)} validation queries, beam {args.beam}")
-        sizes = np.diff(buckets.ptr)
+        sizes = buckets.sizes()
         centroids = np.add.reduceat(retriever.item_vectors[buckets.rows], buckets.ptr[:-1], axis=0) / sizes[:, None]
         row_of = dict(zip(np.asarray(retriever.item_ids).astype(str), range(len(retriever.item_ids))))
         relevant_rows = prepared.relevant("valid").groupby("query_id")["item_id"].apply(

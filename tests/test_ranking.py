@@ -8,7 +8,7 @@ import pytest
 
 from sid_models.data.schema import RelevanceScale
 from sid_models.params import deep_merge
-from sid_models.ranking.features import FEATURES, CandidateSettings, QueryCandidates, trigrams
+from sid_models.ranking.features import FEATURES, CandidateSettings, QueryCandidates, bigrams, prefixes, trigrams
 from sid_models.ranking.ranker import RankerConfig, labels, load_ranker, save_ranker, train_ranker
 from sid_models.ranking.stage import load_featurizer, load_ranked_searcher, run
 from test_generative_stage import stage_inputs, stage_output  # noqa: F401  (module fixtures)
@@ -40,6 +40,11 @@ def test_trigrams_survive_a_misspelling():
     assert len(right & wrong) / len(right | wrong) > 0.4 > len(right & other) / len(right | other)
 
 
+def test_word_prefixes_meet_where_a_misspelt_ending_parts_the_words():
+    assert prefixes(["cordles", "dril"]) == prefixes(["cordless", "drill"]) == {"cord", "dril"}
+    assert bigrams(["cordless", "drill", "kit"]) == {"cordless drill", "drill kit"} and bigrams(["drill"]) == set()
+
+
 def test_candidates_are_the_union_of_the_channels_with_their_features(ranker_params, ranker_inputs):
     featurizer = load_featurizer(ranker_params, ranker_inputs)
     query = featurizer.titles[5]
@@ -61,6 +66,11 @@ def test_candidates_are_the_union_of_the_channels_with_their_features(ranker_par
     own = merged.features[merged.rows.tolist().index(5)]
     assert own[COLUMN["bm25_rank"]] == 0 and own[COLUMN["query_terms_in_title"]] == 1.0
     assert own[COLUMN["trigram_jaccard"]] == 1.0
+    assert own[COLUMN["prefix_terms_in_title"]] == 1.0 and own[COLUMN["bigrams_in_title"]] == 1.0
+    assert np.isnan(own[COLUMN["numbers_in_title"]]) or own[COLUMN["numbers_in_title"]] == 1.0
+    gaps = merged.features[:, COLUMN["minilm_gap"]]
+    assert gaps.min() == 0.0 and np.allclose(gaps, merged.features[:, COLUMN["minilm_cosine"]].max()
+                                             - merged.features[:, COLUMN["minilm_cosine"]])
     sci = featurizer.retriever.item_vectors @ featurizer.query_tower([query], featurizer.encode_minilm([query]))[0]
     dense_top = np.argsort(-sci)[:10]
     assert set(dense_top.tolist()) <= set(merged.rows.tolist())
@@ -97,6 +107,23 @@ def test_history_channel_brings_the_items_of_the_nearest_training_queries(ranker
     own = found.features[found.rows.tolist().index(row)]
     assert own[COLUMN["history_cosine"]] == pytest.approx(1.0, abs=1e-4) and own[COLUMN["history_bm25"]] > 0
     assert 0 < own[COLUMN["history_ratio"]] <= 1.0
+
+    # the neighbour features are the history's maxima over the item's SID and first-level cell
+    cosine = featurizer.history.cosine(featurizer.encode_minilm([str(query)])[0])
+    history_bm25 = featurizer.history.bm25_scores([str(query)])[0]
+    for position, candidate in enumerate(found.rows):
+        same_sid = featurizer.sid_of_row == featurizer.sid_of_row[candidate]
+        same_cell = featurizer.cell_of_row == featurizer.cell_of_row[candidate]
+        got = found.features[position]
+        np.testing.assert_allclose(got[COLUMN["bucket_history_cosine"]], np.nanmax(cosine[same_sid]), rtol=1e-5)
+        np.testing.assert_allclose(got[COLUMN["bucket_history_bm25"]], np.nanmax(history_bm25[same_sid]), rtol=1e-5)
+        np.testing.assert_allclose(got[COLUMN["cell_history_cosine"]], np.nanmax(cosine[same_cell]), rtol=1e-5)
+    cold = np.flatnonzero(np.isnan(cosine))
+    alone = [row for row in cold if np.isnan(cosine[featurizer.sid_of_row == featurizer.sid_of_row[row]]).all()]
+    if alone:                                          # a SID with no warm item lends nothing
+        (found_alone,) = featurizer.candidates([str(query)], CandidateSettings(("dense",), 3, 10, len(cosine), 5))
+        assert np.isnan(found_alone.features[found_alone.rows.tolist().index(alone[0]),
+                                             COLUMN["bucket_history_cosine"]])
 
 
 def test_labels_are_quantised_gains_and_unjudged_items_are_zero():

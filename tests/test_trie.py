@@ -131,3 +131,18 @@ def test_unconstrained_decoding_can_invent_sids_and_the_rate_counts_them():
     free = beam_search(model, input_ids, mask, 8, trie.max_length + 1, UnconstrainedConstraint(vocab, 2), 0.0)
     assert free.finished.all()
     assert invalid_rate(free, trie) >= 6 / 8      # at most the 2 real SIDs among 8 distinct beams
+
+
+def test_buckets_hold_each_item_once_and_invert_to_its_sid():
+    from sid_models.generative.retriever import Buckets
+
+    vocab = SidVocab((3, 3))
+    item_sids = [(2, 2), (0,), (0, 1), (0,), (2, 2), (2, 2)]
+    trie = SidTrie.build(item_sids, vocab)
+    buckets = Buckets.build(trie, item_sids)
+    assert buckets.sizes().tolist() == [2, 1, 3]              # trie order: (0,), (0, 1), (2, 2)
+    assert [buckets.items(sid).tolist() for sid in range(3)] == [[1, 3], [2], [0, 4, 5]]
+    assert buckets.items_of([2, 0]).tolist() == [0, 4, 5, 1, 3]
+    assert buckets.items_of([]).tolist() == []
+    sid_of_row = buckets.sid_of_row()
+    assert [trie.sids[sid] for sid in sid_of_row] == item_sids

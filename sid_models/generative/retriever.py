@@ -96,6 +96,26 @@ class Buckets:
         counts = np.bincount(sid_of_row, minlength=len(trie.sids))
         return cls(ptr=np.concatenate([[0], np.cumsum(counts)]), rows=order)
 
+    def items(self, sid: int) -> np.ndarray:
+        """The item rows of SID `sid`."""
+        return self.rows[self.ptr[sid]:self.ptr[sid + 1]]
+
+    def items_of(self, sids: Sequence[int]) -> np.ndarray:
+        """The item rows of every SID of `sids`, bucket after bucket in their order."""
+        if not len(sids):
+            return np.zeros(0, dtype=self.rows.dtype)
+        return np.concatenate([self.items(sid) for sid in sids])
+
+    def sizes(self) -> np.ndarray:
+        """[n_sids] items per SID."""
+        return np.diff(self.ptr)
+
+    def sid_of_row(self) -> np.ndarray:
+        """[n_items] the SID index of each item row: the inverse of the buckets."""
+        out = np.empty(len(self.rows), dtype=np.int64)
+        out[self.rows] = np.repeat(np.arange(len(self.ptr) - 1), self.sizes())
+        return out
+
 
 class SidDecoder:
     """Query text -> ranked SIDs: the model and the trie, no item catalogue (step 1 of the module
@@ -188,8 +208,7 @@ class GenerativeRetriever(SidDecoder):
                 if len(found) >= k:
                     break
                 group = query_sids[start:min(start + bucket_pool, finished)]
-                rows = np.concatenate([self.buckets.rows[self.buckets.ptr[sid]:self.buckets.ptr[sid + 1]]
-                                       for sid in group])
+                rows = self.buckets.items_of(group)
                 if len(rows) > 1:
                     rows = rows[np.argsort(-(self.item_vectors[rows] @ query_vector), kind="stable")]
                 score = float(query_scores[start])

@@ -18,14 +18,20 @@ NaN where a feature does not exist for the pair, which LightGBM routes as missin
   (rank of the first decoded SID in the item's first-level cell: the model's vote for the
   region of the catalogue, which reaches items whose exact SID it did not decode);
 - dense: `sci_score`, `sci_rank` (rank in the dense top `dense_depth`), `minilm_cosine`
-  (zero-shot MiniLM), `sci_gap` (best SCI score of the query minus the item's);
+  (zero-shot MiniLM), `sci_gap` (best SCI score of the query minus the item's), `minilm_gap`
+  (best MiniLM cosine among the query's candidates minus the item's);
 - lexical: `bm25_score`, `bm25_rank` (rank in the BM25 top `bm25_depth`), `bm25_ratio`
   (score / the query's best BM25 score), `trigram_jaccard` (character trigrams of query and
   title: survives misspellings such as "cordles dril"), `query_terms_in_title` (share of the
   query's stemmed words found among the title's), `type_terms_in_query` (share of the title's
   product-type words — the last two words before " in ", " with ", "(", ... as in
   `generative/views.py` — found in the query: "gas mower" names what "Toro ... Gas Lawn Mower
-  with Briggs Engine" is);
+  with Briggs Engine" is), `prefix_terms_in_title` (share of the query's distinct 4-letter word
+  prefixes found among the title's: "cordles" and "cordless" meet where stemming and
+  trigrams part), `numbers_in_title` (share of the query's distinct digit runs found in the
+  title: sizes and models such as "2x4", "18v"; NaN for a query without one),
+  `bigrams_in_title` (share of the query's stemmed word pairs found in the title; NaN for a
+  one-word query);
 - popularity: `log_exposure` (relevant training judgments of the item: training split only);
 - query history (`QueryHistory`; training split only, NaN for an item no training query
   reached): `history_bm25` (BM25 of the query against the texts of the training queries
@@ -33,7 +39,10 @@ NaN where a feature does not exist for the pair, which LightGBM routes as missin
   best), `history_cosine` (the highest MiniLM cosine between the query and one of those
   training queries). Without them the ranker under-ranks warm items: a query much like one
   seen in training is the strongest evidence there is, and neither the title nor the SID
-  carries it;
+  carries it. The same evidence lent through the SID: `bucket_history_cosine` and
+  `bucket_history_bm25` (the highest `history_cosine` / `history_bm25` over the items sharing
+  the item's SID) and `cell_history_cosine` (over its first-level cell), which reach cold
+  items whose SID neighbours were judged for a query like this one;
 - sizes: `query_words`, `title_words`.
 """
 from __future__ import annotations
@@ -49,11 +58,25 @@ from ..generative.views import HEAD_END
 from ..lexical.bm25 import BM25Retriever, snowball_stemmer
 
 FEATURES = ("beam_rank", "beam_score", "beam_gap", "sid_length", "log_bucket_size", "cell_beam_rank",
-            "sci_score", "sci_rank", "minilm_cosine", "sci_gap",
+            "sci_score", "sci_rank", "minilm_cosine", "sci_gap", "minilm_gap",
             "bm25_score", "bm25_rank", "bm25_ratio", "trigram_jaccard", "query_terms_in_title", "type_terms_in_query",
-            "log_exposure", "history_bm25", "history_ratio", "history_cosine", "query_words", "title_words")
+            "prefix_terms_in_title", "numbers_in_title", "bigrams_in_title",
+            "log_exposure", "history_bm25", "history_ratio", "history_cosine",
+            "bucket_history_cosine", "bucket_history_bm25", "cell_history_cosine", "query_words", "title_words")
 CHANNELS = ("pool", "bm25", "dense", "history")
 WORD = re.compile(r"\w+")
+NUMBER = re.compile(r"\d+")
+PREFIX = 4
+
+
+def prefixes(words: Sequence[str]) -> set[str]:
+    """The distinct first PREFIX letters of `words`."""
+    return {word[:PREFIX] for word in words}
+
+
+def bigrams(terms: Sequence[str]) -> set[str]:
+    """The distinct pairs of adjacent `terms`."""
+    return {f"{first} {second}" for first, second in zip(terms, terms[1:])}
 
 
 def trigrams(text: str) -> frozenset[str]:
@@ -155,21 +178,33 @@ class CandidateFeaturizer:
                                       self.term_vocab)
         self.type_terms = _incidence([self.stem(WORD.findall(HEAD_END.split(title.lower(), maxsplit=1)[0])[-2:])
                                       for title in self.titles], self.term_vocab)
+        title_words = [WORD.findall(title.lower()) for title in self.titles]
+        self.prefix_vocab: dict[str, int] = {}
+        self.title_prefixes = _incidence([prefixes(words) for words in title_words], self.prefix_vocab)
+        self.number_vocab: dict[str, int] = {}
+        self.title_numbers = _incidence([set(NUMBER.findall(title.lower())) for title in self.titles], self.number_vocab)
+        self.bigram_vocab: dict[str, int] = {}
+        self.title_bigrams = _incidence([bigrams(self.stem(words)) for words in title_words], self.bigram_vocab)
         self.type_term_counts = np.asarray(self.type_terms.sum(axis=1)).ravel().astype(np.float32)
         self.gram_vocab: dict[str, int] = {}
         self.title_trigrams = _incidence([trigrams(title) for title in self.titles], self.gram_vocab)
         self.title_gram_counts = np.asarray(self.title_trigrams.sum(axis=1)).ravel().astype(np.float32)
         self.log_exposure = np.log1p(np.asarray(exposure, dtype=np.float32))
         buckets = retriever.buckets
-        self.sid_of_row = np.empty(n_items, dtype=np.int64)
-        for sid in range(len(buckets.ptr) - 1):
-            self.sid_of_row[buckets.rows[buckets.ptr[sid]:buckets.ptr[sid + 1]]] = sid
+        self.sid_of_row = buckets.sid_of_row()
         # every item's SID is the trie's SID of its bucket
         self.cell_of_sid = np.array([sid[0] for sid in retriever.trie.sids], dtype=np.int64)
         self.sid_length_of_sid = np.array([len(sid) for sid in retriever.trie.sids], dtype=np.float32)
         self.sid_length = self.sid_length_of_sid[self.sid_of_row]
         self.cell_of_row = self.cell_of_sid[self.sid_of_row]
-        self.log_bucket_size = np.log(np.diff(buckets.ptr).astype(np.float32))[self.sid_of_row]
+        # item rows grouped by SID and by first-level cell, for the per-group maxima of `_group_max`
+        self.sid_groups = (buckets.rows, buckets.ptr[:-1])
+        cell_order = np.argsort(self.cell_of_row, kind="stable")
+        cells, cell_starts = np.unique(self.cell_of_row[cell_order], return_index=True)
+        self.cell_groups = (cell_order, cell_starts)
+        self.group_of_cell = np.full(int(self.cell_of_sid.max()) + 1, -1, dtype=np.int64)
+        self.group_of_cell[cells] = np.arange(len(cells))
+        self.log_bucket_size = np.log(buckets.sizes().astype(np.float32))[self.sid_of_row]
 
     def candidates(self, queries: list[str], settings: CandidateSettings) -> list[QueryCandidates]:
         """Candidates and features of every query, in order."""
@@ -204,7 +239,7 @@ class CandidateFeaturizer:
         history_top = warm[np.argsort(-history_cosine[warm], kind="stable")][:settings.history_depth]
         parts = []
         if "pool" in settings.channels:
-            parts += [buckets.rows[buckets.ptr[sid]:buckets.ptr[sid + 1]] for sid in finished[:settings.pool_sids]]
+            parts.append(buckets.items_of(finished[:settings.pool_sids]))
         if "bm25" in settings.channels:
             parts.append(bm25_top)
         if "dense" in settings.channels:
@@ -230,6 +265,8 @@ class CandidateFeaturizer:
         features[:, column["sci_gap"]] = sci_scores[dense_top[0]] - sci_scores[rows]
         features[:, column["sci_rank"]] = _rank_in(rows, dense_top)
         features[:, column["minilm_cosine"]] = self.minilm_items[rows] @ minilm_query
+        if n:
+            features[:, column["minilm_gap"]] = features[:, column["minilm_cosine"]].max() - features[:, column["minilm_cosine"]]
         features[:, column["bm25_score"]] = bm25_scores[rows]
         features[:, column["bm25_rank"]] = _rank_in(rows, bm25_top)
         best_bm25 = float(bm25_scores[bm25_top[0]]) if len(bm25_top) else 0.0
@@ -246,15 +283,39 @@ class CandidateFeaturizer:
         distinct_ids = sorted(set(term_ids))
         features[:, column["type_terms_in_query"]] = (_row_sums(self.type_terms, rows, distinct_ids)
                                                       / np.maximum(self.type_term_counts[rows], 1))
+        features[:, column["prefix_terms_in_title"]] = _share_found(self.title_prefixes, self.prefix_vocab, rows,
+                                                                    prefixes(WORD.findall(query.lower())))
+        features[:, column["numbers_in_title"]] = _share_found(self.title_numbers, self.number_vocab, rows,
+                                                               set(NUMBER.findall(query.lower())))
+        features[:, column["bigrams_in_title"]] = _share_found(self.title_bigrams, self.bigram_vocab, rows,
+                                                               bigrams(query_terms))
         features[:, column["log_exposure"]] = self.log_exposure[rows]
         features[:, column["history_bm25"]] = history_bm25[rows]
         best_history = np.nanmax(history_bm25) if len(warm) else 0.0
         features[:, column["history_ratio"]] = (history_bm25[rows] / best_history if best_history > 0
                                                  else history_bm25[rows] * 0.0)  # cold rows stay NaN
         features[:, column["history_cosine"]] = history_cosine[rows]
+        features[:, column["bucket_history_cosine"]] = _group_max(history_cosine, *self.sid_groups)[self.sid_of_row[rows]]
+        features[:, column["bucket_history_bm25"]] = _group_max(history_bm25, *self.sid_groups)[self.sid_of_row[rows]]
+        features[:, column["cell_history_cosine"]] = _group_max(history_cosine, *self.cell_groups)[
+            self.group_of_cell[self.cell_of_row[rows]]]
         features[:, column["query_words"]] = len(query_terms)
         features[:, column["title_words"]] = self.title_words[rows]
         return QueryCandidates(rows=rows, features=features)
+
+
+def _share_found(matrix, vocab: dict[str, int], rows: np.ndarray, wanted: set[str]) -> np.ndarray:
+    """Share of the distinct tokens `wanted` found in each of `rows` of the 0/1 incidence
+    `matrix` over `vocab`; NaN for every row when nothing is wanted."""
+    if not wanted:
+        return np.full(len(rows), np.nan, dtype=np.float32)
+    return _row_sums(matrix, rows, sorted(vocab[token] for token in wanted if token in vocab)) / len(wanted)
+
+
+def _group_max(values: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """[n_groups] the largest non-NaN value of each group of item rows (`order` lists the rows
+    group after group, each group starting at `starts`); NaN for a group with none."""
+    return np.fmax.reduceat(values[order], starts)
 
 
 def _rank_in(rows: np.ndarray, ranked: np.ndarray) -> np.ndarray:
