@@ -197,13 +197,10 @@ class CandidateFeaturizer:
         self.sid_length_of_sid = np.array([len(sid) for sid in retriever.trie.sids], dtype=np.float32)
         self.sid_length = self.sid_length_of_sid[self.sid_of_row]
         self.cell_of_row = self.cell_of_sid[self.sid_of_row]
-        # item rows grouped by SID and by first-level cell, for the per-group maxima of `_group_max`
-        self.sid_groups = (buckets.rows, buckets.ptr[:-1])
-        cell_order = np.argsort(self.cell_of_row, kind="stable")
-        cells, cell_starts = np.unique(self.cell_of_row[cell_order], return_index=True)
-        self.cell_groups = (cell_order, cell_starts)
-        self.group_of_cell = np.full(int(self.cell_of_sid.max()) + 1, -1, dtype=np.int64)
-        self.group_of_cell[cells] = np.arange(len(cells))
+        # history features are NaN off the warm items, so their SID and cell maxima need only
+        # the warm items, grouped once: a served query then reduces thousands of rows, not the catalogue
+        self.sid_groups = WarmGroups(history.warm_rows, self.sid_of_row)
+        self.cell_groups = WarmGroups(history.warm_rows, self.cell_of_row)
         self.log_bucket_size = np.log(buckets.sizes().astype(np.float32))[self.sid_of_row]
 
     def candidates(self, queries: list[str], settings: CandidateSettings) -> list[QueryCandidates]:
@@ -295,10 +292,9 @@ class CandidateFeaturizer:
         features[:, column["history_ratio"]] = (history_bm25[rows] / best_history if best_history > 0
                                                  else history_bm25[rows] * 0.0)  # cold rows stay NaN
         features[:, column["history_cosine"]] = history_cosine[rows]
-        features[:, column["bucket_history_cosine"]] = _group_max(history_cosine, *self.sid_groups)[self.sid_of_row[rows]]
-        features[:, column["bucket_history_bm25"]] = _group_max(history_bm25, *self.sid_groups)[self.sid_of_row[rows]]
-        features[:, column["cell_history_cosine"]] = _group_max(history_cosine, *self.cell_groups)[
-            self.group_of_cell[self.cell_of_row[rows]]]
+        features[:, column["bucket_history_cosine"]] = self.sid_groups.max_of(history_cosine, rows)
+        features[:, column["bucket_history_bm25"]] = self.sid_groups.max_of(history_bm25, rows)
+        features[:, column["cell_history_cosine"]] = self.cell_groups.max_of(history_cosine, rows)
         features[:, column["query_words"]] = len(query_terms)
         features[:, column["title_words"]] = self.title_words[rows]
         return QueryCandidates(rows=rows, features=features)
@@ -312,10 +308,29 @@ def _share_found(matrix, vocab: dict[str, int], rows: np.ndarray, wanted: set[st
     return _row_sums(matrix, rows, sorted(vocab[token] for token in wanted if token in vocab)) / len(wanted)
 
 
-def _group_max(values: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """[n_groups] the largest non-NaN value of each group of item rows (`order` lists the rows
-    group after group, each group starting at `starts`); NaN for a group with none."""
-    return np.fmax.reduceat(values[order], starts)
+class WarmGroups:
+    """The warm item rows grouped by a per-item group label (SID or first-level cell), for the
+    largest value of a per-item array within the group of each candidate."""
+
+    def __init__(self, warm_rows: np.ndarray, group_of_row: np.ndarray):
+        groups = group_of_row[warm_rows]
+        order = np.argsort(groups, kind="stable")
+        self.rows = warm_rows[order]
+        labels, self.starts = np.unique(groups[order], return_index=True)
+        # each item's position among the warm groups, -1 where its group holds no warm item
+        position = np.minimum(np.searchsorted(labels, group_of_row), max(len(labels) - 1, 0))
+        found = labels[position] == group_of_row if len(labels) else np.zeros(len(group_of_row), dtype=bool)
+        self.group_of_row = np.where(found, position, -1)
+
+    def max_of(self, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Per row of `rows`: the largest non-NaN `values` over the warm items of its group;
+        NaN where the group holds no warm item or only NaN."""
+        out = np.full(len(rows), np.nan, dtype=np.float32)
+        groups = self.group_of_row[rows]
+        has_warm = groups >= 0
+        if len(self.rows) and has_warm.any():
+            out[has_warm] = np.fmax.reduceat(values[self.rows], self.starts)[groups[has_warm]]
+        return out
 
 
 def _rank_in(rows: np.ndarray, ranked: np.ndarray) -> np.ndarray:
