@@ -169,22 +169,21 @@ class CandidateFeaturizer:
         self.encode_minilm, self.query_tower = encode_minilm, query_tower
         self.minilm_items = minilm_items
         self.titles = [str(title) for title in titles]
-        self.title_words = np.array([len(WORD.findall(title)) for title in self.titles], dtype=np.float32)
+        self.title_word_counts = np.array([len(WORD.findall(title)) for title in self.titles], dtype=np.float32)
         self.stem = snowball_stemmer("english").stemWords
         # title words, product-type words and character trigrams as sparse item x vocabulary
         # matrices, built once: per-candidate set operations cost a served query ~25 ms
+        lowered_words = [WORD.findall(title.lower()) for title in self.titles]
         self.term_vocab: dict[str, int] = {}
-        self.title_terms = _incidence([set(self.stem(WORD.findall(title.lower()))) for title in self.titles],
-                                      self.term_vocab)
+        self.title_terms = _incidence([set(self.stem(words)) for words in lowered_words], self.term_vocab)
         self.type_terms = _incidence([self.stem(WORD.findall(HEAD_END.split(title.lower(), maxsplit=1)[0])[-2:])
                                       for title in self.titles], self.term_vocab)
-        title_words = [WORD.findall(title.lower()) for title in self.titles]
         self.prefix_vocab: dict[str, int] = {}
-        self.title_prefixes = _incidence([prefixes(words) for words in title_words], self.prefix_vocab)
+        self.title_prefixes = _incidence([prefixes(words) for words in lowered_words], self.prefix_vocab)
         self.number_vocab: dict[str, int] = {}
         self.title_numbers = _incidence([set(NUMBER.findall(title.lower())) for title in self.titles], self.number_vocab)
         self.bigram_vocab: dict[str, int] = {}
-        self.title_bigrams = _incidence([bigrams(self.stem(words)) for words in title_words], self.bigram_vocab)
+        self.title_bigrams = _incidence([bigrams(self.stem(words)) for words in lowered_words], self.bigram_vocab)
         self.type_term_counts = np.asarray(self.type_terms.sum(axis=1)).ravel().astype(np.float32)
         self.gram_vocab: dict[str, int] = {}
         self.title_trigrams = _incidence([trigrams(title) for title in self.titles], self.gram_vocab)
@@ -296,7 +295,7 @@ class CandidateFeaturizer:
         features[:, column["bucket_history_bm25"]] = self.sid_groups.max_of(history_bm25, rows)
         features[:, column["cell_history_cosine"]] = self.cell_groups.max_of(history_cosine, rows)
         features[:, column["query_words"]] = len(query_terms)
-        features[:, column["title_words"]] = self.title_words[rows]
+        features[:, column["title_words"]] = self.title_word_counts[rows]
         return QueryCandidates(rows=rows, features=features)
 
 
