@@ -171,11 +171,12 @@ class CandidateFeaturizer:
         self.titles = [str(title) for title in titles]
         self.title_word_counts = np.array([len(WORD.findall(title)) for title in self.titles], dtype=np.float32)
         self.stem = snowball_stemmer("english").stemWords
-        # title words, product-type words and character trigrams as sparse item x vocabulary
-        # matrices, built once: per-candidate set operations cost a served query ~25 ms
+        # the titles' words, product-type words, prefixes, numbers, bigrams and character trigrams as
+        # sparse item x vocabulary matrices, built once: per-candidate set operations cost a served query ~25 ms
         lowered_words = [WORD.findall(title.lower()) for title in self.titles]
+        stemmed_words = [self.stem(words) for words in lowered_words]
         self.term_vocab: dict[str, int] = {}
-        self.title_terms = _incidence([set(self.stem(words)) for words in lowered_words], self.term_vocab)
+        self.title_terms = _incidence([set(stems) for stems in stemmed_words], self.term_vocab)
         self.type_terms = _incidence([self.stem(WORD.findall(HEAD_END.split(title.lower(), maxsplit=1)[0])[-2:])
                                       for title in self.titles], self.term_vocab)
         self.prefix_vocab: dict[str, int] = {}
@@ -183,7 +184,7 @@ class CandidateFeaturizer:
         self.number_vocab: dict[str, int] = {}
         self.title_numbers = _incidence([set(NUMBER.findall(title.lower())) for title in self.titles], self.number_vocab)
         self.bigram_vocab: dict[str, int] = {}
-        self.title_bigrams = _incidence([bigrams(self.stem(words)) for words in lowered_words], self.bigram_vocab)
+        self.title_bigrams = _incidence([bigrams(stems) for stems in stemmed_words], self.bigram_vocab)
         self.type_term_counts = np.asarray(self.type_terms.sum(axis=1)).ravel().astype(np.float32)
         self.gram_vocab: dict[str, int] = {}
         self.title_trigrams = _incidence([trigrams(title) for title in self.titles], self.gram_vocab)
