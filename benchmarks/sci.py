@@ -14,7 +14,7 @@ repeated. Towers and IVF run with `sci.train.threads` threads (1 by default: the
 shared), so qps are single-thread figures.
 
     .venv/bin/python benchmarks/sci.py [--data PATH|demo] [--quick] [--seeds 0 1 2] [--lists-per-cell 1 4]
-        [--tower-kinds mlp minilm] [--losses info_nce triplet] [--consistency]
+        [--tower-kinds mlp minilm] [--losses info_nce triplet] [--consistency] [--systems tower]
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ from sid_models.lexical.bm25 import BM25Retriever
 from sid_models.sci.index import DualViewIndex, FlatIndex, n_lists, rankings
 from sid_models.sci.stage import zero_shot_metrics
 from sid_models.params import deep_merge
-from sid_models.sci.train import CONTRAST_LOSSES, TrainConfig, limit_threads, misalignment, new_towers, tower_inputs, train_towers
+from sid_models.sci.train import (CONTRAST_LOSSES, TrainConfig, limit_threads, misalignment, new_towers,
+                                  pseudo_query_inputs, tower_inputs, train_towers)
 from sid_models.text.encoder import TextEncoder
 
 BENCH = "sci"
@@ -69,6 +70,8 @@ def own_arguments(parser) -> None:
     parser.add_argument("--losses", nargs="+", default=None, choices=CONTRAST_LOSSES,
                         help="sci.train.loss values to train (default: params); a loss other than params' "
                              "names its systems <system>_<loss>")
+    parser.add_argument("--systems", nargs="+", default=None, choices=("tower", "tower_swap", "tower_swap_cons"),
+                        help="train only these tower systems (default: all)")
     parser.add_argument("--consistency", action="store_true",
                         help="also train tower_swap_cons (swap + consistency term, λ_cons 1)")
 
@@ -144,11 +147,12 @@ def main() -> None:
                         ("tower_swap", {"lambda_swap": lambda_swap})]
             if base_config.lambda_cons == 0 and args.consistency:
                 variants.append(("tower_swap_cons", {"lambda_swap": lambda_swap, "lambda_cons": CONSISTENCY_LAMBDA}))
-            for system, overrides in variants:
+            for system, overrides in (v for v in variants if args.systems is None or v[0] in args.systems):
                 config = dataclasses.replace(base_config, **overrides)
                 towers = new_towers(sci["tower"], params["text"], prepared, item_base, query_base, config)
                 item_inputs, query_inputs = tower_inputs(towers, prepared, item_base, query_base, params["text"])
-                result = train_towers(prepared, towers, item_inputs, query_inputs, config, log=log)
+                pseudo = pseudo_query_inputs(towers, prepared, config, params["text"])
+                result = train_towers(prepared, towers, item_inputs, query_inputs, config, log=log, pseudo=pseudo)
                 towers = result.towers
                 untrained = {f"{key}_untrained": value for key, value in result.history[0].items()
                              if key.startswith("misalign_")}
@@ -158,6 +162,7 @@ def main() -> None:
                            towers.encode_items(item_inputs), seed, ("item", "query"), tower_kind=kind,
                            train_seconds=result.seconds, best_epoch=result.best_epoch,
                            loss=config.loss, lambda_swap=config.lambda_swap, lambda_cons=config.lambda_cons,
+                           pseudo_per_pair=config.pseudo_queries["per_pair"],
                            valid_recall_at_10=result.best_valid["recall@10"],
                            valid_recall_at_10_untrained=result.history[0]["valid_recall@10"],
                            **misalignment(towers, item_inputs, query_inputs), **untrained)

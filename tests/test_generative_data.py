@@ -17,7 +17,7 @@ import pytest
 from sid_models.generative.borrowed import BorrowConfig, bm25_ranks, dense_ranks, lent_pairs
 from sid_models.generative.data import SftDataset, SftTables, read_sid_table, vocab_for
 from sid_models.generative.inputs import EncoderReader, tokenize
-from sid_models.generative.views import ViewConfig, query_like_views, typo
+from sid_models.text.views import ViewConfig, query_like_views, typo
 from sid_models.generative.vocab import BOS, EOS, PAD, SidVocab
 from sid_models.text.encoder import load_tokenizer
 

@@ -12,8 +12,11 @@ from sid_models.params import deep_merge, load_params
 from sid_models.sci.losses import consistency, info_nce, triplet
 from sid_models.sci.stage import train_towers as run_towers_stage
 from sid_models.sci.towers import DualTower, TowerConfig, initial_projection, load_towers
-from sid_models.sci.train import TrainConfig, TrainingData, new_towers, objective, train_towers
+from sid_models.sci.train import (TrainConfig, TrainingData, new_towers, objective, pseudo_query_inputs, stack,
+                                  train_towers)
 from sid_models.text.encoder import TextEncoder
+from sid_models.text.states import concatenate
+from sid_models.text.views import ViewConfig, query_like_views
 
 FAST_TRAIN = {"epochs": 2, "batch_size": 64, "patience": 1, "preserve_sample": 32}
 
@@ -258,3 +261,77 @@ def test_hard_negative_cutoff_never_exceeds_the_relevance_threshold(small_prepar
     negative_keys = np.repeat(np.arange(len(data.negative_offsets) - 1), np.diff(data.negative_offsets)) * data.n_items
     assert not np.isin(negative_keys + data.negative_items, data.positive_keys).any()
     assert len(data.negative_items) > 0
+
+
+def _pseudo_config(small_params, per_pair: float, **views) -> TrainConfig:
+    sci = deep_merge(small_params["sci"], {"train": {"pseudo_queries": {"per_pair": per_pair, **views}}})
+    return dataclasses.replace(TrainConfig.from_params(sci, 5), **FAST_TRAIN)
+
+
+def test_pseudo_queries_are_views_of_every_item_drawn_afresh_each_epoch(small_prepared, small_base, small_params):
+    items, queries = small_base
+    config = _pseudo_config(small_params, 0.5, views=2, weight=0.25)
+    towers = new_towers(small_params["sci"]["tower"], small_params["text"], small_prepared, items, queries, config)
+    pseudo = pseudo_query_inputs(towers, small_prepared, config, small_params["text"])
+    n_items, n_queries = len(small_prepared.items), len(small_prepared.queries)
+    # two views of every item, cold ones included, read as the towers read text (MiniLM vectors here)
+    np.testing.assert_array_equal(pseudo.items, np.repeat(np.arange(n_items), 2))
+    views = query_like_views(small_prepared.items["title"].astype(str).tolist(),
+                             ViewConfig.from_params(config.pseudo_queries, "sci.train.pseudo_queries"), config.seed)
+    encoder = TextEncoder.from_params(small_params["text"], progress=False)
+    np.testing.assert_allclose(pseudo.inputs[3], encoder.encode([views[1][1]])[0], atol=1e-6)
+
+    data = TrainingData.build(small_prepared, config, pseudo.items)
+    rng = np.random.default_rng(0)
+    first, second = data.epoch_pairs(rng), data.epoch_pairs(rng)
+    judged = len(data.pair_queries)
+    for epoch_queries, epoch_items, epoch_weights in (first, second):
+        is_pseudo = epoch_queries >= n_queries
+        assert is_pseudo.sum() == round(0.5 * judged) and (~is_pseudo).sum() == judged
+        np.testing.assert_array_equal(epoch_items[is_pseudo], pseudo.items[epoch_queries[is_pseudo] - n_queries])
+        np.testing.assert_allclose(epoch_weights[is_pseudo], 0.25)
+        assert len(np.unique(epoch_queries[is_pseudo])) == is_pseudo.sum()   # drawn without replacement
+    assert set(first[0][first[0] >= n_queries]) != set(second[0][second[0] >= n_queries])
+    # a pseudo-query's own item is a positive (never an in-batch negative); it has no judged negatives
+    row = n_queries + 3
+    assert data.accidental_hits(np.array([row]), np.array([int(pseudo.items[3])]))[0, 0]
+    _, mask = data.sample_negatives(np.array([row]), 4, rng)
+    assert not mask.any()
+
+
+def test_without_pseudo_queries_an_epoch_is_the_judged_pairs_in_a_seeded_order(small_prepared, small_params):
+    data = TrainingData.build(small_prepared, _pseudo_config(small_params, 0.0))
+    epoch_queries, epoch_items, epoch_weights = data.epoch_pairs(np.random.default_rng(7))
+    order = np.random.default_rng(7).permutation(len(data.pair_queries))
+    np.testing.assert_array_equal(epoch_queries, data.pair_queries[order])
+    np.testing.assert_array_equal(epoch_items, data.pair_items[order])
+    np.testing.assert_array_equal(epoch_weights, data.pair_weights[order])
+
+
+def test_pseudo_queries_change_training_and_are_checked(small_prepared, small_base, small_params):
+    items, queries = small_base
+    config = _pseudo_config(small_params, 1.0)
+    towers = new_towers(small_params["sci"]["tower"], small_params["text"], small_prepared, items, queries, config)
+    pseudo = pseudo_query_inputs(towers, small_prepared, config, small_params["text"])
+    with_pseudo = train_towers(small_prepared, towers, items, queries, config, pseudo=pseudo)
+    plain_config = dataclasses.replace(config, pseudo_queries={**config.pseudo_queries, "per_pair": 0.0})
+    plain_towers = new_towers(small_params["sci"]["tower"], small_params["text"], small_prepared, items, queries,
+                              plain_config)
+    assert pseudo_query_inputs(plain_towers, small_prepared, plain_config, small_params["text"]) is None
+    plain = train_towers(small_prepared, plain_towers, items, queries, plain_config)
+    assert with_pseudo.history[1]["loss_total"] != plain.history[1]["loss_total"]
+    with pytest.raises(ValueError, match="pseudo-query inputs"):
+        train_towers(small_prepared, plain_towers, items, queries, config)
+    for per_pair, bad in ((-1.0, {}), (1.0, {"weight": 0.0}), (1.0, {"min_words": 0})):
+        with pytest.raises(ValueError, match="sci.train.pseudo_queries"):
+            _pseudo_config(small_params, per_pair, **bad)
+
+
+def test_token_states_stack_keeps_both_row_sets():
+    first = concatenate([np.ones((2, 384)), 2 * np.ones((3, 384))])
+    second = concatenate([3 * np.ones((1, 384))])
+    both = stack(first, second)
+    assert len(both) == 3
+    states, mask = both.batch(np.array([2, 1]))
+    assert mask.tolist() == [[True, False, False], [True, True, True]]
+    assert float(states[0, 0, 0]) == 3 and float(states[1, 2, 0]) == 2

@@ -31,7 +31,7 @@ from ..data.schema import PreparedDataset
 from ..quantize.table import load_sid_table, load_vocab
 from .borrowed import BorrowConfig, bm25_ranks, dense_ranks, lent_pairs
 from .inputs import EncoderReader, EncoderSources
-from .views import ViewConfig, query_like_views
+from ..text.views import ViewConfig, query_like_views
 from .vocab import BOS, EOS, PAD, SidVocab
 
 

@@ -23,7 +23,7 @@ from ..shared.training import (DistContext, LoopConfig, cli_params, fingerprint,
 from .data import SftDataset, SftTables, read_sid_table, vocab_for
 from .borrowed import BorrowConfig
 from .inputs import EncoderReader
-from .views import ViewConfig
+from ..text.views import ViewConfig
 from .model import GenerativeConfig, Seq2SeqRetriever, init_encoder_embeddings, save_model
 from .vocab import PAD
 
@@ -102,7 +102,7 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     loop = loop_config(params)
     reader = EncoderReader.for_model(config, params["text"], cache_path(params["text"]), progress=progress and dist.is_main)
     tables = SftTables.build(prepared, table, vocab, reader, max_dec_len,
-                             ViewConfig.from_params(params["sft"]["indexing_views"]), seed=loop.seed,
+                             ViewConfig.from_params(params["sft"]["indexing_views"], "sft.indexing_views"), seed=loop.seed,
                              borrow=borrow, bm25_params=params["bm25"], sci_vectors=sci_vectors,
                              dense_vectors=dense_vectors)
     dataset = SftDataset(tables, params["sft"]["indexing_ratio"], seed=loop.seed)

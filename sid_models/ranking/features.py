@@ -25,7 +25,7 @@ NaN where a feature does not exist for the pair, which LightGBM routes as missin
   title: survives misspellings such as "cordles dril"), `query_terms_in_title` (share of the
   query's stemmed words found among the title's), `type_terms_in_query` (share of the title's
   product-type words — the last two words before " in ", " with ", "(", ... as in
-  `generative/views.py` — found in the query: "gas mower" names what "Toro ... Gas Lawn Mower
+  `text/views.py` — found in the query: "gas mower" names what "Toro ... Gas Lawn Mower
   with Briggs Engine" is), `prefix_terms_in_title` (share of the query's distinct 4-letter word
   prefixes found among the title's: "cordles" and "cordless" meet where stemming and
   trigrams part), `numbers_in_title` (share of the query's distinct digit runs found in the
@@ -54,7 +54,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..generative.retriever import GenerativeRetriever
-from ..generative.views import HEAD_END
+from ..text.views import HEAD_END
 from ..lexical.bm25 import BM25Retriever, snowball_stemmer
 
 FEATURES = ("beam_rank", "beam_score", "beam_gap", "sid_length", "log_bucket_size", "cell_beam_rank",

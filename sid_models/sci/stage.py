@@ -28,7 +28,7 @@ from ..data.schema import PreparedDataset
 from ..shared.metrics import RECALL_KS, evaluate
 from ..text.stage import load_embeddings
 from .index import DualViewIndex, FlatIndex, dense_rankings, n_lists, rankings
-from .train import TrainConfig, new_towers, tower_inputs, train_towers as fit_towers
+from .train import TrainConfig, new_towers, pseudo_query_inputs, tower_inputs, train_towers as fit_towers
 
 LOGGER = logging.getLogger(__name__)
 QUERY_VIEW_FILE = "item_query_view.npy"
@@ -55,7 +55,8 @@ def train_towers(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     towers = new_towers(params["sci"]["tower"], params["text"], prepared, item_base, query_base, config)
     tracking.log_params({"tower": {"kind": towers.kind, **asdict(towers.config)}, "train": asdict(config)}, prefix="sci")
     item_inputs, query_inputs = tower_inputs(towers, prepared, item_base, query_base, params["text"])
-    result = fit_towers(prepared, towers, item_inputs, query_inputs, config, log=LOGGER.info)
+    pseudo = pseudo_query_inputs(towers, prepared, config, params["text"])
+    result = fit_towers(prepared, towers, item_inputs, query_inputs, config, log=LOGGER.info, pseudo=pseudo)
     result.towers.save(out)
     np.save(out / QUERY_VIEW_FILE, result.towers.encode_queries(item_inputs))
     np.save(out / ITEM_VIEW_FILE, result.towers.encode_items(item_inputs))
@@ -74,6 +75,7 @@ def train_towers(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     return {
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history) - 1,
+        "pseudo_queries": 0 if pseudo is None else len(pseudo.items),
         "train_seconds": round(result.seconds, 2),
         **{f"valid_{key}": result.best_valid[key] for key in keys if key in result.best_valid},
         **{f"valid_{key}_minilm": minilm[key] for key in keys if key in minilm},

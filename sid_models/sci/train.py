@@ -1,7 +1,11 @@
 """Training of the SCI dual towers: batches, objective, early stopping, validation recall.
 
 A training example is one relevant (query, item) judgment of the training split, weighted
-by its graded gain (gain(r) / gain(max) when `graded_weights`, else 1). Each batch holds B
+by its graded gain (gain(r) / gain(max) when `graded_weights`, else 1), or, when
+`pseudo_queries.per_pair` > 0, a pseudo-query: one of the query-like views of an item's title
+(`text/views.py`, every item, cold ones included) standing for that item, with weight
+`pseudo_queries.weight`; each epoch draws per_pair × (judged pairs) of them afresh, so the
+items no training query reaches get query-shaped examples too. Each batch holds B
 such pairs; for every pair up to H judged items of the same query graded below
 `hard_negative_max_relevance` (capped at, and by default equal to, the dataset's relevance
 threshold) are added as hard negatives; in-batch items relevant to another pair's query are
@@ -32,7 +36,9 @@ from ..data.schema import PreparedDataset
 from ..shared.metrics import RECALL_KS, evaluate
 from .index import FlatIndex, dense_rankings
 from .losses import consistency, info_nce, preservation, triplet
+from ..text.encoder import TextEncoder, cache_path
 from ..text.states import TokenStates
+from ..text.views import ViewConfig, query_like_views
 from .text_tower import TextDualTower, TextTowerConfig
 from .towers import DualTower, TowerConfig, initial_projection
 
@@ -61,10 +67,14 @@ class TrainConfig:
     patience: int
     eval_k: int
     init_projection: str
+    pseudo_queries: dict                  # per_pair, weight and the views' settings (ViewConfig)
     seed: int
     threads: int
 
     def __post_init__(self):
+        ViewConfig.from_params(self.pseudo_queries, "sci.train.pseudo_queries")
+        if not self.pseudo_queries["per_pair"] >= 0 or not self.pseudo_queries["weight"] > 0:
+            raise ValueError(f"sci.train.pseudo_queries needs per_pair >= 0 and weight > 0, got {self.pseudo_queries}")
         if self.loss not in CONTRAST_LOSSES:
             raise ValueError(f"sci.train.loss must be one of {list(CONTRAST_LOSSES)}, got {self.loss!r}")
         if self.loss == "triplet" and not self.triplet_margin > 0:
@@ -79,7 +89,8 @@ class TrainConfig:
 
 @dataclass
 class TrainingData:
-    """Row-indexed training pairs, hard negatives and positive sets (rows of items/queries parquet)."""
+    """Row-indexed training pairs, hard negatives and positive sets (rows of items/queries parquet;
+    pseudo-query j is query row n_queries + j)."""
 
     pair_queries: np.ndarray
     pair_items: np.ndarray
@@ -88,9 +99,27 @@ class TrainingData:
     negative_offsets: np.ndarray         # CSR over query rows into negative_items
     negative_items: np.ndarray
     n_items: int
+    pseudo_queries: np.ndarray           # query rows of the pseudo-queries (empty when off)
+    pseudo_items: np.ndarray
+    pseudo_weight: float
+    pseudo_per_pair: float
+
+    def epoch_pairs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query rows, item rows, weights) of one epoch, shuffled: every judged pair, plus
+        round(pseudo_per_pair × judged pairs) pseudo-queries drawn without replacement."""
+        queries, items, weights = self.pair_queries, self.pair_items, self.pair_weights
+        drawn = min(int(round(self.pseudo_per_pair * len(queries))), len(self.pseudo_queries))
+        if drawn:
+            chosen = rng.choice(len(self.pseudo_queries), size=drawn, replace=False)
+            queries = np.concatenate([queries, self.pseudo_queries[chosen]])
+            items = np.concatenate([items, self.pseudo_items[chosen]])
+            weights = np.concatenate([weights, np.full(drawn, self.pseudo_weight, dtype=np.float32)])
+        order = rng.permutation(len(queries))
+        return queries[order], items[order], weights[order]
 
     @classmethod
-    def build(cls, prepared: PreparedDataset, config: TrainConfig) -> "TrainingData":
+    def build(cls, prepared: PreparedDataset, config: TrainConfig,
+              pseudo_items: np.ndarray | None = None) -> "TrainingData":
         item_row = pd.Series(np.arange(len(prepared.items)), index=prepared.items["item_id"].to_numpy())
         query_row = pd.Series(np.arange(len(prepared.queries)), index=prepared.queries["query_id"].to_numpy())
         judged = prepared.split_judgments("train")
@@ -113,11 +142,18 @@ class TrainingData:
         negative = relevance < cutoff
         order = np.argsort(queries[negative], kind="stable")
         negative_queries, negative_items = queries[negative][order], items[negative][order]
-        offsets = np.searchsorted(negative_queries, np.arange(len(prepared.queries) + 1))
+        pseudo_items = np.zeros(0, dtype=np.int64) if pseudo_items is None else pseudo_items.astype(np.int64)
+        pseudo_queries = len(prepared.queries) + np.arange(len(pseudo_items), dtype=np.int64)
+        # pseudo-queries have no judged negatives: their CSR rows are empty
+        offsets = np.searchsorted(negative_queries, np.arange(len(prepared.queries) + len(pseudo_items) + 1))
         return cls(pair_queries=queries[relevant], pair_items=items[relevant],
                    pair_weights=weights.astype(np.float32),
-                   positive_keys=np.unique(queries[relevant] * n_items + items[relevant]),
-                   negative_offsets=offsets, negative_items=negative_items, n_items=n_items)
+                   positive_keys=np.unique(np.concatenate([queries[relevant] * n_items + items[relevant],
+                                                           pseudo_queries * n_items + pseudo_items])),
+                   negative_offsets=offsets, negative_items=negative_items, n_items=n_items,
+                   pseudo_queries=pseudo_queries, pseudo_items=pseudo_items,
+                   pseudo_weight=float(config.pseudo_queries["weight"]),
+                   pseudo_per_pair=float(config.pseudo_queries["per_pair"]))
 
     def accidental_hits(self, batch_queries: np.ndarray, batch_items: np.ndarray) -> np.ndarray:
         """[B, B] bool: item j of the batch is relevant to the query of pair b."""
@@ -161,6 +197,22 @@ def gather(inputs: TowerInputs, rows: np.ndarray):
 
 def subset(inputs: TowerInputs, rows: np.ndarray) -> TowerInputs:
     return inputs.subset(rows) if isinstance(inputs, TokenStates) else inputs[rows]
+
+
+def stack(first: TowerInputs, second: TowerInputs) -> TowerInputs:
+    """The rows of `first`, then those of `second`."""
+    if isinstance(first, TokenStates):
+        return TokenStates(np.concatenate([first.states, second.states]),
+                           np.concatenate([first.offsets, second.offsets[1:] + first.offsets[-1]]))
+    return np.concatenate([first, second])
+
+
+@dataclass
+class PseudoQueries:
+    """Query-like views of the item titles as tower inputs: text j stands for item row `items[j]`."""
+
+    inputs: TowerInputs
+    items: np.ndarray
 
 
 def contrast(anchors: torch.Tensor, positives: torch.Tensor, weights: torch.Tensor, config: TrainConfig,
@@ -270,25 +322,44 @@ def tower_inputs(towers: Towers, prepared: PreparedDataset, item_base: np.ndarra
     for minilm towers the token states of their frozen layers (cached under params text.cache_dir)."""
     if not isinstance(towers, TextDualTower):
         return item_base, query_base
-    from ..text.encoder import cache_path
-
     encoder = towers.state_encoder(text_params["batch_size"], cache_path(text_params))
     return (encoder.encode(prepared.item_text().tolist(), "items"),
             encoder.encode(prepared.queries["text"].tolist(), "queries"))
 
 
+def pseudo_query_inputs(towers: Towers, prepared: PreparedDataset, config: TrainConfig,
+                        text_params: dict) -> PseudoQueries | None:
+    """The pseudo-queries of `config.pseudo_queries` (None when per_pair is 0), read as the towers
+    read text: MiniLM sentence vectors or frozen token states, both cached under text.cache_dir."""
+    if not config.pseudo_queries["per_pair"]:
+        return None
+    views = ViewConfig.from_params(config.pseudo_queries, "sci.train.pseudo_queries")
+    per_item = query_like_views(prepared.items["title"].astype(str).tolist(), views, config.seed)
+    texts = [item_views[view] for item_views in per_item for view in range(views.views)]
+    items = np.repeat(np.arange(len(prepared.items), dtype=np.int64), views.views)
+    if isinstance(towers, TextDualTower):
+        encoded = towers.state_encoder(text_params["batch_size"], cache_path(text_params)).encode(texts, "pseudo-queries")
+    else:
+        encoded = TextEncoder.from_params(text_params).encode(texts, "pseudo-queries")
+    return PseudoQueries(encoded, items)
+
+
 def train_towers(prepared: PreparedDataset, towers: Towers, item_base: TowerInputs, query_base: TowerInputs,
-                 config: TrainConfig, log: Callable[[str], None] = lambda message: None) -> TrainResult:
-    """Train f_q and f_i of `towers` (as `new_towers` made them); returns the best epoch's towers
-    by validation Recall@`eval_k`."""
+                 config: TrainConfig, log: Callable[[str], None] = lambda message: None,
+                 pseudo: PseudoQueries | None = None) -> TrainResult:
+    """Train f_q and f_i of `towers` (as `new_towers` made them), on the judged pairs and `pseudo`
+    (`pseudo_query_inputs`); returns the best epoch's towers by validation Recall@`eval_k`."""
     if len(item_base) != len(prepared.items) or len(query_base) != len(prepared.queries):
         raise ValueError(f"tower inputs ({len(item_base)} items, {len(query_base)} queries) do not match the "
                          f"prepared dataset ({len(prepared.items)} items, {len(prepared.queries)} queries)")
+    if (pseudo is None) != (not config.pseudo_queries["per_pair"]):
+        raise ValueError("pseudo-query inputs must be given exactly when sci.train.pseudo_queries.per_pair > 0")
     started = time.perf_counter()
     limit_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    data = TrainingData.build(prepared, config)
+    data = TrainingData.build(prepared, config, None if pseudo is None else pseudo.items)
+    training_queries = query_base if pseudo is None else stack(query_base, pseudo.inputs)
     optimiser = torch.optim.AdamW([p for p in towers.parameters() if p.requires_grad],
                                   lr=config.learning_rate, weight_decay=config.weight_decay)
     # the untrained towers' item vectors: the preservation term's target f_0
@@ -310,19 +381,18 @@ def train_towers(prepared: PreparedDataset, towers: Towers, item_base: TowerInpu
     best_state = copy.deepcopy(towers.state_dict())
     for epoch in range(1, config.epochs + 1):
         towers.train()
-        order = rng.permutation(len(data.pair_queries))
+        epoch_queries, epoch_items, epoch_weights = data.epoch_pairs(rng)
         sums: dict[str, float] = {}
         n_batches = 0
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start:start + config.batch_size]
-            if len(batch) < 2:
+        for start in range(0, len(epoch_queries), config.batch_size):
+            q_rows, i_rows = epoch_queries[start:start + config.batch_size], epoch_items[start:start + config.batch_size]
+            if len(q_rows) < 2:
                 continue
-            q_rows, i_rows = data.pair_queries[batch], data.pair_items[batch]
             negative_rows, negative_mask = data.sample_negatives(q_rows, config.hard_negatives, rng)
             preserve = rng.integers(0, data.n_items, config.preserve_sample) if config.lambda_preserve > 0 else None
-            terms = objective(towers, item_base, query_base, q_rows, i_rows, negative_rows,
+            terms = objective(towers, item_base, training_queries, q_rows, i_rows, negative_rows,
                               torch.from_numpy(negative_mask), torch.from_numpy(data.accidental_hits(q_rows, i_rows)),
-                              torch.from_numpy(data.pair_weights[batch]), preserve, anchor, config)
+                              torch.from_numpy(epoch_weights[start:start + config.batch_size]), preserve, anchor, config)
             optimiser.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimiser.step()

@@ -30,7 +30,7 @@ KINDS = ("type", "brand_type", "terms")
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """params `sft.indexing_views`."""
+    """params `sft.indexing_views` (the SFT indexing task) or `sci.train.pseudo_queries` (tower pairs)."""
 
     views: int
     min_words: int
@@ -38,11 +38,12 @@ class ViewConfig:
     typo_rate: float
 
     @classmethod
-    def from_params(cls, section: dict) -> "ViewConfig":
+    def from_params(cls, section: dict, where: str) -> "ViewConfig":
+        """The view settings of params section `section`; `where` names it in the error."""
         config = cls(int(section["views"]), int(section["min_words"]), int(section["max_words"]),
                      float(section["typo_rate"]))
         if config.views < 0 or not 1 <= config.min_words <= config.max_words or not 0 <= config.typo_rate <= 1:
-            raise ValueError(f"sft.indexing_views needs views >= 0, 1 <= min_words <= max_words and typo_rate in "
+            raise ValueError(f"{where} needs views >= 0, 1 <= min_words <= max_words and typo_rate in "
                              f"[0, 1]; got {section}")
         return config
 
