@@ -34,7 +34,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from common import (benchmark_params, emit, emit_summary, log, parse_args, run_chain, test_metrics,  # sets sys.path
@@ -49,7 +48,6 @@ from sid_models.generative.retriever import copy_retriever_assets, load_retrieve
 from sid_models.shared.training import DistContext  # noqa: E402
 from sid_models.params import REPO_ROOT  # noqa: E402
 from sid_models.ranking.stage import coverage, load_ranked_searcher  # noqa: E402
-from sid_models.sci.stage import QUERIES_FILE as SCI_QUERIES_FILE  # noqa: E402
 
 BENCH = "alignment"
 EVAL_K = 10
@@ -124,7 +122,7 @@ def main() -> None:
                     started = time.perf_counter()
                     preferences, data = prepare_preferences(
                         seeded, system, prepared, folders["sft_checkpoint"], folders["semantic_ids"],
-                        sci_queries=np.load(folders["sci_towers"] / SCI_QUERIES_FILE))
+                        towers=folders["sci_towers"])
                     mined[key] = (data, round(time.perf_counter() - started, 1))
                     log(f"[{BENCH}] seed {seed} {system}: mined {preference_summary(preferences)} "
                         f"in {mined[key][1]} s")

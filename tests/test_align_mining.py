@@ -4,7 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from sid_models.align.mining import mine_preferences, preference_summary
+from sid_models.align.mining import (VIEW_PREFIX, mine_preferences, mine_view_preferences, preference_summary,
+                                     view_queries)
+from sid_models.text.views import ViewConfig, query_like_views
 
 MINING = {"max_positives": 3, "max_judged_negatives": 2, "max_pseudo_negatives": 4, "positive_weight": "best_item",
           "pseudo_negatives": "beam_top", "beam_size": 10, "pool_beam_size": 10}
@@ -126,3 +128,52 @@ def test_unknown_mining_modes_are_refused(small_prepared, mined):
         mine_preferences(small_prepared, sids, beam, {**MINING, "pseudo_negatives": "random"}, seed=0)
     with pytest.raises(ValueError, match="positive_weight"):
         mine_preferences(small_prepared, sids, beam, {**MINING, "positive_weight": "mean"}, seed=0)
+
+
+VIEWS = ViewConfig(views=3, min_words=2, max_words=4, typo_rate=0.3)
+
+
+def test_view_queries_come_from_unreached_items_one_view_each_and_follow_the_seed(small_prepared):
+    views = view_queries(small_prepared, {**MINING, "view_items": 12}, VIEWS, seed=5)
+    reached = set(small_prepared.relevant("train")["item_id"].astype(str))
+    assert len(views) == 12 and views["item_id"].is_unique
+    assert not set(views["item_id"]) & reached
+    assert (views["query_id"] == VIEW_PREFIX + views["item_id"]).all()
+    titles = small_prepared.items["title"].astype(str).tolist()
+    per_item = query_like_views(titles, VIEWS, 5)
+    for row, item_id, text in zip(views["item_row"], views["item_id"], views["text"]):
+        assert small_prepared.items["item_id"].astype(str).iloc[row] == item_id and text in per_item[row]
+    pd.testing.assert_frame_equal(views, view_queries(small_prepared, {**MINING, "view_items": 12}, VIEWS, seed=5))
+    assert set(view_queries(small_prepared, {**MINING, "view_items": 12}, VIEWS, seed=6)["item_id"]) != set(
+        views["item_id"])
+    assert view_queries(small_prepared, {**MINING, "view_items": 0}, VIEWS, seed=5).empty
+
+
+def test_view_queries_refuse_bad_settings(small_prepared):
+    with pytest.raises(ValueError, match="view_items must be >= 0"):
+        view_queries(small_prepared, {**MINING, "view_items": -1}, VIEWS, seed=0)
+    with pytest.raises(ValueError, match="indexing_views.views >= 1"):
+        view_queries(small_prepared, {**MINING, "view_items": 3}, ViewConfig(0, 2, 4, 0.0), seed=0)
+
+
+def test_a_view_query_prefers_its_own_sid_to_the_rest_of_its_beam(small_prepared, mined):
+    sids = mined[0]
+    views = view_queries(small_prepared, {**MINING, "view_items": 6}, VIEWS, seed=1)
+    all_sids = sorted(set(sids.values()))
+    beam = {query_id: all_sids[index:index + 5] + [sids[item_id]] + all_sids[index + 5:index + 9]
+            for index, (query_id, item_id) in enumerate(zip(views["query_id"], views["item_id"]))}
+    rows = mine_view_preferences(views, sids, beam, {**MINING, "view_negatives": True})
+    for query_id, item_id in zip(views["query_id"], views["item_id"]):
+        own = rows[rows["query_id"] == query_id]
+        positive = own[own["role"] == "positive"]
+        assert len(positive) == 1 and tuple(positive["sid"].iloc[0]) == sids[item_id]
+        assert positive["beam_rank"].iloc[0] == 5 and positive["weight"].iloc[0] == 1.0
+        negatives = own[own["role"] == "pseudo_negative"]
+        assert len(negatives) == MINING["max_pseudo_negatives"]
+        assert sids[item_id] not in {tuple(sid) for sid in negatives["sid"]}
+        assert negatives["beam_rank"].tolist() == [0, 1, 2, 3]
+    replay = mine_view_preferences(views, sids, beam, {**MINING, "view_negatives": False})
+    assert set(replay["role"]) == {"positive"} and len(replay) == len(views)
+    summary = preference_summary(pd.concat([mined[2], rows], ignore_index=True))
+    assert summary["n_view_queries"] == len(views)
+    assert summary["n_preference_queries"] == mined[2]["query_id"].nunique() + len(views)

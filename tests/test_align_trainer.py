@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from sid_models.align.batches import SequenceScorer, make_batch, score_batch
+from sid_models.align.mining import VIEW_PREFIX, preference_summary
 from sid_models.align.trainer import prepare_preferences, train_alignment
 from sid_models.generative.model import load_model
 from sid_models.generative.train import train_sft
@@ -109,22 +110,31 @@ def test_torchrun_ddp_ranks_agree_and_match_a_single_process_run(setup, small_pr
 
 
 def test_a_query_vector_policy_is_aligned_on_the_sci_query_vectors(small_params, small_prepared, tmp_path):
+    """Training queries read their f_q(query), view queries their item's f_q(item)."""
     params = deep_merge(small_params, deep_merge(TINY, {"generative": {"query_vector": True},
-                                                        "align": {"train": {"checkpoint_every": 1000}}}))
+                                                        "align": {"train": {"checkpoint_every": 1000},
+                                                                  "mining": {"view_items": 5}}}))
     sids = write_sid_folder(small_prepared, tmp_path / "semantic_ids")
     towers = tmp_path / "sci_towers"
     towers.mkdir()
     rng = np.random.default_rng(0)
     sci_queries = rng.normal(size=(len(small_prepared.queries), 8)).astype(np.float32)
     np.save(towers / "queries.npy", sci_queries)
-    np.save(towers / "item_query_view.npy", rng.normal(size=(len(small_prepared.items), 8)).astype(np.float32))
+    item_queries = rng.normal(size=(len(small_prepared.items), 8)).astype(np.float32)
+    np.save(towers / "item_query_view.npy", item_queries)
     train_sft(params, small_prepared, sids, tmp_path / "sft", dist=DistContext(), progress=False, towers_folder=towers)
     with pytest.raises(ValueError, match="reads SCI query vectors"):
         prepare_preferences(params, "rad_dpo", small_prepared, tmp_path / "sft", sids)
-    _, data = prepare_preferences(params, "rad_dpo", small_prepared, tmp_path / "sft", sids, sci_queries=sci_queries)
+    preferences, data = prepare_preferences(params, "rad_dpo", small_prepared, tmp_path / "sft", sids, towers=towers)
     train_ids = small_prepared.queries["query_id"].astype(str).tolist()
     first = train_ids.index(data.query_ids[0])
     assert np.allclose(data.query_vectors[0].numpy(), sci_queries[first])
+    item_row = {VIEW_PREFIX + item: row for row, item in enumerate(small_prepared.items["item_id"].astype(str))}
+    views = [(row, query_id) for row, query_id in enumerate(data.query_ids) if query_id.startswith(VIEW_PREFIX)]
+    assert len(views) == 5 and preference_summary(preferences)["n_view_queries"] == 5
+    for row, query_id in views:
+        assert np.allclose(data.query_vectors[row].numpy(), item_queries[item_row[query_id]])
+        assert len(data.positives[row]) == 1 and len(data.negatives[row]) > 0
     sft = load_model(tmp_path / "sft").eval()
     batch = make_batch(data, np.arange(4), pairwise=False)
     with torch.no_grad():
@@ -133,6 +143,19 @@ def test_a_query_vector_policy_is_aligned_on_the_sci_query_vectors(small_params,
     model, history = train_alignment(params, "rad_dpo", data, tmp_path / "sft", tmp_path / "aligned",
                                      dist=DistContext(), progress=False)
     assert model.config.query_vector_dim == 8 and history
+
+
+def test_train_queries_off_mines_the_view_queries_alone(setup, small_prepared):
+    params, root, _, _ = setup
+    views_only = deep_merge(params, {"align": {"mining": {"train_queries": False, "view_items": 6}}})
+    preferences, data = prepare_preferences(views_only, "rad_dpo", small_prepared, root / "sft",
+                                            root / "semantic_ids")
+    assert len(data.query_ids) == 6 and all(query_id.startswith(VIEW_PREFIX) for query_id in data.query_ids)
+    assert set(preferences["query_id"]) == set(data.query_ids)
+    assert set(preferences["role"]) == {"positive", "pseudo_negative"}
+    nothing = deep_merge(params, {"align": {"mining": {"train_queries": False, "view_items": 0}}})
+    with pytest.raises(ValueError, match="nothing is left to mine"):
+        prepare_preferences(nothing, "rad_dpo", small_prepared, root / "sft", root / "semantic_ids")
 
 
 def test_an_alignment_system_is_one_row_of_params_merged_over_align():

@@ -20,6 +20,16 @@ top decoded buckets. Per training query:
   pool, so what alignment can still change there is which buckets get in: a relevant bucket
   just outside the pool has to overtake the SIDs at its edge.
 
+View queries (`view_items` > 0): preferences mined on training queries reach only the buckets
+of items a training query judges relevant, and aligning on them alone moves mass toward those
+warm buckets, so cold buckets leave the served pool (README, alignment). `view_queries` draws
+`view_items` of the items no training query reaches (seeded) and gives each one of its
+query-like views (`text/views.py`, the SFT indexing task's `sft.indexing_views`) as an extra
+preference query: positive = the item's own SID (weight 1); with `view_negatives`, its
+pseudo-negatives are the view's beam SIDs other than that one (`mine_view_preferences`),
+without them only MLGC's SFT term acts on it (a replay of the indexing task). With
+`train_queries` false the view queries are all that is mined.
+
 Every row records the SID's rank in the mining beam (`beam_rank`, -1 when absent), so the
 summary can say how many positives the SFT beam already holds. Queries without a positive
 are dropped (nothing to prefer). Ties and samples use a generator seeded by (seed, query id),
@@ -38,11 +48,13 @@ from ..data.schema import PreparedDataset
 from ..generative.inputs import EncoderSources
 from ..generative.model import Seq2SeqRetriever
 from ..generative.trie import SidTrie, constrained_beam_search
+from ..text.views import ViewConfig, query_like_views
 
 ROLES = ("positive", "judged_negative", "pseudo_negative")
 POSITIVE_WEIGHTS = ("best_item", "bucket_gain")
 PSEUDO_NEGATIVES = ("beam_top", "pool_edge")
 Sid = tuple[int, ...]
+VIEW_PREFIX = "view:"       # query_id of a view query: VIEW_PREFIX + item_id
 
 
 def _query_rng(seed: int, query_id: str) -> np.random.Generator:
@@ -120,6 +132,55 @@ def mine_preferences(prepared: PreparedDataset, item_sid: Mapping[str, Sid],
     return pd.DataFrame(rows, columns=["query_id", "sid", "role", "weight", "rank", "beam_rank"])
 
 
+def view_queries(prepared: PreparedDataset, mining: dict, views: ViewConfig, seed: int) -> pd.DataFrame:
+    """The view queries of `mining["view_items"]` items no training query reaches (module docstring).
+
+    Returns query_id (VIEW_PREFIX + item_id), item_id, item_row (items row order) and text (one
+    of the item's query-like views, drawn with the items under `seed`), in item row order.
+    """
+    count = int(mining["view_items"])
+    if count < 0:
+        raise ValueError(f"align.mining.view_items must be >= 0, got {count}")
+    columns = ["query_id", "item_id", "item_row", "text"]
+    if count == 0:
+        return pd.DataFrame(columns=columns)
+    if views.views < 1:
+        raise ValueError(f"align.mining.view_items = {count} needs sft.indexing_views.views >= 1, got {views.views}")
+    clashing = prepared.queries["query_id"].astype(str).str.startswith(VIEW_PREFIX)
+    if clashing.any():
+        raise ValueError(f"query ids may not start with {VIEW_PREFIX!r} when align.mining.view_items > 0, e.g. "
+                         f"{prepared.queries.loc[clashing, 'query_id'].iloc[0]!r}")
+    items = prepared.items.reset_index(drop=True)
+    item_ids = items["item_id"].astype(str)
+    reached = set(prepared.relevant("train")["item_id"].astype(str))
+    unreached = np.flatnonzero(~item_ids.isin(reached).to_numpy())
+    rng = np.random.default_rng([seed, count])
+    rows = np.sort(rng.choice(unreached, min(count, len(unreached)), replace=False))
+    chosen_view = rng.integers(views.views, size=len(rows))
+    per_item = query_like_views(items["title"].astype(str).tolist(), views, seed)   # IDF over every title
+    return pd.DataFrame({"query_id": [VIEW_PREFIX + item_ids[row] for row in rows], "item_id": item_ids[rows].tolist(),
+                         "item_row": rows, "text": [per_item[row][view] for row, view in zip(rows, chosen_view)]},
+                        columns=columns)
+
+
+def mine_view_preferences(views: pd.DataFrame, item_sid: Mapping[str, Sid], beam_sids: Mapping[str, Sequence[Sid]],
+                          mining: dict) -> pd.DataFrame:
+    """Preference rows of the view queries (`view_queries`), in `mine_preferences`' columns: the
+    item's own SID as the positive; with `mining["view_negatives"]`, the view's beam SIDs other than
+    it as pseudo-negatives (at most `max_pseudo_negatives`, picked as `pseudo_negatives` says)."""
+    with_negatives, count = bool(mining["view_negatives"]), int(mining["max_pseudo_negatives"])
+    rows = []
+    for query_id, item_id in zip(views["query_id"], views["item_id"]):
+        own = tuple(int(c) for c in item_sid[item_id])
+        beam = list(dict.fromkeys(tuple(int(c) for c in sid) for sid in beam_sids.get(query_id, ())))
+        rows.append((query_id, list(own), "positive", 1.0, 0, beam.index(own) if own in beam else -1))
+        if with_negatives:
+            others = [sid for sid in beam if sid != own]
+            for rank, sid in enumerate(pick_pseudo_negatives(others, count, str(mining["pseudo_negatives"]))):
+                rows.append((query_id, list(sid), "pseudo_negative", 1.0, rank, beam.index(sid)))
+    return pd.DataFrame(rows, columns=["query_id", "sid", "role", "weight", "rank", "beam_rank"])
+
+
 def pick_pseudo_negatives(unjudged: list[Sid], count: int, mode: str) -> list[Sid]:
     """`count` of the beam's unjudged SIDs (beam order): the first ones (`beam_top`), or half
     the first and half the last (`pool_edge`), never one twice."""
@@ -135,10 +196,12 @@ def mining_beam_size(mining: dict) -> int:
 
 
 def preference_summary(preferences: pd.DataFrame) -> dict[str, float]:
-    """Counts for metadata: queries, mean sequences per role, multi-positive queries, positives
-    worth more than one item, and the share of positives the mining beam already holds."""
+    """Counts for metadata: queries (and how many are view queries), mean sequences per role,
+    multi-positive queries, positives worth more than one item, and the share of positives the
+    mining beam already holds."""
     per_query = preferences.groupby(["query_id", "role"]).size().unstack(fill_value=0)
-    summary = {"n_preference_queries": int(len(per_query))}
+    summary = {"n_preference_queries": int(len(per_query)),
+               "n_view_queries": int(per_query.index.astype(str).str.startswith(VIEW_PREFIX).sum())}
     for role in ROLES:
         summary[f"mean_{role}s"] = float(per_query[role].mean()) if role in per_query else 0.0
     summary["n_multi_positive_queries"] = int((per_query.get("positive", 0) >= 2).sum())

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .. import tracking
@@ -28,7 +27,6 @@ from ..generative.stage import VALIDATION_FILE
 from ..generative.stage import read_validation as read_checkpoint_validation
 from ..generative.stage import validate
 from ..shared.training import DistContext
-from ..sci.stage import QUERIES_FILE as SCI_QUERIES_FILE
 from .mining import preference_summary
 from .trainer import mining_of, prepare_preferences, train_alignment
 
@@ -50,13 +48,9 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     torch.set_num_threads(int(align["threads"]))
     dist = DistContext.from_env(params["generative"]["device"])
     prepared = PreparedDataset.load(inputs["prepared_dataset"])
-    item_vectors = None
-    if align["rdrw"]["enabled"] and align["rdrw"]["similarity"] == "sci_item":
-        item_vectors = np.load(inputs["sci_towers"] / "item_item_view.npy")
     sft = inputs["sft_checkpoint"]
-    sci_queries = np.load(inputs["sci_towers"] / SCI_QUERIES_FILE)
     preferences, data = prepare_preferences(params, "rad_dpo", prepared, sft, inputs["semantic_ids"], dist.device,
-                                            item_vectors=item_vectors, sci_queries=sci_queries)
+                                            towers=inputs["sci_towers"])
     if dist.is_main:
         preferences.to_parquet(out / "preferences.parquet", index=False)
     summary = preference_summary(preferences)
@@ -70,7 +64,7 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
         vanilla_data = data
         if mining_of(params, "dpo") != mining_of(params, "rad_dpo"):
             _, vanilla_data = prepare_preferences(params, "dpo", prepared, sft, inputs["semantic_ids"], dist.device,
-                                                  item_vectors=item_vectors, sci_queries=sci_queries)
+                                                  towers=inputs["sci_towers"])
         _, vanilla_history = train_alignment(params, "dpo", vanilla_data, sft, out / VANILLA_FOLDER, dist=dist)
         checkpoints["vanilla_dpo"] = out / VANILLA_FOLDER
         metadata["vanilla_dpo_final_loss"] = vanilla_history[-1]["loss"]

@@ -19,6 +19,7 @@ Command line (the same under torchrun; every rank mines the same seeded preferen
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,12 +39,16 @@ from ..shared.training import (DistContext, LoopConfig, cli_params, fingerprint,
 from ..generative.trie import SidTrie
 from ..generative.vocab import PAD, SidVocab
 from ..params import deep_merge
+from ..sci.stage import ITEM_VIEW_FILE as SCI_ITEM_VIEW_FILE
 from ..sci.stage import QUERIES_FILE as SCI_QUERIES_FILE
+from ..sci.stage import QUERY_VIEW_FILE as SCI_ITEM_QUERIES_FILE
+from ..text.encoder import cache_path
+from ..text.views import ViewConfig
 from .batches import (PreferenceDataset, PreferenceTensors, SequenceScorer, batch_similarity,
                       build_preference_tensors, pair_mask, reference_logprobs, score_batch,
                       with_reference)
 from .losses import PreferenceLossConfig, RewardWeighter, preference_loss
-from .mining import beam_sids, mine_preferences, mining_beam_size
+from .mining import beam_sids, mine_preferences, mine_view_preferences, mining_beam_size, view_queries
 
 
 def system_names(params: dict) -> tuple[str, ...]:
@@ -165,16 +170,22 @@ def sid_vectors(sid_table: pd.DataFrame, item_ids: pd.Series, item_vectors: np.n
 
 def prepare_preferences(params: dict, system: str, prepared: PreparedDataset, sft_folder: str | Path,
                         sids_folder: str | Path, device: torch.device | str = "cpu",
-                        item_vectors: np.ndarray | None = None,
-                        sci_queries: np.ndarray | None = None) -> tuple[pd.DataFrame, PreferenceTensors]:
+                        towers: str | Path | None = None) -> tuple[pd.DataFrame, PreferenceTensors]:
     """Mine `system`'s preferences (its `align.mining`) with the SFT model's beam and tensorise
-    them with the reference log-probs.
+    them with the reference log-probs: the training queries', then the view queries' (`view_items`).
 
-    `item_vectors` (SCI item view, items.parquet row order) feeds the sci_item similarity;
-    `sci_queries` (f_q of every query, queries.parquet row order: the sci_towers artifact's
-    queries.npy) is what a policy with a query-vector memory position reads.
+    `towers`, the sci_towers folder, is read where the system needs it: `item_item_view.npy` for
+    the sci_item RDRW similarity, and for a policy with a query-vector memory position
+    `queries.npy` (f_q of every query) and, for view queries, `item_query_view.npy` (a view
+    query reads its item's f_q(item), as the SFT indexing task does).
     """
-    from ..text.encoder import cache_path
+    def tower_file(name: str, rows: int, why: str) -> np.ndarray:
+        if towers is None:
+            raise ValueError(f"{why}: give the sci_towers folder (towers=...)")
+        vectors = np.load(Path(towers) / name)
+        if len(vectors) != rows:
+            raise ValueError(f"{Path(towers) / name} has {len(vectors)} rows, the dataset {rows}")
+        return np.asarray(vectors, dtype=np.float32)
 
     align = system_params(params, system)["align"]
     policy, vocab = load_policy(sft_folder, device)
@@ -182,23 +193,38 @@ def prepare_preferences(params: dict, system: str, prepared: PreparedDataset, sf
     table = read_sid_table(sids_folder, None)
     item_sid = {item: tuple(int(c) for c in sid) for item, sid in zip(table["item_id"], table["sid"])}
     trie = SidTrie.build(list(item_sid.values()), vocab)
+    with_train_queries = bool(align["mining"]["train_queries"])
     trained = prepared.queries["split"].eq("train") & prepared.queries["query_id"].isin(
-        set(prepared.relevant("train")["query_id"]))
+        set(prepared.relevant("train")["query_id"])) & with_train_queries
     queries = prepared.queries[trained].reset_index(drop=True)
+    views = view_queries(prepared, align["mining"], ViewConfig.from_params(params["sft"]["indexing_views"],
+                                                                           "sft.indexing_views"), int(align["seed"]))
+    if not with_train_queries and views.empty:
+        raise ValueError(f"alignment system {system!r}: align.mining.train_queries is false and there are no view "
+                         f"queries (view_items {align['mining']['view_items']}), so nothing is left to mine")
     query_vectors = None
     if policy.config.query_vector_dim:
-        if sci_queries is None or len(sci_queries) != len(prepared.queries):
-            raise ValueError(f"the SFT model of {sft_folder} reads SCI query vectors: give sci_queries with one row "
-                             f"per query ({len(prepared.queries)})")
-        query_vectors = np.asarray(sci_queries, dtype=np.float32)[trained.to_numpy()]
+        why = f"the SFT model of {sft_folder} reads SCI query vectors"
+        query_vectors = tower_file(SCI_QUERIES_FILE, len(prepared.queries), why)[trained.to_numpy()]
+        if len(views):
+            item_queries = tower_file(SCI_ITEM_QUERIES_FILE, len(prepared.items), why)
+            query_vectors = np.concatenate([query_vectors, item_queries[views["item_row"].to_numpy(dtype=np.int64)]])
     sources = EncoderReader.for_model(policy.config, params["text"], cache_path(params["text"])).read(
-        queries["text"].astype(str).tolist(), desc="preference queries")
+        queries["text"].astype(str).tolist() + views["text"].tolist(), desc="preference queries")
     beams = beam_sids(policy, trie, sources, mining_beam_size(align["mining"]),
                       int(params["decode"]["batch_size"]), float(params["decode"]["length_penalty"]), query_vectors)
-    query_ids = queries["query_id"].astype(str).tolist()
-    preferences = mine_preferences(prepared, item_sid, dict(zip(query_ids, beams)), align["mining"],
-                                   seed=int(align["seed"]))
-    vectors = None if item_vectors is None else sid_vectors(table, prepared.items["item_id"], item_vectors)
+    query_ids = queries["query_id"].astype(str).tolist() + views["query_id"].tolist()
+    beam_of = dict(zip(query_ids, beams))
+    mined = []   # an empty frame would turn the concatenated columns into objects
+    if with_train_queries:
+        mined.append(mine_preferences(prepared, item_sid, beam_of, align["mining"], seed=int(align["seed"])))
+    if not views.empty:
+        mined.append(mine_view_preferences(views, item_sid, beam_of, align["mining"]))
+    preferences = pd.concat(mined, ignore_index=True)
+    vectors = None
+    if align["rdrw"]["enabled"] and align["rdrw"]["similarity"] == "sci_item":
+        item_vectors = tower_file(SCI_ITEM_VIEW_FILE, len(prepared.items), "align.rdrw.similarity is sci_item")
+        vectors = sid_vectors(table, prepared.items["item_id"], item_vectors)
     data = build_preference_tensors(preferences, vocab, query_ids, sources, policy.config.max_dec_len,
                                     sid_vectors=vectors,
                                     query_vectors=None if query_vectors is None else torch.from_numpy(query_vectors))
@@ -241,8 +267,6 @@ def train_alignment(params: dict, system: str, data: PreferenceTensors, sft_fold
                              "positive_weight": align["mining"]["positive_weight"],
                              "pseudo_negatives": align["mining"]["pseudo_negatives"]},
                             prefix=f"align_{system}")
-    import hashlib
-
     sft_weights = hashlib.sha256((Path(sft_folder) / "model.pt").read_bytes()).hexdigest()
     trained_from = fingerprint("align", system, repr(config), loop.__dict__, align["rdrw"], align["mining"],
                                sft_weights, len(data.targets), float(data.weight.sum()), data.query_ids[:5])
@@ -259,20 +283,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sft", required=True, help="sft_checkpoint folder (the starting and reference policy)")
     parser.add_argument("--system", default="rad_dpo", help="a row of params align.systems")
     parser.add_argument("--towers", default=None, help="sci_towers folder: item vectors for the sci_item similarity, "
-                                                         "query vectors for an SFT model that reads them")
+                                                         "query vectors (queries', and items' for view queries) "
+                                                         "for an SFT model that reads them")
     args = parser.parse_args(argv)
     params = cli_params(args)
-    rdrw = system_params(params, args.system)["align"]["rdrw"]
-    item_vectors = None
-    if rdrw["enabled"] and rdrw["similarity"] == "sci_item":
-        if args.towers is None:
-            raise SystemExit("align.rdrw.similarity is sci_item: pass --towers (the sci_towers folder)")
-        item_vectors = np.load(Path(args.towers) / "item_item_view.npy")
 
     def train(dist: DistContext) -> Seq2SeqRetriever:
-        sci_queries = None if args.towers is None else np.load(Path(args.towers) / SCI_QUERIES_FILE)
         _, data = prepare_preferences(params, args.system, PreparedDataset.load(args.prepared), args.sft, args.sids,
-                                      dist.device, item_vectors=item_vectors, sci_queries=sci_queries)
+                                      dist.device, towers=args.towers)
         return train_alignment(params, args.system, data, args.sft, args.out, dist=dist)[0]
 
     run_distributed(params, args, int(params["align"]["threads"]), train)
