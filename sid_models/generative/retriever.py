@@ -46,15 +46,18 @@ from .vocab import SidVocab
 
 ASSETS = "sci"
 SETTINGS = "retriever.json"
-TOWER_FILES = ("towers.pt", "towers.json")
 ITEM_VIEW_FILE = "item_item_view.npy"
 
 
 def write_retriever_assets(out: str | Path, towers_folder: str | Path, params: dict) -> Path:
     """Copy the SCI query tower + item views into `out/sci/` with the decode and text settings."""
+    from ..sci.towers import CONFIG_FILE, tower_files
+
     target = Path(out) / ASSETS
     target.mkdir(parents=True, exist_ok=True)
-    for name in (*TOWER_FILES, ITEM_VIEW_FILE):
+    if not (Path(towers_folder) / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"sci_towers artifact lacks {Path(towers_folder) / CONFIG_FILE}")
+    for name in (*tower_files(towers_folder), ITEM_VIEW_FILE):
         source = Path(towers_folder) / name
         if not source.is_file():
             raise FileNotFoundError(f"sci_towers artifact lacks {source}")

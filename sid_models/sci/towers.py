@@ -141,9 +141,19 @@ def initial_projection(base: np.ndarray, out_dim: int, kind: str, seed: int) -> 
     return torch.tensor(matrix, dtype=torch.float32)
 
 
+def tower_files(folder: str | Path) -> list[str]:
+    """The names of the files in a sci_towers artifact `folder` that `load_towers` reads."""
+    kind = json.loads((Path(folder) / CONFIG_FILE).read_text()).get("kind", "mlp")
+    if kind == "mlp_lexical":
+        from ..lexical.terms import VOCABULARY_FILE
+
+        return [WEIGHTS_FILE, CONFIG_FILE, VOCABULARY_FILE]
+    return [WEIGHTS_FILE, CONFIG_FILE]
+
+
 def load_towers(folder: str | Path):
-    """The trained towers (DualTower, or TextDualTower for kind minilm) from a sci_towers
-    artifact folder (eval mode, CPU)."""
+    """The trained towers (DualTower, TextDualTower for kind minilm, LexicalDualTower for kind
+    mlp_lexical) from a sci_towers artifact folder (eval mode, CPU)."""
     folder = Path(folder)
     settings = json.loads((folder / CONFIG_FILE).read_text())
     kind = settings.pop("kind", "mlp")  # towers saved before tower kinds existed are mlp towers
@@ -151,6 +161,10 @@ def load_towers(folder: str | Path):
         from .text_tower import TextDualTower, TextTowerConfig
 
         towers = TextDualTower(TextTowerConfig(**settings))
+    elif kind == "mlp_lexical":
+        from .lexical_tower import LexicalDualTower
+
+        towers = LexicalDualTower.load(folder, settings)
     elif kind == "mlp":
         config = TowerConfig(**settings)
         towers = DualTower(config, torch.zeros(config.out_dim, config.in_dim))

@@ -13,9 +13,11 @@ masked as accidental hits. The objective is documented in `losses.py`. After eve
 search f_q(valid query)·f_i(item) over the whole catalogue decides early stopping; the
 best epoch's weights are kept (epoch 0 = the untrained towers ≈ MiniLM).
 
-Two tower kinds (`sci.tower.kind`) train through this one loop: `mlp` (towers.py) reads the
+Three tower kinds (`sci.tower.kind`) train through this one loop: `mlp` (towers.py) reads the
 MiniLM sentence vectors, `minilm` (text_tower.py) reads the token states of MiniLM's frozen
-lower layers and fine-tunes a copy of its top layers per tower. `new_towers` builds either,
+lower layers and fine-tunes a copy of its top layers per tower, `mlp_lexical`
+(lexical_tower.py) reads the sentence vectors and the tf-idf terms of the text and adds a
+learned embedding of the terms to the MLP tower. `new_towers` builds any of them,
 `tower_inputs` gives what it reads.
 """
 from __future__ import annotations
@@ -39,10 +41,12 @@ from .losses import consistency, info_nce, preservation, triplet
 from ..text.encoder import TextEncoder, cache_path
 from ..text.states import TokenStates
 from ..text.views import ViewConfig, query_like_views
+from ..lexical.terms import TermVectoriser
+from .lexical_tower import LexicalDualTower, LexicalInputs, LexicalTowerConfig, initial_embedding
 from .text_tower import TextDualTower, TextTowerConfig
 from .towers import DualTower, TowerConfig, initial_projection
 
-TOWER_KINDS = ("mlp", "minilm")
+TOWER_KINDS = ("mlp", "minilm", "mlp_lexical")
 CONTRAST_LOSSES = ("info_nce", "triplet")
 
 
@@ -183,24 +187,28 @@ class TrainResult:
     seconds: float = 0.0
 
 
-Towers = DualTower | TextDualTower
-TowerInputs = np.ndarray | TokenStates    # MiniLM sentence vectors (mlp towers) or token states (minilm towers)
+Towers = DualTower | TextDualTower | LexicalDualTower
+# MiniLM sentence vectors (mlp towers), token states (minilm towers) or vectors and terms (mlp_lexical towers)
+TowerInputs = np.ndarray | TokenStates | LexicalInputs
 MISALIGNMENT_SAMPLE = 4096                 # rows per kind of text the misalignment means are taken over
 
 
 def gather(inputs: TowerInputs, rows: np.ndarray):
-    """What a tower's forward takes for text `rows`: a [B, d] tensor, or padded (states, mask)."""
-    if isinstance(inputs, TokenStates):
+    """What a tower's forward takes for text `rows`: a [B, d] tensor, padded (states, mask), or
+    (vectors, term ids, offsets, term weights)."""
+    if isinstance(inputs, (TokenStates, LexicalInputs)):
         return inputs.batch(rows)
     return torch.from_numpy(np.ascontiguousarray(inputs[rows], dtype=np.float32))
 
 
 def subset(inputs: TowerInputs, rows: np.ndarray) -> TowerInputs:
-    return inputs.subset(rows) if isinstance(inputs, TokenStates) else inputs[rows]
+    return inputs.subset(rows) if isinstance(inputs, (TokenStates, LexicalInputs)) else inputs[rows]
 
 
 def stack(first: TowerInputs, second: TowerInputs) -> TowerInputs:
     """The rows of `first`, then those of `second`."""
+    if isinstance(first, LexicalInputs):
+        return first.stacked(second)
     if isinstance(first, TokenStates):
         return TokenStates(np.concatenate([first.states, second.states]),
                            np.concatenate([first.offsets, second.offsets[1:] + first.offsets[-1]]))
@@ -313,13 +321,21 @@ def new_towers(tower_params: dict, text_params: dict, prepared: PreparedDataset,
     train_queries = np.unique(TrainingData.build(prepared, config).pair_queries)
     projection = initial_projection(np.concatenate([item_base, query_base[train_queries]]), settings["out_dim"],
                                     config.init_projection, config.seed)
+    if kind == "mlp_lexical":
+        vectoriser = TermVectoriser.fit(prepared.item_text().tolist(), settings["stemmer"], settings["stopwords"])
+        lexical = LexicalTowerConfig(in_dim=int(item_base.shape[1]), vocabulary_size=len(vectoriser), **settings)
+        return LexicalDualTower(lexical, vectoriser, projection, initial_embedding(lexical, config.seed))
     return DualTower(TowerConfig(in_dim=int(item_base.shape[1]), **settings), projection)
 
 
 def tower_inputs(towers: Towers, prepared: PreparedDataset, item_base: np.ndarray, query_base: np.ndarray,
                  text_params: dict) -> tuple[TowerInputs, TowerInputs]:
-    """(item inputs, query inputs) the towers read: the MiniLM sentence vectors themselves, or
-    for minilm towers the token states of their frozen layers (cached under params text.cache_dir)."""
+    """(item inputs, query inputs) the towers read: the MiniLM sentence vectors themselves, with
+    the texts' terms for mlp_lexical towers, or for minilm towers the token states of their frozen
+    layers (cached under params text.cache_dir)."""
+    if isinstance(towers, LexicalDualTower):
+        return (towers.inputs(prepared.item_text().tolist(), item_base),
+                towers.inputs(prepared.queries["text"].tolist(), query_base))
     if not isinstance(towers, TextDualTower):
         return item_base, query_base
     encoder = towers.state_encoder(text_params["batch_size"], cache_path(text_params))
@@ -339,6 +355,8 @@ def pseudo_query_inputs(towers: Towers, prepared: PreparedDataset, config: Train
     items = np.repeat(np.arange(len(prepared.items), dtype=np.int64), views.views)
     if isinstance(towers, TextDualTower):
         encoded = towers.state_encoder(text_params["batch_size"], cache_path(text_params)).encode(texts, "pseudo-queries")
+    elif isinstance(towers, LexicalDualTower):
+        encoded = towers.inputs(texts, TextEncoder.from_params(text_params).encode(texts, "pseudo-queries"))
     else:
         encoded = TextEncoder.from_params(text_params).encode(texts, "pseudo-queries")
     return PseudoQueries(encoded, items)
