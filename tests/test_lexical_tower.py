@@ -58,7 +58,7 @@ def _towers(items: np.ndarray, share: float = 0.5) -> LexicalDualTower:
     vectoriser = TermVectoriser.fit(TITLES, "english", "en")
     config = LexicalTowerConfig(in_dim=items.shape[1], out_dim=16, hidden_dim=24, n_blocks=1, dropout=0.0,
                                 learn_projection=True, vocabulary_size=len(vectoriser), lexical_dim=512,
-                                lexical_share=share, learn_lexical=True, stemmer="english", stopwords="en")
+                                lexical_share=share, lexical_learning="term_weights", stemmer="english", stopwords="en")
     return LexicalDualTower(config, vectoriser, initial_projection(items, 16, "orthogonal", 0), initial_embedding(config, 0))
 
 
@@ -103,30 +103,29 @@ def test_lexical_towers_train_apart_and_serve_raw_text(small_params, small_prepa
     np.testing.assert_allclose(load_towers(assets).encode_query_texts(texts, encoder.encode), saved[:5], atol=1e-5)
 
 
-def test_term_embeddings_stay_fixed_unless_they_learn(small_params, small_prepared):
-    encoder = TextEncoder.from_params(small_params["text"], progress=False)
-    items = encoder.encode(small_prepared.item_text().tolist(), "items")
-    queries = encoder.encode(small_prepared.queries["text"].tolist(), "queries")
-    for learn in (True, False):
-        sci = deep_merge(small_params["sci"], {"train": FAST_TRAIN, "tower": {
-            "kind": "mlp_lexical", "kinds": {"mlp_lexical": {**SMALL_LEXICAL, "learn_lexical": learn}}}})
-        config = TrainConfig.from_params(sci, 0)
-        towers = new_towers(sci["tower"], small_params["text"], small_prepared, items, queries, config)
-        start = towers.query_tower.lexical.weight.detach().clone()
-        item_inputs, query_inputs = tower_inputs(towers, small_prepared, items, queries, small_params["text"])
-        assert isinstance(item_inputs, LexicalInputs) and len(query_inputs) == len(queries)
-        rows = np.arange(16)
-        score = (towers.query_tower(query_inputs.batch(rows)) * towers.item_tower(item_inputs.batch(rows))).sum()
-        score.backward()
-        gradient = towers.query_tower.lexical.weight.grad
-        assert (gradient is not None and gradient.abs().sum() > 0) == learn
-        trained = train_towers(small_prepared, towers, item_inputs, query_inputs, config).towers
-        if not learn:
-            assert torch.equal(trained.query_tower.lexical.weight, start)
+@pytest.mark.parametrize("learning", ["embedding", "term_weights", "none"])
+def test_only_the_lexical_parameters_lexical_learning_names_train(small_params, small_prepared, small_stage_folders,
+                                                                   learning):
+    items, queries = load_embeddings(small_stage_folders["text_embeddings"])
+    sci = deep_merge(small_params["sci"], {"train": FAST_TRAIN, "tower": {
+        "kind": "mlp_lexical", "kinds": {"mlp_lexical": {**SMALL_LEXICAL, "lexical_learning": learning}}}})
+    config = TrainConfig.from_params(sci, 0)
+    towers = new_towers(sci["tower"], small_params["text"], small_prepared, items, queries, config)
+    item_inputs, query_inputs = tower_inputs(towers, small_prepared, items, queries, small_params["text"])
+    assert isinstance(item_inputs, LexicalInputs) and len(query_inputs) == len(queries)
+    rows = np.arange(16)
+    score = (towers.query_tower(query_inputs.batch(rows)) * towers.item_tower(item_inputs.batch(rows))).sum()
+    score.backward()
+    lexical = {"embedding": towers.query_tower.lexical.weight, "term_weights": towers.query_tower.term_log_weight}
+    for name, parameter in lexical.items():
+        trains = parameter.grad is not None and bool(parameter.grad.abs().sum() > 0)
+        assert trains == (name == learning), f"{name} trains={trains} under lexical_learning={learning}"
+    # the semantic MLP trains in every mode
+    assert towers.query_tower.semantic.blocks[0].down.weight.grad.abs().sum() > 0
 
 
 def test_lexical_share_outside_the_open_interval_is_refused():
     with pytest.raises(ValueError, match="lexical_share"):
         LexicalTowerConfig(in_dim=8, out_dim=4, hidden_dim=8, n_blocks=1, dropout=0.0, learn_projection=True,
-                           vocabulary_size=10, lexical_dim=4, lexical_share=1.0, learn_lexical=True,
+                           vocabulary_size=10, lexical_dim=4, lexical_share=1.0, lexical_learning="none",
                            stemmer=None, stopwords=None)
