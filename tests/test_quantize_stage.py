@@ -13,10 +13,11 @@ import torch
 
 from sid_models.params import deep_merge
 from sid_models.quantize import checks
-from sid_models.quantize.stage import CODEBOOKS_FILE, CODES_FILE, HEALTH_FILE
+from sid_models.quantize.stage import CODEBOOKS_FILE, CODES_FILE, HEALTH_FILE, load_inputs
 from sid_models.quantize.table import load_sid_table, load_vocab
 from sid_models.sci.index import DualViewIndex
 from sid_models.sci.stage import ITEM_VIEW_FILE, QUERIES_FILE, QUERY_VIEW_FILE
+from sid_models.sci.towers import CONFIG_FILE
 from sid_models.stages import run_stage
 
 torch.set_num_threads(1)
@@ -55,6 +56,7 @@ def folders(small_prepared, tmp_path_factory):
     np.save(towers / ITEM_VIEW_FILE, item_view)
     np.save(towers / QUERY_VIEW_FILE, query_view)
     np.save(towers / QUERIES_FILE, queries)
+    (towers / CONFIG_FILE).write_text(json.dumps({"kind": "mlp", "out_dim": dim}))
     DualViewIndex.build(query_view, item_view, nlist=6, niter=10, seed=0, nprobe=2, **UNREFINED).save(root / "sci_index")
     return {"prepared_dataset": prepared_folder, "sci_towers": towers, "sci_index": root / "sci_index"}
 
@@ -127,3 +129,27 @@ def test_a_failing_check_is_reported_not_hidden():
     outcome = checks.head_collision_free(table)
     assert not outcome.passed and outcome.metadata["examples"] == ["a"]
     assert not checks.level_utilisation({"level1_utilisation": 0.2}, 0.5).passed
+
+
+def test_lexical_towers_quantise_their_semantic_block_and_route_on_the_whole_vector(folders, small_prepared,
+                                                                                     tmp_path):
+    semantic = {name: np.load(folders["sci_towers"] / name) for name in (ITEM_VIEW_FILE, QUERY_VIEW_FILE, QUERIES_FILE)}
+    dim = semantic[ITEM_VIEW_FILE].shape[1]
+    rng = np.random.default_rng(3)
+    towers = tmp_path / "sci_towers"
+    towers.mkdir()
+    for name, vectors in semantic.items():
+        # [√(1 − α) · semantic ; √α · lexical], the layout of lexical_tower.py, with a random lexical block
+        lexical = unit_rows(rng.standard_normal((len(vectors), 3 * dim)))
+        np.save(towers / name, np.hstack([np.sqrt(0.4) * vectors, np.sqrt(0.6) * lexical]).astype(np.float32))
+    (towers / CONFIG_FILE).write_text(json.dumps({"kind": "mlp_lexical", "out_dim": dim, "lexical_dim": 3 * dim}))
+    full_query_view = np.load(towers / QUERY_VIEW_FILE)
+    DualViewIndex.build(full_query_view, np.load(towers / ITEM_VIEW_FILE), nlist=6, niter=10, seed=0, nprobe=2,
+                        **UNREFINED).save(tmp_path / "sci_index")
+    catalogue = load_inputs(folders["prepared_dataset"], towers, tmp_path / "sci_index").catalogue
+    np.testing.assert_allclose(catalogue.item_view, semantic[ITEM_VIEW_FILE], atol=1e-5)
+    np.testing.assert_allclose(catalogue.query_vectors, semantic[QUERIES_FILE], atol=1e-5)
+    np.testing.assert_array_equal(catalogue.cells, DualViewIndex.load(tmp_path / "sci_index").route(full_query_view))
+    # mlp towers quantise every column
+    plain = load_inputs(folders["prepared_dataset"], folders["sci_towers"], folders["sci_index"]).catalogue
+    assert plain.item_view.shape[1] == dim

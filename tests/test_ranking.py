@@ -9,7 +9,8 @@ import pytest
 from sid_models.data.schema import RelevanceScale
 from sid_models.params import deep_merge
 from sid_models.ranking.features import FEATURES, CandidateSettings, QueryCandidates, bigrams, prefixes, trigrams
-from sid_models.ranking.ranker import RankerConfig, labels, load_ranker, save_ranker, train_ranker
+from sid_models.ranking.ranker import (MAX_QUERY_ROWS, RankerConfig, labels, load_ranker, save_ranker,
+                                      train_ranker, training_rows)
 from sid_models.ranking.stage import load_featurizer, load_ranked_searcher, run
 from test_generative_stage import stage_inputs, stage_output  # noqa: F401  (module fixtures)
 
@@ -164,6 +165,29 @@ def test_ranker_learns_which_feature_carries_relevance(tmp_path):
     (tmp_path / "ranker.json").write_text(json.dumps({**saved, "features": saved["features"][:-1]}))
     with pytest.raises(ValueError, match="retrain the ranker stage"):
         load_ranker(tmp_path)
+
+
+def test_a_query_past_lightgbms_row_limit_trains_on_its_labelled_and_best_scored_candidates():
+    rng = np.random.default_rng(0)
+    n = MAX_QUERY_ROWS + 500
+    features = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
+    label = np.zeros(n, dtype=np.int32)
+    label[[3, n - 1]] = 2
+    features[[3, n - 1], COLUMN["sci_score"]] = -9.0      # labelled but scored last: still kept
+    features[7, COLUMN["sci_score"]] = np.nan
+    rows = training_rows(features, label)
+    assert len(rows) == MAX_QUERY_ROWS and {3, n - 1} <= set(rows.tolist()) and 7 not in rows
+    unlabelled = np.setdiff1d(np.arange(n), [3, n - 1])
+    dropped = np.setdiff1d(unlabelled, rows)
+    assert np.nanmax(features[dropped, COLUMN["sci_score"]]) <= np.nanmin(
+        features[np.setdiff1d(rows, [3, n - 1]), COLUMN["sci_score"]])
+    np.testing.assert_array_equal(training_rows(features[:50], label[:50]), np.arange(50))
+    # such a query trains the ranker (LightGBM would refuse it whole) and is scored whole
+    others = [QueryCandidates(rows=np.arange(20), features=features[:20]) for _ in range(8)]
+    other_labels = [np.r_[2, np.zeros(19, dtype=np.int32)]] * 8
+    big = QueryCandidates(rows=np.arange(n), features=features)
+    _, summary, out_of_fold = train_ranker([big, *others], [label, *other_labels], CONFIG, seed=0)
+    assert len(out_of_fold[0]) == n and summary["train_queries"] == 9
 
 
 def test_training_needs_a_relevant_candidate_in_every_fold():

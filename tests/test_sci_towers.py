@@ -22,9 +22,15 @@ FAST_TRAIN = {"epochs": 2, "batch_size": 64, "patience": 1, "preserve_sample": 3
 
 
 @pytest.fixture(scope="module")
-def small_base(small_params, small_prepared):
+def mlp_params(small_params):
+    """These tests are about the MLP towers over sentence vectors: the mlp kind, whatever params.yaml ships."""
+    return deep_merge(small_params, {"sci": {"tower": {"kind": "mlp"}}})
+
+
+@pytest.fixture(scope="module")
+def small_base(mlp_params, small_prepared):
     """MiniLM features of the reduced demo store (through the repository's text cache)."""
-    encoder = TextEncoder.from_params(small_params["text"], progress=False)
+    encoder = TextEncoder.from_params(mlp_params["text"], progress=False)
     return (encoder.encode(small_prepared.item_text().tolist(), "items"),
             encoder.encode(small_prepared.queries["text"].tolist(), "queries"))
 
@@ -90,8 +96,8 @@ def test_accidental_hit_is_not_a_negative():
     assert info_nce(anchors, positives, weights, 0.1) > masked  # unmasked, it would push a positive away
 
 
-def test_training_batches_flag_other_positives_of_the_same_query(small_prepared, small_params):
-    data = TrainingData.build(small_prepared, TrainConfig.from_params(small_params["sci"], 0))
+def test_training_batches_flag_other_positives_of_the_same_query(small_prepared, mlp_params):
+    data = TrainingData.build(small_prepared, TrainConfig.from_params(mlp_params["sci"], 0))
     counts = np.bincount(data.pair_queries)
     query = int(np.flatnonzero(counts >= 2)[0])
     same = np.flatnonzero(data.pair_queries == query)[:2]
@@ -104,8 +110,8 @@ def test_training_batches_flag_other_positives_of_the_same_query(small_prepared,
     assert hits[0, 2] == other_relevant
 
 
-def test_hard_negatives_are_judged_items_below_the_threshold(small_prepared, small_params):
-    data = TrainingData.build(small_prepared, TrainConfig.from_params(small_params["sci"], 0))
+def test_hard_negatives_are_judged_items_below_the_threshold(small_prepared, mlp_params):
+    data = TrainingData.build(small_prepared, TrainConfig.from_params(mlp_params["sci"], 0))
     train = small_prepared.split_judgments("train")
     query = int(data.pair_queries[0])
     query_id = small_prepared.queries["query_id"].iloc[query]
@@ -211,13 +217,13 @@ def test_consistency_is_zero_for_identical_towers_and_positive_otherwise():
     assert consistency(x, _unit(5, 16, 11)) > 0
 
 
-def test_training_is_deterministic_under_a_seed(small_prepared, small_base, small_params):
+def test_training_is_deterministic_under_a_seed(small_prepared, small_base, mlp_params):
     items, queries = small_base
-    config = dataclasses.replace(TrainConfig.from_params(small_params["sci"], 3), **FAST_TRAIN, lambda_preserve=0.1)
-    tower_params = deep_merge(small_params["sci"]["tower"], {"kinds": {"mlp": {"hidden_dim": 64}}})
+    config = dataclasses.replace(TrainConfig.from_params(mlp_params["sci"], 3), **FAST_TRAIN, lambda_preserve=0.1)
+    tower_params = deep_merge(mlp_params["sci"]["tower"], {"kinds": {"mlp": {"hidden_dim": 64}}})
 
     def train(config):
-        towers = new_towers(tower_params, small_params["text"], small_prepared, items, queries, config)
+        towers = new_towers(tower_params, mlp_params["text"], small_prepared, items, queries, config)
         return train_towers(small_prepared, towers, items, queries, config)
 
     first, second = train(config), train(config)
@@ -231,14 +237,14 @@ def test_training_is_deterministic_under_a_seed(small_prepared, small_base, smal
     assert first.history[-1]["misalign_items_l2"] > 0
 
 
-def test_towers_stage_writes_normalised_views_and_loadable_towers(small_params, small_prepared, small_base, tmp_path):
+def test_towers_stage_writes_normalised_views_and_loadable_towers(mlp_params, small_prepared, small_base, tmp_path):
     items, queries = small_base
     prepared_folder = small_prepared.save(tmp_path / "prepared")
     text_folder = tmp_path / "text"
     text_folder.mkdir()
     np.save(text_folder / "items.npy", items)
     np.save(text_folder / "queries.npy", queries)
-    params = deep_merge(small_params, {"sci": {"train": FAST_TRAIN, "tower": {"kinds": {"mlp": {"hidden_dim": 64}}}}})
+    params = deep_merge(mlp_params, {"sci": {"train": FAST_TRAIN, "tower": {"kinds": {"mlp": {"hidden_dim": 64}}}}})
     out = tmp_path / "towers"
     out.mkdir()
     metadata = run_towers_stage(params, {"prepared_dataset": prepared_folder, "text_embeddings": text_folder}, out)
@@ -255,30 +261,30 @@ def test_towers_stage_writes_normalised_views_and_loadable_towers(small_params, 
     assert metadata["misalign_items_l2_untrained"] == 0 and metadata["misalign_items_cos_trained"] <= 1
 
 
-def test_hard_negative_cutoff_never_exceeds_the_relevance_threshold(small_prepared, small_params):
-    data = TrainingData.build(small_prepared, dataclasses.replace(TrainConfig.from_params(small_params["sci"], 0),
+def test_hard_negative_cutoff_never_exceeds_the_relevance_threshold(small_prepared, mlp_params):
+    data = TrainingData.build(small_prepared, dataclasses.replace(TrainConfig.from_params(mlp_params["sci"], 0),
                                                           hard_negative_max_relevance=99.0))
     negative_keys = np.repeat(np.arange(len(data.negative_offsets) - 1), np.diff(data.negative_offsets)) * data.n_items
     assert not np.isin(negative_keys + data.negative_items, data.positive_keys).any()
     assert len(data.negative_items) > 0
 
 
-def _pseudo_config(small_params, per_pair: float, **views) -> TrainConfig:
-    sci = deep_merge(small_params["sci"], {"train": {"pseudo_queries": {"per_pair": per_pair, **views}}})
+def _pseudo_config(mlp_params, per_pair: float, **views) -> TrainConfig:
+    sci = deep_merge(mlp_params["sci"], {"train": {"pseudo_queries": {"per_pair": per_pair, **views}}})
     return dataclasses.replace(TrainConfig.from_params(sci, 5), **FAST_TRAIN)
 
 
-def test_pseudo_queries_are_views_of_every_item_drawn_afresh_each_epoch(small_prepared, small_base, small_params):
+def test_pseudo_queries_are_views_of_every_item_drawn_afresh_each_epoch(small_prepared, small_base, mlp_params):
     items, queries = small_base
-    config = _pseudo_config(small_params, 0.5, views=2, weight=0.25)
-    towers = new_towers(small_params["sci"]["tower"], small_params["text"], small_prepared, items, queries, config)
-    pseudo = pseudo_query_inputs(towers, small_prepared, config, small_params["text"])
+    config = _pseudo_config(mlp_params, 0.5, views=2, weight=0.25)
+    towers = new_towers(mlp_params["sci"]["tower"], mlp_params["text"], small_prepared, items, queries, config)
+    pseudo = pseudo_query_inputs(towers, small_prepared, config, mlp_params["text"])
     n_items, n_queries = len(small_prepared.items), len(small_prepared.queries)
     # two views of every item, cold ones included, read as the towers read text (MiniLM vectors here)
     np.testing.assert_array_equal(pseudo.items, np.repeat(np.arange(n_items), 2))
     views = query_like_views(small_prepared.items["title"].astype(str).tolist(),
                              ViewConfig.from_params(config.pseudo_queries, "sci.train.pseudo_queries"), config.seed)
-    encoder = TextEncoder.from_params(small_params["text"], progress=False)
+    encoder = TextEncoder.from_params(mlp_params["text"], progress=False)
     np.testing.assert_allclose(pseudo.inputs[3], encoder.encode([views[1][1]])[0], atol=1e-6)
 
     data = TrainingData.build(small_prepared, config, pseudo.items)
@@ -299,8 +305,8 @@ def test_pseudo_queries_are_views_of_every_item_drawn_afresh_each_epoch(small_pr
     assert not mask.any()
 
 
-def test_without_pseudo_queries_an_epoch_is_the_judged_pairs_in_a_seeded_order(small_prepared, small_params):
-    data = TrainingData.build(small_prepared, _pseudo_config(small_params, 0.0))
+def test_without_pseudo_queries_an_epoch_is_the_judged_pairs_in_a_seeded_order(small_prepared, mlp_params):
+    data = TrainingData.build(small_prepared, _pseudo_config(mlp_params, 0.0))
     epoch_queries, epoch_items, epoch_weights = data.epoch_pairs(np.random.default_rng(7))
     order = np.random.default_rng(7).permutation(len(data.pair_queries))
     np.testing.assert_array_equal(epoch_queries, data.pair_queries[order])
@@ -308,23 +314,23 @@ def test_without_pseudo_queries_an_epoch_is_the_judged_pairs_in_a_seeded_order(s
     np.testing.assert_array_equal(epoch_weights, data.pair_weights[order])
 
 
-def test_pseudo_queries_change_training_and_are_checked(small_prepared, small_base, small_params):
+def test_pseudo_queries_change_training_and_are_checked(small_prepared, small_base, mlp_params):
     items, queries = small_base
-    config = _pseudo_config(small_params, 1.0)
-    towers = new_towers(small_params["sci"]["tower"], small_params["text"], small_prepared, items, queries, config)
-    pseudo = pseudo_query_inputs(towers, small_prepared, config, small_params["text"])
+    config = _pseudo_config(mlp_params, 1.0)
+    towers = new_towers(mlp_params["sci"]["tower"], mlp_params["text"], small_prepared, items, queries, config)
+    pseudo = pseudo_query_inputs(towers, small_prepared, config, mlp_params["text"])
     with_pseudo = train_towers(small_prepared, towers, items, queries, config, pseudo=pseudo)
     plain_config = dataclasses.replace(config, pseudo_queries={**config.pseudo_queries, "per_pair": 0.0})
-    plain_towers = new_towers(small_params["sci"]["tower"], small_params["text"], small_prepared, items, queries,
+    plain_towers = new_towers(mlp_params["sci"]["tower"], mlp_params["text"], small_prepared, items, queries,
                               plain_config)
-    assert pseudo_query_inputs(plain_towers, small_prepared, plain_config, small_params["text"]) is None
+    assert pseudo_query_inputs(plain_towers, small_prepared, plain_config, mlp_params["text"]) is None
     plain = train_towers(small_prepared, plain_towers, items, queries, plain_config)
     assert with_pseudo.history[1]["loss_total"] != plain.history[1]["loss_total"]
     with pytest.raises(ValueError, match="pseudo-query inputs"):
         train_towers(small_prepared, plain_towers, items, queries, config)
     for per_pair, bad in ((-1.0, {}), (1.0, {"weight": 0.0}), (1.0, {"min_words": 0})):
         with pytest.raises(ValueError, match="sci.train.pseudo_queries"):
-            _pseudo_config(small_params, per_pair, **bad)
+            _pseudo_config(mlp_params, per_pair, **bad)
 
 
 def test_token_states_stack_keeps_both_row_sets():

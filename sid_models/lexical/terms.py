@@ -30,6 +30,21 @@ VOCABULARY_FILE = "terms.json"
 WORD_PREFIX, GRAM_PREFIX = "w:", "c:"
 
 
+def stopword_set(stopwords: str | None) -> frozenset[str]:
+    """bm25s's stopword list `stopwords` ("en", ...), empty for None."""
+    return frozenset(_infer_stopwords(stopwords) if stopwords else ())
+
+
+def text_terms(text: str, stemmer, stopwords: frozenset[str]) -> list[str]:
+    """The terms of `text`, with repeats (their count is the term frequency): its stemmed words
+    less `stopwords` (`stemmer` None: unstemmed) and the trigrams of every space-padded word."""
+    words = WORD.findall(str(text).lower())
+    kept = [word for word in words if word not in stopwords]
+    stems = stemmer.stemWords(kept) if stemmer is not None else kept
+    grams = [f" {word} "[start:start + 3] for word in words for start in range(len(word))]
+    return [WORD_PREFIX + stem for stem in stems] + [GRAM_PREFIX + gram for gram in grams]
+
+
 class TermVectoriser:
     """tf-idf vectors of stemmed words and word-padded character trigrams (see the module docstring)."""
 
@@ -40,27 +55,22 @@ class TermVectoriser:
         self.index = {term: column for column, term in enumerate(self.vocabulary)}
         self.idf = np.asarray(idf, dtype=np.float32)
         self.stemmer_name, self.stopwords_name = stemmer, stopwords
-        self.stemmer = snowball_stemmer(stemmer)
-        self.stopwords = frozenset(_infer_stopwords(stopwords) if stopwords else ())
+        self.stemmer, self.stopwords = snowball_stemmer(stemmer), stopword_set(stopwords)
 
     def __len__(self) -> int:
         return len(self.vocabulary)
 
     def terms(self, text: str) -> list[str]:
         """The terms of `text`, with repeats (their count is the term frequency)."""
-        words = WORD.findall(str(text).lower())
-        kept = [word for word in words if word not in self.stopwords]
-        stems = self.stemmer.stemWords(kept) if self.stemmer is not None else kept
-        grams = [f" {word} "[start:start + 3] for word in words for start in range(len(word))]
-        return [WORD_PREFIX + stem for stem in stems] + [GRAM_PREFIX + gram for gram in grams]
+        return text_terms(text, self.stemmer, self.stopwords)
 
     @classmethod
     def fit(cls, texts: Sequence[str], stemmer: str | None, stopwords: str | None) -> "TermVectoriser":
         """The vocabulary and idf of the terms of `texts` (the catalogue)."""
         if not len(texts):
             raise ValueError("the term vocabulary needs at least one text to fit on")
-        unfitted = cls([], np.zeros(0), stemmer, stopwords)
-        document_frequency = Counter(term for text in texts for term in set(unfitted.terms(text)))
+        stem, skipped = snowball_stemmer(stemmer), stopword_set(stopwords)
+        document_frequency = Counter(term for text in texts for term in set(text_terms(text, stem, skipped)))
         vocabulary = sorted(document_frequency)
         df = np.array([document_frequency[term] for term in vocabulary], dtype=np.float64)
         return cls(vocabulary, np.log((1 + len(texts)) / (1 + df)) + 1, stemmer, stopwords)

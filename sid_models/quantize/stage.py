@@ -26,6 +26,7 @@ from .. import tracking
 from ..data.schema import PreparedDataset
 from ..sci.index import DualViewIndex
 from ..sci.stage import ITEM_VIEW_FILE, QUERIES_FILE, QUERY_VIEW_FILE
+from ..sci.towers import quantised_width
 from .acrq import AcrqConfig, Catalogue, encode_catalogue, fit_anchor_codebooks, train_stage_b
 from .health import codebook_health
 from .rkmeans import ResidualKMeans, ResidualKMeansConfig
@@ -45,7 +46,9 @@ class StageInputs:
 
 
 def load_inputs(prepared_folder: Path, towers_folder: Path, index_folder: Path) -> StageInputs:
-    """The prepared dataset and the catalogue arrays (item view, routing, training pairs)."""
+    """The prepared dataset and the catalogue arrays (item view, routing, training pairs). The
+    cells route the towers' whole vectors; the item view and query vectors the codes quantise are
+    the towers' `quantised_width` leading columns, renormalised."""
     prepared = PreparedDataset.load(prepared_folder)
     items, queries = prepared.items, prepared.queries
     item_view = np.load(towers_folder / ITEM_VIEW_FILE)
@@ -57,6 +60,9 @@ def load_inputs(prepared_folder: Path, towers_folder: Path, index_folder: Path) 
             raise ValueError(f"{towers_folder / name} has shape {array.shape}, expected {rows} rows")
     index = DualViewIndex.load(index_folder)
     cells = index.route(query_view if index.coarse_view == "query" else item_view)
+    width = quantised_width(towers_folder)
+    if width is not None:
+        item_view, query_vectors = _unit_rows(item_view[:, :width]), _unit_rows(query_vectors[:, :width])
     segments = prepared.segments.set_index("item_id").reindex(items["item_id"])
     if segments["segment"].isna().any():
         missing = segments.index[segments["segment"].isna()][0]
@@ -70,6 +76,10 @@ def load_inputs(prepared_folder: Path, towers_folder: Path, index_folder: Path) 
         query_vectors=query_vectors.astype(np.float32),
         pair_items=relevant["item_id"].map(item_row).to_numpy(dtype=np.int64),
         pair_queries=relevant["query_id"].map(query_row).to_numpy(dtype=np.int64)))
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def _configs(params: dict) -> tuple[ResidualKMeansConfig, AcrqConfig]:

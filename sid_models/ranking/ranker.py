@@ -23,6 +23,8 @@ from ..data.schema import RelevanceScale
 from .features import FEATURES, CandidateFeaturizer, CandidateSettings, QueryCandidates
 
 MODEL_FILE = "model.txt"
+MAX_QUERY_ROWS = 10_000        # LightGBM lambdarank's limit on the rows of one query
+SCI_SCORE = FEATURES.index("sci_score")
 SETTINGS_FILE = "ranker.json"
 
 
@@ -58,11 +60,27 @@ def labels(candidates: Sequence[QueryCandidates], query_ids: Sequence[str], item
     return out
 
 
+def training_rows(features: np.ndarray, labels: np.ndarray, limit: int = MAX_QUERY_ROWS) -> np.ndarray:
+    """The candidate rows of one query a ranker trains on: all of them, or past `limit` (LightGBM's
+    lambdarank refuses a larger query) every labelled row and then the highest SCI scores. Scoring
+    is not capped: a served query ranks all its candidates."""
+    if len(labels) <= limit:
+        return np.arange(len(labels))
+    labelled = np.flatnonzero(labels > 0)
+    if len(labelled) >= limit:
+        raise ValueError(f"a query has {len(labelled)} labelled candidates, more than LightGBM's {limit} rows per query")
+    rest = np.flatnonzero(labels <= 0)
+    by_score = rest[np.argsort(-np.nan_to_num(features[rest, SCI_SCORE], nan=-np.inf), kind="stable")]
+    return np.sort(np.concatenate([labelled, by_score[:limit - len(labelled)]]))
+
+
 def _dataset(candidates: Sequence[QueryCandidates], query_labels: Sequence[np.ndarray], label_gain: list[float]):
     import lightgbm
 
-    return lightgbm.Dataset(np.concatenate([found.features for found in candidates]),
-                            label=np.concatenate(query_labels), group=[len(found.rows) for found in candidates],
+    kept = [training_rows(found.features, labels) for found, labels in zip(candidates, query_labels)]
+    return lightgbm.Dataset(np.concatenate([found.features[rows] for found, rows in zip(candidates, kept)]),
+                            label=np.concatenate([labels[rows] for labels, rows in zip(query_labels, kept)]),
+                            group=[len(rows) for rows in kept],
                             feature_name=list(FEATURES), params={"label_gain": label_gain}, free_raw_data=False)
 
 

@@ -28,9 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..text.states import StateEncoder, TokenStates, load_minilm
-
-WEIGHTS_FILE = "towers.pt"
-CONFIG_FILE = "towers.json"
+from .towers import CONFIG_FILE, WEIGHTS_FILE
 ENCODE_BATCH = 256
 LENGTH_CHUNK = 32      # rows per forward chunk of similar length
 
@@ -125,6 +123,7 @@ class TextDualTower(nn.Module):
     """f_q and f_i as fine-tuned MiniLM top layers; no parameter is shared between them."""
 
     kind = "minilm"
+    files = (WEIGHTS_FILE, CONFIG_FILE)
 
     def __init__(self, config: TextTowerConfig):
         super().__init__()
@@ -139,6 +138,15 @@ class TextDualTower(nn.Module):
         """The frozen lower layers whose states the towers read."""
         return StateEncoder(self.config.model_name, self.config.frozen_layers, self.config.max_seq_length,
                             batch_size, cache_dir, progress)
+
+    @classmethod
+    def untrained(cls, folder: Path, settings: dict) -> "TextDualTower":
+        """Towers of the shape `settings` (towers.json less `kind`) describe, for the saved weights."""
+        return cls(TextTowerConfig(**settings))
+
+    @staticmethod
+    def quantised_width(settings: dict) -> int | None:
+        return None
 
     @torch.no_grad()
     def _encode(self, tower: TextTower, inputs: TokenStates) -> np.ndarray:

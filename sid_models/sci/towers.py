@@ -76,12 +76,23 @@ class DualTower(nn.Module):
     """f_q (query tower) and f_i (item tower); no parameter is shared between them."""
 
     kind = "mlp"
+    files = (WEIGHTS_FILE, CONFIG_FILE)
 
     def __init__(self, config: TowerConfig, projection: torch.Tensor):
         super().__init__()
         self.config = config
         self.query_tower = Tower(config, projection)
         self.item_tower = Tower(config, projection)
+
+    @classmethod
+    def untrained(cls, folder: Path, settings: dict) -> "DualTower":
+        """Towers of the shape `settings` (towers.json less `kind`) describe, for the saved weights."""
+        config = TowerConfig(**settings)
+        return cls(config, torch.zeros(config.out_dim, config.in_dim))
+
+    @staticmethod
+    def quantised_width(settings: dict) -> int | None:
+        return None
 
     @torch.no_grad()
     def _encode(self, tower: Tower, base: np.ndarray, batch_size: int = 8192) -> np.ndarray:
@@ -141,34 +152,47 @@ def initial_projection(base: np.ndarray, out_dim: int, kind: str, seed: int) -> 
     return torch.tensor(matrix, dtype=torch.float32)
 
 
+def tower_class(kind: str):
+    """The dual-tower class of a `sci.tower.kind` (imported here: the other kinds build on this module)."""
+    if kind == "mlp":
+        return DualTower
+    if kind == "minilm":
+        from .text_tower import TextDualTower
+
+        return TextDualTower
+    if kind == "mlp_lexical":
+        from .lexical_tower import LexicalDualTower
+
+        return LexicalDualTower
+    raise ValueError(f"unknown tower kind {kind!r}: expected mlp, minilm or mlp_lexical")
+
+
+def saved_settings(folder: str | Path) -> tuple[type, dict]:
+    """(tower class, its settings) of a sci_towers artifact `folder`'s towers.json."""
+    settings = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    kind = settings.pop("kind", "mlp")  # towers saved before tower kinds existed are mlp towers
+    try:
+        return tower_class(kind), settings
+    except ValueError as error:
+        raise ValueError(f"{Path(folder) / CONFIG_FILE}: {error}") from None
+
+
 def tower_files(folder: str | Path) -> list[str]:
     """The names of the files in a sci_towers artifact `folder` that `load_towers` reads."""
-    kind = json.loads((Path(folder) / CONFIG_FILE).read_text()).get("kind", "mlp")
-    if kind == "mlp_lexical":
-        from ..lexical.terms import VOCABULARY_FILE
+    return list(saved_settings(folder)[0].files)
 
-        return [WEIGHTS_FILE, CONFIG_FILE, VOCABULARY_FILE]
-    return [WEIGHTS_FILE, CONFIG_FILE]
+
+def quantised_width(folder: str | Path) -> int | None:
+    """How many leading columns of a sci_towers artifact's vectors the semantic IDs quantise
+    (None: all of them); see `LexicalDualTower.quantised_width`."""
+    kind, settings = saved_settings(folder)
+    return kind.quantised_width(settings)
 
 
 def load_towers(folder: str | Path):
     """The trained towers (DualTower, TextDualTower for kind minilm, LexicalDualTower for kind
     mlp_lexical) from a sci_towers artifact folder (eval mode, CPU)."""
-    folder = Path(folder)
-    settings = json.loads((folder / CONFIG_FILE).read_text())
-    kind = settings.pop("kind", "mlp")  # towers saved before tower kinds existed are mlp towers
-    if kind == "minilm":
-        from .text_tower import TextDualTower, TextTowerConfig
-
-        towers = TextDualTower(TextTowerConfig(**settings))
-    elif kind == "mlp_lexical":
-        from .lexical_tower import LexicalDualTower
-
-        towers = LexicalDualTower.load(folder, settings)
-    elif kind == "mlp":
-        config = TowerConfig(**settings)
-        towers = DualTower(config, torch.zeros(config.out_dim, config.in_dim))
-    else:
-        raise ValueError(f"{folder / CONFIG_FILE}: unknown tower kind {kind!r}")
-    towers.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    kind, settings = saved_settings(folder)
+    towers = kind.untrained(Path(folder), settings)
+    towers.load_state_dict(torch.load(Path(folder) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     return towers.eval()

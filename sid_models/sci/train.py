@@ -207,12 +207,7 @@ def subset(inputs: TowerInputs, rows: np.ndarray) -> TowerInputs:
 
 def stack(first: TowerInputs, second: TowerInputs) -> TowerInputs:
     """The rows of `first`, then those of `second`."""
-    if isinstance(first, LexicalInputs):
-        return first.stacked(second)
-    if isinstance(first, TokenStates):
-        return TokenStates(np.concatenate([first.states, second.states]),
-                           np.concatenate([first.offsets, second.offsets[1:] + first.offsets[-1]]))
-    return np.concatenate([first, second])
+    return first.stacked(second) if isinstance(first, (TokenStates, LexicalInputs)) else np.concatenate([first, second])
 
 
 @dataclass

@@ -50,6 +50,11 @@ class TokenStates:
         rows = np.asarray(rows, dtype=np.int64)
         return concatenate([self.states[self.offsets[row]:self.offsets[row + 1]] for row in rows])
 
+    def stacked(self, other: "TokenStates") -> "TokenStates":
+        """The texts of `self`, then those of `other`."""
+        return TokenStates(np.concatenate([self.states, other.states]),
+                           np.concatenate([self.offsets, other.offsets[1:] + self.offsets[-1]]))
+
     def batch(self, rows: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(states float32 [B, T, 384], mask bool [B, T]) of texts `rows`, padded to the longest."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
