@@ -185,14 +185,14 @@ def tower_files(folder: str | Path) -> list[str]:
 def quantised_width(folder: str | Path) -> int | None:
     """How many leading columns of a sci_towers artifact's vectors the semantic IDs quantise
     (None: all of them); see `LexicalDualTower.quantised_width`."""
-    kind, settings = saved_settings(folder)
-    return kind.quantised_width(settings)
+    tower_type, settings = saved_settings(folder)
+    return tower_type.quantised_width(settings)
 
 
 def load_towers(folder: str | Path):
     """The trained towers (DualTower, TextDualTower for kind minilm, LexicalDualTower for kind
     mlp_lexical) from a sci_towers artifact folder (eval mode, CPU)."""
-    kind, settings = saved_settings(folder)
-    towers = kind.untrained(Path(folder), settings)
+    tower_type, settings = saved_settings(folder)
+    towers = tower_type.untrained(Path(folder), settings)
     towers.load_state_dict(torch.load(Path(folder) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     return towers.eval()
