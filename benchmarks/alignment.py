@@ -12,7 +12,11 @@ split two ways:
   with `shipped_pool_coverage` (share of relevant test items inside the pool);
 - `beam_*`: strictly in beam order (`decode.bucket_pool` 1, no ranker): the generation alone;
 - `valid_ndcg@10`: the validation figure the dpo_checkpoint stage and the registry choose by
-  (`align.stage.validation_metrics`): a choice between systems is made on it, never on test.
+  (`align.stage.validation_metrics`), and `shipped_valid_ndcg@10`: the shipped decoding on the
+  validation queries (in-sample for the ranker, which was fit there over the SFT model's pool,
+  so it leans toward SFT): a choice between systems is made on these, never on test. Both are
+  over the validation queries the system did not mine (`align.mining.queries: valid` mines
+  some), so each aligned row also carries SFT's figures over the same queries (`sft_*`).
 
 Output: one JSON line per (system, seed) with those figures, `seconds` (alignment training)
 and `mining_seconds`; then a summary line per system with mean and sample std over the seeds.
@@ -36,13 +40,13 @@ from pathlib import Path
 
 import torch
 
-from common import (benchmark_params, emit, emit_summary, log, parse_args, run_chain, test_metrics,  # sets sys.path
-                    test_queries)
+from common import (benchmark_params, emit, emit_summary, judged_queries, log, parse_args, run_chain,  # sets sys.path
+                    split_metrics, test_metrics, test_queries)
 
 from sid_models.align.trainer import (mining_of, prepare_preferences, system_names,  # noqa: E402
                                       system_params, train_alignment)
-from sid_models.align.mining import preference_summary  # noqa: E402
-from sid_models.align.stage import validation_metrics  # noqa: E402
+from sid_models.align.mining import preference_summary, selection_dataset  # noqa: E402
+from sid_models.align.stage import selection_key, validation_metrics  # noqa: E402
 from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.generative.retriever import copy_retriever_assets, load_retriever  # noqa: E402
 from sid_models.shared.training import DistContext  # noqa: E402
@@ -62,8 +66,8 @@ QUICK = {
     "ranker": {"lightgbm": {"max_rounds": 60, "folds": 3}},
 }
 METRICS = ("recall@10", "ndcg@10", "recall@10_multi", "recall@10_cold")
-SUMMARISED = tuple(f"{way}_{key}" for way in ("shipped", "beam") for key in METRICS) + ("shipped_pool_coverage",
-                                                                                      "valid_ndcg@10", "seconds")
+SUMMARISED = tuple(f"{way}_{key}" for way in ("shipped", "beam") for key in METRICS) + (
+    "shipped_pool_coverage", "shipped_valid_ndcg@10", "valid_ndcg@10", "seconds")
 
 
 def figures(checkpoint: Path, params: dict, folders: dict[str, Path], prepared: PreparedDataset) -> dict:
@@ -81,8 +85,18 @@ def figures(checkpoint: Path, params: dict, folders: dict[str, Path], prepared: 
     result["shipped_pool_coverage"] = coverage([found.rows for found in candidates], queries["query_id"].tolist(),
                                                searcher.featurizer.retriever.item_ids, prepared.relevant("test"))
     result["n_queries"] = shipped["n_queries"]
-    result["valid_ndcg@10"] = validation_metrics(checkpoint, folders, prepared, params, torch.device("cpu"))["ndcg@10"]
     return result
+
+
+def valid_figures(checkpoint: Path, params: dict, folders: dict[str, Path], selection: PreparedDataset) -> dict:
+    """Validation figures of one checkpoint over the validation split of `selection`
+    (`mining.selection_dataset`: the validation queries the alignment did not mine)."""
+    valid = judged_queries(selection, "valid")
+    searcher = load_ranked_searcher(params, folders, RANKER, checkpoint=checkpoint)
+    found = searcher.rank(searcher.featurizer.candidates(valid["text"].astype(str).tolist(), searcher.settings), EVAL_K)
+    return {"shipped_valid_ndcg@10": split_metrics(selection, "valid", valid, found)["ndcg@10"],
+            "valid_ndcg@10": validation_metrics(checkpoint, folders, selection, params, torch.device("cpu"))["ndcg@10"],
+            "n_valid_queries": len(valid)}
 
 
 def own_arguments(parser) -> None:
@@ -107,7 +121,18 @@ def main() -> None:
         folders = run_chain(seeded, args.quick, ("sft_checkpoint", "ranker", "sci_towers"), BENCH)
         prepared = PreparedDataset.load(folders["prepared_dataset"])
         torch.set_num_threads(int(params["align"]["threads"]))
-        results["sft"].append(figures(folders["sft_checkpoint"], seeded, folders, prepared))
+        sft_valid: dict[tuple, dict] = {}      # SFT's validation figures per selection (selection_key)
+
+        def selected(system: str | None) -> tuple[PreparedDataset, dict]:
+            """The system's selection view and SFT's validation figures over it."""
+            mining = seeded["align"]["mining"] if system is None else mining_of(seeded, system)
+            key = selection_key(mining)
+            selection = selection_dataset(prepared, mining, seed)
+            if key not in sft_valid:
+                sft_valid[key] = valid_figures(folders["sft_checkpoint"], seeded, folders, selection)
+            return selection, sft_valid[key]
+
+        results["sft"].append({**figures(folders["sft_checkpoint"], seeded, folders, prepared), **selected(None)[1]})
         emit(BENCH, "sft", seed=seed, seconds=0.0, **results["sft"][-1])
         mined: dict[str, tuple] = {}
         for system in systems:
@@ -132,7 +157,11 @@ def main() -> None:
                 train_alignment(seeded, system, data, folders["sft_checkpoint"], out, dist=dist, progress=False)
                 timing["seconds"] = round(time.perf_counter() - started, 1)
                 copy_retriever_assets(folders["sft_checkpoint"], out)
-            results[system].append({**figures(out, seeded, folders, prepared), **timing})
+            selection, sft_figures = selected(system)
+            results[system].append({**figures(out, seeded, folders, prepared),
+                                    **valid_figures(out, seeded, folders, selection),
+                                    **{f"sft_{key}": value for key, value in sft_figures.items() if key != "n_valid_queries"},
+                                    **timing})
             emit(BENCH, system, seed=seed, **results[system][-1])
     emit_summary(BENCH, results, SUMMARISED)
 

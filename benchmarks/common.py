@@ -53,17 +53,27 @@ def prepared_dataset(params: dict) -> PreparedDataset:
 
 def test_queries(prepared: PreparedDataset):
     """The test queries with at least one relevant item (the ones every quality figure is over)."""
-    queries = prepared.split_queries("test")
-    return queries[queries["query_id"].isin(set(prepared.relevant("test")["query_id"]))]
+    return judged_queries(prepared, "test")
+
+
+def judged_queries(prepared: PreparedDataset, split: str):
+    """The queries of `split` with at least one relevant item."""
+    queries = prepared.split_queries(split)
+    return queries[queries["query_id"].isin(set(prepared.relevant(split)["query_id"]))]
 
 
 def test_metrics(prepared: PreparedDataset, queries, found: list[list[tuple[str, float]]]) -> dict:
     """The shared `evaluate` on the test split of per-query hit lists [(item_id, score), ...]
     returned for `queries` (a `test_queries` frame), in order."""
+    return split_metrics(prepared, "test", queries, found)
+
+
+def split_metrics(prepared: PreparedDataset, split: str, queries, found: list[list[tuple[str, float]]]) -> dict:
+    """`test_metrics` on the judgments of `split` (`queries`: a `judged_queries(prepared, split)` frame)."""
     from sid_models.shared.metrics import evaluate
 
     rankings = {query: [item for item, _ in hits] for query, hits in zip(queries["query_id"], found)}
-    return evaluate(rankings, prepared.split_judgments("test"), prepared.scale,
+    return evaluate(rankings, prepared.split_judgments(split), prepared.scale,
                     dict(zip(prepared.segments["item_id"], prepared.segments["segment"])))
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from sid_models.align.mining import (VIEW_PREFIX, mine_preferences, mine_view_preferences, preference_summary,
-                                     view_queries)
+from sid_models.align.mining import (MINED_SPLIT, VIEW_PREFIX, mine_preferences, mine_view_preferences,
+                                     preference_query_ids, preference_summary, selection_dataset, view_queries)
+from sid_models.generative.stage import validation_queries
 from sid_models.text.views import ViewConfig, query_like_views
 
-MINING = {"max_positives": 3, "max_judged_negatives": 2, "max_pseudo_negatives": 4, "positive_weight": "best_item",
-          "pseudo_negatives": "beam_top", "beam_size": 10, "pool_beam_size": 10}
+MINING = {"queries": "train", "valid_mining_share": 0.5, "max_positives": 3, "max_judged_negatives": 2,
+          "max_pseudo_negatives": 4, "positive_weight": "best_item", "pseudo_negatives": "beam_top", "beam_size": 10,
+          "pool_beam_size": 10}
 
 
 def item_sids(prepared, levels=3, codes=8):
@@ -177,3 +179,32 @@ def test_a_view_query_prefers_its_own_sid_to_the_rest_of_its_beam(small_prepared
     summary = preference_summary(pd.concat([mined[2], rows], ignore_index=True))
     assert summary["n_view_queries"] == len(views)
     assert summary["n_preference_queries"] == mined[2]["query_id"].nunique() + len(views)
+
+
+def test_valid_mining_takes_a_seeded_share_of_validation_queries_and_selection_keeps_the_rest(small_prepared):
+    mining = {**MINING, "queries": "valid", "valid_mining_share": 0.5}
+    judged = set(small_prepared.relevant("valid")["query_id"].astype(str))
+    mined = preference_query_ids(small_prepared, mining, seed=0)
+    assert set(mined) <= judged and len(mined) == round(0.5 * len(judged))
+    assert mined == preference_query_ids(small_prepared, mining, seed=0)
+    assert mined != preference_query_ids(small_prepared, mining, seed=1)
+    assert not set(mined) & set(small_prepared.split_queries("train")["query_id"])
+
+    selection = selection_dataset(small_prepared, mining, seed=0)
+    selected = set(validation_queries(selection, 10_000)["query_id"].astype(str))
+    assert selected == judged - set(mined)                   # validation figures never read a mined query
+    assert set(selection.split_queries(MINED_SPLIT)["query_id"].astype(str)) == set(mined)
+    assert selection.split_queries("train").equals(small_prepared.split_queries("train"))
+    assert selection_dataset(small_prepared, MINING, seed=0) is small_prepared
+
+    sids = item_sids(small_prepared)
+    valid_beams = {query: [sids[item] for item in small_prepared.items["item_id"][:10]] for query in mined}
+    preferences = mine_preferences(small_prepared, sids, valid_beams, mining, seed=0)
+    assert set(preferences["query_id"]) == set(mined)
+
+
+@pytest.mark.parametrize("change, message", [({"queries": "test"}, "queries"),
+                                             ({"queries": "valid", "valid_mining_share": 1.0}, "valid_mining_share")])
+def test_preference_queries_reject_a_bad_source(small_prepared, change, message):
+    with pytest.raises(ValueError, match=message):
+        preference_query_ids(small_prepared, {**MINING, **change}, seed=0)

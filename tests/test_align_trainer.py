@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from sid_models.align.batches import SequenceScorer, make_batch, score_batch
-from sid_models.align.mining import VIEW_PREFIX, preference_summary
+from sid_models.align.mining import VIEW_PREFIX, preference_query_ids, preference_summary
 from sid_models.align.trainer import prepare_preferences, train_alignment
 from sid_models.generative.model import load_model
 from sid_models.generative.train import train_sft
@@ -24,7 +24,9 @@ TINY = {
                                                  "d_ff": 64, "max_enc_len": 16},
                                        "sft": {"steps": 20, "batch_size": 32}}}},
     "sft": {"warmup_steps": 5, "checkpoint_every": 1000, "log_every": 10, "lr": 0.005},
-    "align": {"mining": {"beam_size": 8, "max_positives": 3, "max_judged_negatives": 2, "max_pseudo_negatives": 3},
+    # the small store's training queries: its validation half is too few queries for a resume test
+    "align": {"mining": {"queries": "train", "beam_size": 8, "max_positives": 3, "max_judged_negatives": 2,
+                         "max_pseudo_negatives": 3},
               "rdrw": {"warmup_pairs": 256},
               "train": {"epochs": 1, "batch_size": 16, "warmup_steps": 2, "checkpoint_every": 4, "log_every": 2}},
 }
@@ -145,15 +147,15 @@ def test_a_query_vector_policy_is_aligned_on_the_sci_query_vectors(small_params,
     assert model.config.query_vector_dim == 8 and history
 
 
-def test_train_queries_off_mines_the_view_queries_alone(setup, small_prepared):
+def test_judged_queries_off_mines_the_view_queries_alone(setup, small_prepared):
     params, root, _, _ = setup
-    views_only = deep_merge(params, {"align": {"mining": {"train_queries": False, "view_items": 6}}})
+    views_only = deep_merge(params, {"align": {"mining": {"judged_queries": False, "view_items": 6}}})
     preferences, data = prepare_preferences(views_only, "rad_dpo", small_prepared, root / "sft",
                                             root / "semantic_ids")
     assert len(data.query_ids) == 6 and all(query_id.startswith(VIEW_PREFIX) for query_id in data.query_ids)
     assert set(preferences["query_id"]) == set(data.query_ids)
     assert set(preferences["role"]) == {"positive", "pseudo_negative"}
-    nothing = deep_merge(params, {"align": {"mining": {"train_queries": False, "view_items": 0}}})
+    nothing = deep_merge(params, {"align": {"mining": {"judged_queries": False, "view_items": 0}}})
     with pytest.raises(ValueError, match="nothing is left to mine"):
         prepare_preferences(nothing, "rad_dpo", small_prepared, root / "sft", root / "semantic_ids")
 
@@ -174,3 +176,12 @@ def test_an_alignment_system_is_one_row_of_params_merged_over_align():
     assert dpo.pairwise and not dpo.rdrw and not dpo.loss.tlgd
     with pytest.raises(ValueError, match="align.systems"):
         AlignmentConfig.for_system(params, "rad_dpo_typo")
+
+
+def test_valid_mining_aligns_on_unseen_validation_queries_only(setup, small_prepared):
+    params, root, _, _ = setup
+    valid = deep_merge(params, {"align": {"mining": {"queries": "valid", "valid_mining_share": 0.5}}})
+    preferences, data = prepare_preferences(valid, "rad_dpo", small_prepared, root / "sft", root / "semantic_ids")
+    mined = set(preference_query_ids(small_prepared, valid["align"]["mining"], int(valid["align"]["seed"])))
+    assert set(data.query_ids) == set(preferences["query_id"]) and set(data.query_ids) <= mined
+    assert set(data.query_ids) <= set(small_prepared.split_queries("valid")["query_id"].astype(str))

@@ -56,7 +56,7 @@ def train(model, data, batch, config):
 def loss_config(mlgc: bool, sft_weight: float) -> AlignmentConfig:
     return AlignmentConfig(loss=PreferenceLossConfig(beta=0.5, margin=0.0, reference_free=False, tlgd=mlgc,
                                                      mlgc=mlgc, sft_weight=sft_weight,
-                                                     contrast="per_positive"),
+                                                     contrast="per_positive", detach_levels=0),
                            rdrw=False, similarity="hidden")
 
 

@@ -19,7 +19,8 @@ SHARED = 2
 
 
 def config(**switches) -> PreferenceLossConfig:
-    values = dict(beta=0.5, margin=0.0, reference_free=False, tlgd=True, mlgc=False, sft_weight=0.0, contrast="per_positive")
+    values = dict(beta=0.5, margin=0.0, reference_free=False, tlgd=True, mlgc=False, sft_weight=0.0, contrast="per_positive",
+                  detach_levels=0)
     values.update(switches)
     return PreferenceLossConfig(**values)
 
@@ -32,13 +33,15 @@ def pair_batch(seed: int = 0):
     return logits, reference, targets
 
 
-def rejected_logit_grad(tlgd: bool, mlgc: bool, reference_free: bool = False) -> torch.Tensor:
+def rejected_logit_grad(tlgd: bool, mlgc: bool, reference_free: bool = False, detach_levels: int = 0,
+                        contrast: str = "per_positive") -> torch.Tensor:
     logits, reference, targets = pair_batch()
     loss, _ = preference_loss(token_logprobs(logits, targets, PAD), None if reference_free else reference, targets,
                               pos_index=torch.tensor([[0]]), pos_weight=torch.ones(1, 1),
                               neg_index=torch.tensor([[1]]), pair_weight=torch.ones(1, 1, 1),
                               config=config(tlgd=tlgd, mlgc=mlgc, reference_free=reference_free,
-                                            sft_weight=0.0), pad_id=PAD)
+                                            sft_weight=0.0, detach_levels=detach_levels, contrast=contrast),
+                              pad_id=PAD)
     loss.backward()
     return logits.grad[1]
 
@@ -72,6 +75,33 @@ def test_tlgd_gives_exactly_zero_gradient_on_rejected_shared_prefix_logits(mlgc,
 def test_without_tlgd_the_rejected_shared_prefix_receives_gradient(mlgc):
     grad = rejected_logit_grad(tlgd=False, mlgc=mlgc)
     assert (grad[:SHARED].abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("tlgd,mlgc,contrast,levels,detached", [
+    (False, False, "per_positive", 1, 1), (False, True, "per_positive", 3, 3), (False, True, "listwise", 1, 1),
+    (True, True, "per_positive", 3, 3), (True, True, "listwise", 3, 3),
+    (True, False, "per_positive", 1, SHARED)])       # the shared prefix is longer than k: TLGD's prefix stands
+def test_detach_levels_stops_the_gradient_on_a_rejected_sids_first_codes(tlgd, mlgc, contrast, levels, detached):
+    grad = rejected_logit_grad(tlgd=tlgd, mlgc=mlgc, detach_levels=levels, contrast=contrast)
+    assert torch.equal(grad[:detached], torch.zeros_like(grad[:detached]))
+    assert (grad[detached:].abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_detach_levels_leaves_the_loss_value_unchanged(levels):
+    losses = []
+    for detach_levels in (0, levels):
+        logits, reference, targets = pair_batch()
+        loss, _ = preference_loss(token_logprobs(logits, targets, PAD), reference, targets, torch.tensor([[0]]),
+                                  torch.ones(1, 1), torch.tensor([[1]]), torch.ones(1, 1, 1),
+                                  config(tlgd=False, mlgc=True, sft_weight=0.2, detach_levels=detach_levels), PAD)
+        losses.append(float(loss))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-7)
+
+
+def test_detach_levels_must_not_be_negative():
+    with pytest.raises(ValueError, match="detach_levels"):
+        config(detach_levels=-1)
 
 
 def test_tlgd_leaves_the_loss_value_unchanged():

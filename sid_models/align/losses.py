@@ -16,6 +16,12 @@ vanilla pairwise DPO:
 - `mlgc`: per-positive softmax over {y⁺} ∪ negatives plus a global SFT term
   (`preference_loss`); off, each (y⁺, y⁻) pair is an independent Bradley–Terry term.
 
+`detach_levels` k > 0 puts the first k tokens of every rejected sequence under stop-gradient
+as well (TLGD's prefix becomes max(d, k)): a negative can then never push down the coarse
+codes that decide which regions of the catalogue the served 100-SID beam explores, only its
+finer choices inside them (README, alignment: the contrast, not the mining, costs the pool
+its coverage).
+
 Batches are flat: `token_logp [C, T]` for C candidate sequences, and per query the rows of
 its positives `pos_index [Q, P]` and negatives `neg_index [Q, N]` (-1 pads).
 """
@@ -97,16 +103,20 @@ class PreferenceLossConfig:
     mlgc: bool
     sft_weight: float       # λ of MLGC's global SFT term
     contrast: str           # MLGC's form: per_positive | listwise (see preference_loss)
+    detach_levels: int      # k: a rejected sequence's first k tokens enter under stop-gradient
 
     def __post_init__(self):
         if self.contrast not in CONTRASTS:
             raise ValueError(f"align.loss.contrast must be one of {CONTRASTS}, got {self.contrast!r}")
+        if self.detach_levels < 0:
+            raise ValueError(f"align.loss.detach_levels must be >= 0, got {self.detach_levels}")
 
     @classmethod
     def from_params(cls, loss: dict) -> "PreferenceLossConfig":
         return cls(beta=float(loss["beta"]), margin=float(loss["margin"]),
                    reference_free=bool(loss["reference_free"]), tlgd=bool(loss["tlgd"]), mlgc=bool(loss["mlgc"]),
-                   sft_weight=float(loss["sft_weight"]), contrast=str(loss["contrast"]))
+                   sft_weight=float(loss["sft_weight"]), contrast=str(loss["contrast"]),
+                   detach_levels=int(loss["detach_levels"]))
 
 
 def preference_loss(token_logp: Tensor, reference_token_logp: Tensor | None, targets: Tensor,
@@ -115,7 +125,8 @@ def preference_loss(token_logp: Tensor, reference_token_logp: Tensor | None, tar
     """The alignment loss of one batch, and diagnostics.
 
     Rewards: `r⁺_p = r(y⁺_p)`, `r⁻_pn = r(y⁻_n)` computed with `prefix_detached_logprob`
-    relative to `y⁺_p` when `tlgd` (so `r⁻` is per pair), else with the plain sum.
+    relative to `y⁺_p` when `tlgd` (so `r⁻` is per pair), else with the plain sum; with
+    `detach_levels` k the detached prefix is max(d, k) (k alone without TLGD). Values never change.
     `w_pn` = `pair_weight` (RDRW, or ones), `g_p` = `pos_weight` (grades, 0 on padding).
 
     MLGC (`mlgc`), per query, normalised over its positives:
@@ -153,12 +164,14 @@ def preference_loss(token_logp: Tensor, reference_token_logp: Tensor | None, tar
     reference_seq = None if reference_token_logp is None else reference_token_logp.sum(-1)
     pos_reward = sequence_reward(policy_seq[pos_rows], None if reference_seq is None else reference_seq[pos_rows],
                                  lengths[pos_rows], config.beta)                               # [Q, P]
+    levels = config.detach_levels
     if config.tlgd:
         prefix = shared_prefix_length(targets[pos_rows].unsqueeze(2), targets[neg_rows].unsqueeze(1), pad_id)
         neg_tokens = token_logp[neg_rows].unsqueeze(1).expand(-1, pos_index.shape[1], -1, -1)
-        neg_policy = prefix_detached_logprob(neg_tokens, prefix)                               # [Q, P, N]
+        neg_policy = prefix_detached_logprob(neg_tokens, prefix.clamp(min=levels))               # [Q, P, N]
     else:
-        neg_policy = policy_seq[neg_rows].unsqueeze(1).expand(-1, pos_index.shape[1], -1)
+        neg_seq = prefix_detached_logprob(token_logp, torch.full_like(lengths, levels)) if levels else policy_seq
+        neg_policy = neg_seq[neg_rows].unsqueeze(1).expand(-1, pos_index.shape[1], -1)
     neg_reference = None if reference_seq is None else reference_seq[neg_rows].unsqueeze(1).expand_as(neg_policy)
     neg_reward = sequence_reward(neg_policy, neg_reference, lengths[neg_rows].unsqueeze(1).expand_as(neg_policy),
                                  config.beta)
@@ -213,9 +226,10 @@ def _listwise_contrast(token_logp: Tensor, reference_seq: Tensor | None, targets
     if config.tlgd:
         prefix = shared_prefix_length(targets[pos_rows].unsqueeze(2), targets[neg_rows].unsqueeze(1), pad_id)
         longest = torch.where(pair_valid, prefix, torch.zeros_like(prefix)).max(dim=1).values    # [Q, N]
-        neg_policy = prefix_detached_logprob(token_logp[neg_rows], longest)
+        neg_policy = prefix_detached_logprob(token_logp[neg_rows], longest.clamp(min=config.detach_levels))
     else:
-        neg_policy = token_logp.sum(-1)[neg_rows]
+        neg_policy = prefix_detached_logprob(token_logp[neg_rows],
+                                             torch.full_like(neg_rows, config.detach_levels))
     neg_reward = sequence_reward(neg_policy, None if reference_seq is None else reference_seq[neg_rows],
                                  lengths[neg_rows], config.beta)                                   # [Q, N]
     neg_weight = (pair_weight * grade.unsqueeze(-1)).sum(1) / norm.unsqueeze(-1)

@@ -48,7 +48,8 @@ from .batches import (PreferenceDataset, PreferenceTensors, SequenceScorer, batc
                       build_preference_tensors, pair_mask, reference_logprobs, score_batch,
                       with_reference)
 from .losses import PreferenceLossConfig, RewardWeighter, preference_loss
-from .mining import beam_sids, mine_preferences, mine_view_preferences, mining_beam_size, view_queries
+from .mining import (beam_sids, mine_preferences, mine_view_preferences, mining_beam_size, preference_query_ids,
+                     view_queries)
 
 
 def system_names(params: dict) -> tuple[str, ...]:
@@ -193,14 +194,14 @@ def prepare_preferences(params: dict, system: str, prepared: PreparedDataset, sf
     table = read_sid_table(sids_folder, None)
     item_sid = {item: tuple(int(c) for c in sid) for item, sid in zip(table["item_id"], table["sid"])}
     trie = SidTrie.build(list(item_sid.values()), vocab)
-    with_train_queries = bool(align["mining"]["train_queries"])
-    trained = prepared.queries["split"].eq("train") & prepared.queries["query_id"].isin(
-        set(prepared.relevant("train")["query_id"])) & with_train_queries
+    with_judged_queries = bool(align["mining"]["judged_queries"])
+    mined = set(preference_query_ids(prepared, align["mining"], int(align["seed"])))
+    trained = prepared.queries["query_id"].astype(str).isin(mined) & with_judged_queries
     queries = prepared.queries[trained].reset_index(drop=True)
     views = view_queries(prepared, align["mining"], ViewConfig.from_params(params["sft"]["indexing_views"],
                                                                            "sft.indexing_views"), int(align["seed"]))
-    if not with_train_queries and views.empty:
-        raise ValueError(f"alignment system {system!r}: align.mining.train_queries is false and there are no view "
+    if not with_judged_queries and views.empty:
+        raise ValueError(f"alignment system {system!r}: align.mining.judged_queries is false and there are no view "
                          f"queries (view_items {align['mining']['view_items']}), so nothing is left to mine")
     query_vectors = None
     if policy.config.query_vector_dim:
@@ -216,7 +217,7 @@ def prepare_preferences(params: dict, system: str, prepared: PreparedDataset, sf
     query_ids = queries["query_id"].astype(str).tolist() + views["query_id"].tolist()
     beam_of = dict(zip(query_ids, beams))
     mined = []   # an empty frame would turn the concatenated columns into objects
-    if with_train_queries:
+    if with_judged_queries:
         mined.append(mine_preferences(prepared, item_sid, beam_of, align["mining"], seed=int(align["seed"])))
     if not views.empty:
         mined.append(mine_view_preferences(views, item_sid, beam_of, align["mining"]))
