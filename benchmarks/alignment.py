@@ -45,8 +45,8 @@ from common import (benchmark_params, emit, emit_summary, judged_queries, log, p
 
 from sid_models.align.trainer import (mining_of, prepare_preferences, system_names,  # noqa: E402
                                       system_params, train_alignment)
-from sid_models.align.mining import preference_summary, selection_dataset  # noqa: E402
-from sid_models.align.stage import selection_key, validation_metrics  # noqa: E402
+from sid_models.align.mining import preference_summary, selection_dataset, selection_key  # noqa: E402
+from sid_models.align.stage import validation_metrics  # noqa: E402
 from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.generative.retriever import copy_retriever_assets, load_retriever  # noqa: E402
 from sid_models.shared.training import DistContext  # noqa: E402

@@ -104,6 +104,11 @@ def selection_dataset(prepared: PreparedDataset, mining: dict, seed: int) -> Pre
     return view
 
 
+def selection_key(mining: dict) -> tuple:
+    """What of `mining` decides which validation queries `selection_dataset` keeps."""
+    return (mining["queries"], mining["valid_mining_share"]) if mining["queries"] == "valid" else ("train",)
+
+
 def mine_preferences(prepared: PreparedDataset, item_sid: Mapping[str, Sid],
                      beam_sids: Mapping[str, Sequence[Sid]], mining: dict, seed: int) -> pd.DataFrame:
     """Mine the preference table of the preference queries (`preference_query_ids`).

@@ -29,7 +29,7 @@ from ..generative.stage import VALIDATION_FILE
 from ..generative.stage import read_validation as read_checkpoint_validation
 from ..generative.stage import validate
 from ..shared.training import DistContext
-from .mining import preference_summary, selection_dataset
+from .mining import preference_summary, selection_dataset, selection_key
 from .trainer import mining_of, prepare_preferences, train_alignment
 
 VANILLA_FOLDER = "vanilla_dpo"
@@ -84,11 +84,6 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
         metadata.update({f"{name}_valid_{key}": value for key, value in figures.items()})
         tracking.log_metrics({f"{name}_valid_{key}": value for key, value in figures.items()})
     return metadata
-
-
-def selection_key(mining: dict) -> tuple:
-    """What of `align.mining` decides which validation queries figures are over (`mining.selection_dataset`)."""
-    return (mining["queries"], mining["valid_mining_share"]) if mining["queries"] == "valid" else ("train",)
 
 
 def read_validation(folder: str | Path) -> dict[str, dict[str, float]]:

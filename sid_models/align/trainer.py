@@ -195,8 +195,8 @@ def prepare_preferences(params: dict, system: str, prepared: PreparedDataset, sf
     item_sid = {item: tuple(int(c) for c in sid) for item, sid in zip(table["item_id"], table["sid"])}
     trie = SidTrie.build(list(item_sid.values()), vocab)
     with_judged_queries = bool(align["mining"]["judged_queries"])
-    mined = set(preference_query_ids(prepared, align["mining"], int(align["seed"])))
-    trained = prepared.queries["query_id"].astype(str).isin(mined) & with_judged_queries
+    preference_ids = set(preference_query_ids(prepared, align["mining"], int(align["seed"])))
+    trained = prepared.queries["query_id"].astype(str).isin(preference_ids) & with_judged_queries
     queries = prepared.queries[trained].reset_index(drop=True)
     views = view_queries(prepared, align["mining"], ViewConfig.from_params(params["sft"]["indexing_views"],
                                                                            "sft.indexing_views"), int(align["seed"]))
