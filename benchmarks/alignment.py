@@ -51,6 +51,7 @@ from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.generative.retriever import copy_retriever_assets, load_retriever  # noqa: E402
 from sid_models.shared.training import DistContext  # noqa: E402
 from sid_models.params import REPO_ROOT  # noqa: E402
+from sid_models.ranking.ranker import RankedSearcher  # noqa: E402
 from sid_models.ranking.stage import coverage, load_ranked_searcher  # noqa: E402
 
 BENCH = "alignment"
@@ -70,11 +71,11 @@ SUMMARISED = tuple(f"{way}_{key}" for way in ("shipped", "beam") for key in METR
     "shipped_pool_coverage", "shipped_valid_ndcg@10", "valid_ndcg@10", "seconds")
 
 
-def figures(checkpoint: Path, params: dict, folders: dict[str, Path], prepared: PreparedDataset) -> dict:
-    """Test-split figures of one checkpoint under the shipped decoding and in beam order."""
+def figures(checkpoint: Path, searcher: RankedSearcher, folders: dict[str, Path], prepared: PreparedDataset) -> dict:
+    """Test-split figures of one checkpoint under the shipped decoding (`searcher`, the pool
+    ranker over that checkpoint) and in beam order."""
     queries = test_queries(prepared)
     texts = queries["text"].astype(str).tolist()
-    searcher = load_ranked_searcher(params, folders, RANKER, checkpoint=checkpoint)
     candidates = searcher.featurizer.candidates(texts, searcher.settings)
     shipped = test_metrics(prepared, queries, searcher.rank(candidates, EVAL_K))
     beam = load_retriever(checkpoint, folders["semantic_ids"], folders["prepared_dataset"],
@@ -88,11 +89,11 @@ def figures(checkpoint: Path, params: dict, folders: dict[str, Path], prepared: 
     return result
 
 
-def valid_figures(checkpoint: Path, params: dict, folders: dict[str, Path], selection: PreparedDataset) -> dict:
+def valid_figures(checkpoint: Path, searcher: RankedSearcher, params: dict, folders: dict[str, Path],
+                  selection: PreparedDataset) -> dict:
     """Validation figures of one checkpoint over the validation split of `selection`
     (`mining.selection_dataset`: the validation queries the alignment did not mine)."""
     valid = judged_queries(selection, "valid")
-    searcher = load_ranked_searcher(params, folders, RANKER, checkpoint=checkpoint)
     found = searcher.rank(searcher.featurizer.candidates(valid["text"].astype(str).tolist(), searcher.settings), EVAL_K)
     return {"shipped_valid_ndcg@10": split_metrics(selection, "valid", valid, found)["ndcg@10"],
             "valid_ndcg@10": validation_metrics(checkpoint, folders, selection, params, torch.device("cpu"))["ndcg@10"],
@@ -129,10 +130,12 @@ def main() -> None:
             key = selection_key(mining)
             selection = selection_dataset(prepared, mining, seed)
             if key not in sft_valid:
-                sft_valid[key] = valid_figures(folders["sft_checkpoint"], seeded, folders, selection)
+                sft_valid[key] = valid_figures(folders["sft_checkpoint"], sft_searcher, seeded, folders, selection)
             return selection, sft_valid[key]
 
-        results["sft"].append({**figures(folders["sft_checkpoint"], seeded, folders, prepared), **selected(None)[1]})
+        sft_searcher = load_ranked_searcher(seeded, folders, RANKER)
+        results["sft"].append({**figures(folders["sft_checkpoint"], sft_searcher, folders, prepared),
+                               **selected(None)[1]})
         emit(BENCH, "sft", seed=seed, seconds=0.0, **results["sft"][-1])
         mined: dict[str, tuple] = {}
         for system in systems:
@@ -158,8 +161,9 @@ def main() -> None:
                 timing["seconds"] = round(time.perf_counter() - started, 1)
                 copy_retriever_assets(folders["sft_checkpoint"], out)
             selection, sft_figures = selected(system)
-            results[system].append({**figures(out, seeded, folders, prepared),
-                                    **valid_figures(out, seeded, folders, selection),
+            searcher = load_ranked_searcher(seeded, folders, RANKER, checkpoint=out)
+            results[system].append({**figures(out, searcher, folders, prepared),
+                                    **valid_figures(out, searcher, seeded, folders, selection),
                                     **{f"sft_{key}": value for key, value in sft_figures.items() if key != "n_valid_queries"},
                                     **timing})
             emit(BENCH, system, seed=seed, **results[system][-1])

@@ -4,8 +4,8 @@ Which queries (`queries`): `train`, the SFT model's own training queries, or `va
 `valid_mining_share` of the validation queries, which the SFT model never saw. On Home Depot
 the SFT beam already holds 89 % of a training query's positives within 20 SIDs against 64 % for
 a validation query: its mistakes on training queries are not the ones it makes on new queries,
-and aligning on them lowered test NDCG@10 and the pool's coverage while aligning on unseen
-queries raised both (README, alignment). With `valid`, the validation queries not mined are the
+and aligning on them lowered test NDCG@10 and the pool's coverage on every seed while aligning
+on unseen queries kept both at the SFT model's level (README, alignment). With `valid`, the validation queries not mined are the
 ones every validation figure of an aligned model is computed on (`selection_dataset`), so a
 choice made on validation never reads a query the alignment trained on.
 
