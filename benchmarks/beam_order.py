@@ -4,6 +4,8 @@ The issue's beam-order figure (`bucket_pool: 1`) takes the decoded SIDs strictly
 each SID's bucket SCI-ordered. This script holds the bucket resolution fixed (the retriever's
 own `resolve`, bucket_pool 1) and changes only who orders the SIDs, per seed's SFT model:
 - `model`: the SFT model's beam of `--beam` SIDs, in beam order (the shipped figure);
+- `model_lp<a>`: the same model decoded with length penalty a (`--length-penalties`) instead of
+  params decode.length_penalty, in beam order (the ranking key the beam and its order use);
 - `fused_<λ>`: that beam re-ordered by beam score + λ · the SCI score of the SID's best item;
 - `dense_best_item`: every SID ordered by the SCI score of its best item (no generator);
 - `dense_centroid`: every SID ordered by f_q(query) · the mean SCI vector of its bucket;
@@ -14,7 +16,7 @@ the items of the first 20 SIDs) and `first_sid_hit` (share of queries whose firs
 holds a relevant item). Test is never read.
 
     .venv/bin/python benchmarks/beam_order.py [--data PATH|demo] [--quick] [--seeds 0] [--beam 100]
-        [--lambdas 1 5 20]
+        [--lambdas 1 5 20] [--length-penalties 0 1]
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def own_arguments(parser) -> None:
     parser.add_argument("--beam", type=int, default=100, help="beam width the model and fused rows decode with")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[1.0, 5.0, 20.0],
                         help="weights of the best item's SCI score in the fused rows")
+    parser.add_argument("--length-penalties", type=float, nargs="*", default=[],
+                        help="length penalties the model_lp rows decode with (the shipped one is the model row)")
 
 
 def oracle_first(retriever, sid_of_row: np.ndarray, item_scores: np.ndarray, relevant_rows: set[int]) -> int:
@@ -103,6 +107,12 @@ def main() -> None:
         query_vectors = retriever.encode_queries(texts)
         beam_sids, beam_scores = retriever.search_sids(texts, args.beam, query_vectors)
         log(f"[{BENCH}] seed {seed}: decoded {len(texts)} validation queries, beam {args.beam}")
+        shipped_penalty = retriever.length_penalty
+        by_penalty = {}
+        for penalty in args.length_penalties:
+            retriever.length_penalty = penalty
+            by_penalty[penalty] = retriever.search_sids(texts, args.beam, query_vectors)[0]
+        retriever.length_penalty = shipped_penalty
         sizes = buckets.sizes()
         centroids = np.add.reduceat(retriever.item_vectors[buckets.rows], buckets.ptr[:-1], axis=0) / sizes[:, None]
         row_of = dict(zip(np.asarray(retriever.item_ids).astype(str), range(len(retriever.item_ids))))
@@ -115,6 +125,8 @@ def main() -> None:
             decoded = beam_sids[position][beam_sids[position] >= 0]
             scores = beam_scores[position][beam_sids[position] >= 0]
             orderings["model"].append(decoded)
+            for penalty, sids in by_penalty.items():
+                orderings[f"model_lp{penalty:g}"].append(sids[position][sids[position] >= 0])
             for weight in args.lambdas:
                 fused = scores + weight * best_item[decoded]
                 orderings[f"fused_{weight:g}"].append(decoded[np.argsort(-fused, kind="stable")])

@@ -2,19 +2,25 @@
 swap + consistency term (`tower_swap_cons`, with --consistency), for each tower kind and contrast loss
 (`--losses`: InfoNCE or the SCI paper's triplet margin loss), each searched exactly (`exact`), through IVF
 with item-view centroids (`ivf_item`) and through the consistent dual-view IVF (`ivf_dual`,
-centroids on the query view) at nprobe 1-64 and `--lists-per-cell` (IVF lists per first-level
-cell), on the test split. One JSON line per (system, seed, index, lists per cell, nprobe):
-recall@K, ndcg@10, mrr, recall@10_cold / _seen, `recall@10_of_exact` (the share of exact
-search's recall@10 kept), qps of the index at batch 256, and for trained towers their
-misalignment (mean ‖f_q(x) − f_i(x)‖ and cos over items and queries, untrained and trained).
-Then a summary line per (system, index, lists per cell, nprobe) row: mean and sample std over the seeds.
+centroids on the query view) at nprobe 1-64, `--lists-per-cell` (IVF lists per first-level
+cell) and `--spill` (lists each item is filed in), on the test split. One JSON line per (system, seed,
+index, lists per cell, spill, nprobe): recall@K, ndcg@10, mrr, recall@10_cold / _seen,
+`recall@10_of_exact` (the share of exact search's recall@10 kept), `scanned` (mean stored vectors a
+query is compared with), qps of the index at batch 256, and for trained towers their misalignment
+(mean ‖f_q(x) − f_i(x)‖ and cos over items and queries, untrained and trained).
+Then a summary line per (system, index, lists per cell, spill, nprobe) row: mean and sample std over the seeds.
+
+`--from-chain` trains nothing: per seed it reads the towers of the pipeline's `sci_towers` stage
+(the shipped kind and recipe, cached by the benchmarks' chain, as `benchmarks/generative.py` builds
+it) and reports them as the system `shipped`: the index rows on the towers the product serves.
 
 MiniLM has a single view (item = query view), so its `ivf_dual` equals `ivf_item` and is not
 repeated. Towers and IVF run with `sci.train.threads` threads (1 by default: the machine is
 shared), so qps are single-thread figures.
 
     .venv/bin/python benchmarks/sci.py [--data PATH|demo] [--quick] [--seeds 0 1 2] [--lists-per-cell 1 4]
-        [--tower-kinds mlp minilm] [--losses info_nce triplet] [--consistency] [--systems tower]
+        [--spill 1 2] [--tower-kinds mlp minilm] [--losses info_nce triplet] [--consistency] [--systems tower]
+        [--from-chain]
 """
 from __future__ import annotations
 
@@ -24,12 +30,12 @@ import time
 
 import numpy as np
 
-from common import benchmark_params, emit, emit_summary, log, parse_args, prepared_dataset
+from common import benchmark_params, emit, emit_summary, log, parse_args, prepared_dataset, run_chain
 
 from sid_models.shared.metrics import evaluate
 from sid_models.lexical.bm25 import BM25Retriever
 from sid_models.sci.index import DualViewIndex, FlatIndex, n_lists, rankings
-from sid_models.sci.stage import zero_shot_metrics
+from sid_models.sci.stage import ITEM_VIEW_FILE, QUERIES_FILE, QUERY_VIEW_FILE, zero_shot_metrics
 from sid_models.params import deep_merge
 from sid_models.sci.train import (CONTRAST_LOSSES, TrainConfig, limit_threads, misalignment, new_towers,
                                   pseudo_query_inputs, tower_inputs, train_towers)
@@ -44,7 +50,8 @@ QPS_MIN_QUERIES = 2048
 REPORTED = ("recall@1", "recall@5", "recall@10", "recall@50", "ndcg@10", "mrr", "recall@10_cold",
             "recall@10_seen", "recall@10_head", "recall@10_torso", "recall@10_tail", "recall@10_multi",
             "n_queries")
-SUMMARISED = ("recall@10", "recall@50", "ndcg@10", "recall@10_cold", "recall@10_seen", "recall@10_of_exact", "qps",
+SUMMARISED = ("recall@10", "recall@50", "ndcg@10", "recall@10_cold", "recall@10_seen", "recall@10_of_exact", "scanned",
+              "qps",
               "misalign_items_l2", "misalign_items_cos", "misalign_queries_l2", "misalign_queries_cos")
 QUICK = {"sci": {"train": {"epochs": 2}}}
 SWAP_LAMBDA = 1.0          # tower_swap when params set lambda_swap to 0
@@ -64,6 +71,10 @@ def throughput(index, query_vectors: np.ndarray, nprobe: int | None) -> float:
 def own_arguments(parser) -> None:
     parser.add_argument("--lists-per-cell", type=int, nargs="+", default=None,
                         help="IVF lists per first-level cell to build (default: params index.lists_per_cell)")
+    parser.add_argument("--spill", type=int, nargs="+", default=None,
+                        help="lists each item is filed in, per index built (default: params index.spill)")
+    parser.add_argument("--from-chain", action="store_true",
+                        help="train nothing: index the chain's sci_towers stage per seed (system `shipped`)")
     parser.add_argument("--tower-kinds", nargs="+", default=None,
                         help="sci.tower.kinds rows to train (default: params sci.tower.kind); "
                              "a kind other than mlp names its systems <system>_<kind>")
@@ -92,9 +103,11 @@ def main() -> None:
         result = evaluate(rankings(rows, query_ids, item_ids), judged, prepared.scale, segment)
         return {key: result[key] for key in REPORTED if key in result}
 
-    def record(system: str, index: str, lists_per_cell: int | None, nprobe: int | None, **fields) -> None:
-        emit(BENCH, system, index=index, lists_per_cell=lists_per_cell, nprobe=nprobe, **fields)
-        row = "/".join(str(part) for part in (system, index, lists_per_cell, nprobe) if part is not None)
+    def record(system: str, index: str, lists_per_cell: int | None, nprobe: int | None, spill: int | None = None,
+               **fields) -> None:
+        emit(BENCH, system, index=index, lists_per_cell=lists_per_cell, spill=spill, nprobe=nprobe, **fields)
+        row = "/".join(str(part) for part in (system, index, lists_per_cell, spill and f"spill{spill}", nprobe)
+                       if part is not None)
         results.setdefault(row, []).append(fields)
 
     started = time.perf_counter()
@@ -109,7 +122,8 @@ def main() -> None:
     settings = params["index"]
     nlist = n_lists(len(item_ids), settings["nlist"], settings["min_points_per_list"])
     lists_per_cell = args.lists_per_cell or [settings["lists_per_cell"]]
-    log(f"IVF: {nlist} cells x {lists_per_cell} lists per cell, nprobe {NPROBES}")
+    spills = args.spill or [settings["spill"]]
+    log(f"IVF: {nlist} cells x {lists_per_cell} lists per cell, spill {spills}, nprobe {NPROBES}")
 
     def search_all(system: str, query_vectors: np.ndarray, item_query_view: np.ndarray, item_view: np.ndarray,
                    seed: int, views: tuple[str, ...], **extra) -> None:
@@ -118,22 +132,32 @@ def main() -> None:
         exact = score(rows)
         record(system, "exact", None, None, **exact, qps=throughput(flat, query_vectors, None), seed=seed, **extra)
         for view in views:
-            for per_cell in lists_per_cell:
+            for per_cell, spill in itertools.product(lists_per_cell, spills):
                 built = time.perf_counter()
                 index = DualViewIndex.build(item_query_view, item_view, nlist, settings["niter"], seed, 1,
                                             coarse_view=view, lists_per_cell=per_cell,
-                                            min_points_per_list=settings["min_points_per_list"])
+                                            min_points_per_list=settings["min_points_per_list"], spill=spill)
                 build_seconds = time.perf_counter() - built
                 for nprobe in (n for n in NPROBES if n <= index.nlist):
                     _, rows = index.search(query_vectors, K, nprobe)
                     figures = score(rows)
-                    record(system, INDEX_NAMES[view], per_cell, nprobe, nlist=index.nlist, **figures,
+                    record(system, INDEX_NAMES[view], per_cell, nprobe, spill, nlist=index.nlist, **figures,
                            **{"recall@10_of_exact": figures["recall@10"] / exact["recall@10"]},
+                           scanned=float(index.scanned(query_vectors, nprobe).mean()),
                            qps=throughput(index, query_vectors, nprobe), build_seconds=build_seconds, seed=seed,
                            **extra)
 
     search_all("minilm", query_base[test_rows], item_base, item_base, params["seed"], ("item",),
                valid_recall_at_10=zero_shot_metrics(prepared, item_base, query_base, "valid", 10)["recall@10"])
+
+    if args.from_chain:
+        for seed in args.seeds:
+            towers = run_chain({**params, "seed": seed}, args.quick, ("sci_towers",), BENCH)["sci_towers"]
+            search_all("shipped", np.load(towers / QUERIES_FILE)[test_rows], np.load(towers / QUERY_VIEW_FILE),
+                       np.load(towers / ITEM_VIEW_FILE), seed, ("item", "query"),
+                       tower_kind=params["sci"]["tower"]["kind"])
+        emit_summary(BENCH, results, SUMMARISED)
+        return
 
     shipped_loss = params["sci"]["train"]["loss"]
     for kind, loss in itertools.product(args.tower_kinds or [params["sci"]["tower"]["kind"]],

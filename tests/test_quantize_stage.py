@@ -29,7 +29,7 @@ STAGE_PARAMS = {
     "semantic_ids": {"variants": {"tiger": {"levels": 2, "codes_per_level": 16}}},
 }
 
-UNREFINED = {"lists_per_cell": 1, "min_points_per_list": 39}
+UNREFINED = {"lists_per_cell": 1, "min_points_per_list": 39, "spill": 1}
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -5,10 +5,10 @@ import faiss
 import numpy as np
 import pytest
 
-from sid_models.sci.index import DualViewIndex, FlatIndex, n_lists, rankings
+from sid_models.sci.index import DualViewIndex, FlatIndex, first_occurrences, n_lists, rankings
 from sid_models.sci.stage import choose_nprobe
 
-UNREFINED = {"lists_per_cell": 1, "min_points_per_list": 39}
+UNREFINED = {"lists_per_cell": 1, "min_points_per_list": 39, "spill": 1}
 
 
 def _unit(rows: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -41,7 +41,7 @@ def test_query_routes_to_the_cell_faiss_assigns(dual, views):
 
 def test_items_are_filed_in_the_cell_their_query_view_routes_to(dual, views):
     query_view, item_view, _ = views
-    assert (dual.list_assignments() == dual.route(query_view)).all()
+    assert (dual.list_assignments()[:, 0] == dual.route(query_view)).all()
     # the item view would route part of them elsewhere: the filing really follows u, not v
     assert (dual.route(item_view) != dual.route(query_view)).any()
 
@@ -49,7 +49,7 @@ def test_items_are_filed_in_the_cell_their_query_view_routes_to(dual, views):
 def test_item_view_baseline_files_items_by_their_item_view(views):
     query_view, item_view, _ = views
     baseline = DualViewIndex.build(query_view, item_view, nlist=12, niter=10, seed=0, nprobe=2, coarse_view="item", **UNREFINED)
-    assert (baseline.list_assignments() == baseline.route(item_view)).all()
+    assert (baseline.list_assignments()[:, 0] == baseline.route(item_view)).all()
 
 
 def test_probing_every_list_equals_exact_search(dual, views):
@@ -64,7 +64,7 @@ def test_probing_every_list_equals_exact_search(dual, views):
 def test_one_probe_only_returns_items_of_the_routed_cell(dual, views):
     _, _, queries = views
     _, rows = dual.search(queries, 10, nprobe=1)
-    cells = dual.list_assignments()
+    cells = dual.list_assignments()[:, 0]
     for query_cell, found in zip(dual.route(queries), rows):
         assert (cells[found[found >= 0]] == query_cell).all()
 
@@ -107,15 +107,15 @@ def test_refined_lists_nest_in_the_cells_and_keep_routing_consistent(views):
     query_view, item_view, queries = views
     cells_only = DualViewIndex.build(query_view, item_view, nlist=6, niter=10, seed=0, nprobe=1, **UNREFINED)
     refined = DualViewIndex.build(query_view, item_view, nlist=6, niter=10, seed=0, nprobe=1,
-                                  lists_per_cell=3, min_points_per_list=39)
+                                  lists_per_cell=3, min_points_per_list=39, spill=1)
     # the cells (first SID level) are untouched by the refinement; the lists are finer
     np.testing.assert_array_equal(refined.centroids, cells_only.centroids)
     np.testing.assert_array_equal(refined.route(query_view), cells_only.route(query_view))
     assert (refined.n_cells, refined.nlist) == (6, 18)
     # items and queries go to their nearest list centroid in the same space
-    assert (refined.list_assignments() == refined.route_lists(query_view)).all()
+    assert (refined.list_assignments()[:, 0] == refined.route_lists(query_view)).all()
     _, rows = refined.search(queries, 10, nprobe=1)
-    lists = refined.list_assignments()
+    lists = refined.list_assignments()[:, 0]
     for query_list, found in zip(refined.route_lists(queries), rows):
         assert (lists[found[found >= 0]] == query_list).all()
     # most items sit in a list of their own cell (the lists were fitted inside the cells)
@@ -127,7 +127,7 @@ def test_refined_lists_nest_in_the_cells_and_keep_routing_consistent(views):
 def test_a_cell_too_small_to_split_keeps_one_list(views):
     query_view, item_view, _ = views
     refined = DualViewIndex.build(query_view, item_view, nlist=6, niter=10, seed=0, nprobe=1,
-                                  lists_per_cell=4, min_points_per_list=150)
+                                  lists_per_cell=4, min_points_per_list=150, spill=1)
     # 1,200 items in 6 cells: about 200 per cell, so each splits into one list (< 2 x 150 points)
     sizes = np.bincount(refined.route(query_view), minlength=6)
     assert refined.nlist == sum(max(1, min(4, size // 150)) for size in sizes)
@@ -146,3 +146,51 @@ def test_auto_nprobe_is_the_smallest_power_of_two_reaching_the_ratio(dual, views
     assert recalls[-1] >= 0.9 and all(recall < 0.9 for recall in recalls[:-1])
     # asking for exact recall probes every list
     assert choose_nprobe(dual, queries, 1.0, overlap, 1.0)[0] == dual.nlist
+
+
+def test_spilled_items_sit_in_their_nearest_lists_and_come_back_once(views):
+    query_view, item_view, queries = views
+    single = DualViewIndex.build(query_view, item_view, nlist=12, niter=10, seed=0, nprobe=2, **UNREFINED)
+    spilled = DualViewIndex.build(query_view, item_view, nlist=12, niter=10, seed=0, nprobe=2,
+                                  **{**UNREFINED, "spill": 2})
+    assert spilled.ntotal == 2 * len(item_view)
+    _, nearest = spilled.index.quantizer.search(query_view, 2)
+    np.testing.assert_array_equal(spilled.list_assignments(), np.sort(nearest, axis=1))
+    scores, rows = spilled.search(queries, 20, nprobe=1)
+    for found in rows:
+        found = found[found >= 0]
+        assert len(found) == len(set(found.tolist())) > 0
+    np.testing.assert_array_equal(np.diff(scores, axis=1) <= 1e-6, np.ones((len(queries), 19), dtype=bool))
+    # every list probed: the exact ranking, each item once
+    np.testing.assert_array_equal(spilled.search(queries, 10, nprobe=12)[1], FlatIndex(item_view).search(queries, 10)[1])
+    # one probe of a spilled index reaches every item a probe of the single index reaches, and more
+    reached_single = single.search(queries, 200, nprobe=1)[1]
+    reached_spilled = spilled.search(queries, 400, nprobe=1)[1]
+    for few, more in zip(reached_single, reached_spilled):
+        assert set(few[few >= 0].tolist()) < set(more[more >= 0].tolist())
+    assert (spilled.scanned(queries, 1) > single.scanned(queries, 1)).all()
+    assert (single.scanned(queries, 12) == len(item_view)).all()
+
+
+def test_spill_survives_save_and_load(views, tmp_path):
+    query_view, item_view, queries = views
+    spilled = DualViewIndex.build(query_view, item_view, nlist=12, niter=10, seed=0, nprobe=2,
+                                  **{**UNREFINED, "spill": 3})
+    spilled.save(tmp_path)
+    loaded = DualViewIndex.load(tmp_path)
+    assert (loaded.spill, loaded.ntotal) == (3, 3 * len(item_view))
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], spilled.search(queries, 10)[1])
+
+
+def test_spill_beyond_the_lists_is_rejected(views):
+    query_view, item_view, _ = views
+    with pytest.raises(ValueError, match="spill"):
+        DualViewIndex.build(query_view, item_view, nlist=4, niter=5, seed=0, nprobe=1, **{**UNREFINED, "spill": 5})
+
+
+def test_first_occurrences_keeps_the_best_first_place_of_each_row():
+    scores = np.array([[.9, .9, .8, .7, .7, .1], [.5, .4, -np.inf, -np.inf, -np.inf, -np.inf]], dtype=np.float32)
+    rows = np.array([[3, 3, 1, 4, 1, 2], [7, 8, -1, -1, -1, -1]])
+    kept_scores, kept_rows = first_occurrences(scores, rows, 4)
+    np.testing.assert_array_equal(kept_rows, [[3, 1, 4, 2], [7, 8, -1, -1]])
+    np.testing.assert_allclose(kept_scores, [[.9, .8, .7, .1], [.5, .4, -np.inf, -np.inf]])

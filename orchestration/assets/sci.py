@@ -80,12 +80,14 @@ def sci_towers_beat_minilm(sci_towers: str) -> dg.AssetCheckResult:
         "best_epoch": summary["best_epoch"]})
 
 
-@dg.asset_check(asset=sci_index, blocking=True, description="The index holds every catalogue item exactly once.",
+@dg.asset_check(asset=sci_index, blocking=True,
+                description="The index holds every catalogue item exactly `index.spill` times, in distinct lists.",
                 additional_ins={"prepared_dataset": dg.AssetIn("prepared_dataset")})
 def sci_index_covers_catalogue(sci_index: str, prepared_dataset: str) -> dg.AssetCheckResult:
     index = DualViewIndex.load(sci_index)
     n_items = len(PreparedDataset.load(prepared_dataset).items)
     lists = index.list_assignments()
-    passed = index.ntotal == n_items and bool((lists >= 0).all())
-    return dg.AssetCheckResult(passed=passed, metadata={"ntotal": index.ntotal, "n_items": n_items,
+    passed = (index.ntotal == n_items * index.spill and bool((lists >= 0).all())
+              and bool((np.diff(lists, axis=1) > 0).all()))
+    return dg.AssetCheckResult(passed=passed, metadata={"ntotal": index.ntotal, "n_items": n_items, "spill": index.spill,
                                                         "nlist": index.nlist, "coarse_view": index.coarse_view})

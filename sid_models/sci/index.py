@@ -16,6 +16,10 @@ item is q·v.
   into up to r list centroids, and queries and items alike go to their nearest *list* centroid
   in the same query-view space, so routing stays consistent while the index count is decoupled
   from the number of first-level SID codes (the cells). With r = 1 the lists are the cells.
+- Items may spill (`spill` s > 1): each is filed in its s nearest lists by the same routing, so
+  a query whose nearest lists miss an item's first list can still find it in its second; search
+  returns each item once. s times the stored vectors and fewer lists probed for a recall; per
+  vector scanned it pays at small nprobe (Home Depot: README, the spill table).
 - Baseline `coarse_view="item"`: the usual IVF, k-means on v and items filed by route(v),
   queries routed in a space they were never trained to share with those centroids.
 - `FlatIndex`: exact inner-product search over v, the reference for recall.
@@ -105,20 +109,23 @@ def refine_cells(vectors: np.ndarray, centroids: np.ndarray, lists_per_cell: int
 class DualViewIndex:
     """IVF over item-view vectors with coarse cells (and lists) from the `coarse_view` of the items."""
 
-    def __init__(self, index: faiss.IndexIVFFlat, centroids: np.ndarray, coarse_view: str, nprobe: int):
+    def __init__(self, index: faiss.IndexIVFFlat, centroids: np.ndarray, coarse_view: str, nprobe: int, spill: int):
         if coarse_view not in VIEWS:
             raise ValueError(f"coarse_view must be one of {VIEWS}, got {coarse_view!r}")
+        if not 1 <= spill <= index.nlist:
+            raise ValueError(f"index.spill must be in [1, {index.nlist}] (the number of lists), got {spill}")
         self.index = index
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.coarse_view = coarse_view
         self.nprobe = nprobe
+        self.spill = spill
 
     @classmethod
     def build(cls, query_view: np.ndarray, item_view: np.ndarray, nlist: int, niter: int, seed: int,
-              nprobe: int, *, lists_per_cell: int, min_points_per_list: int,
+              nprobe: int, *, lists_per_cell: int, min_points_per_list: int, spill: int,
               coarse_view: str = "query") -> "DualViewIndex":
         """Cluster the items' `coarse_view` into `nlist` cells (refined into up to `lists_per_cell`
-        lists each), file each item by it, store the item view."""
+        lists each), file each item by it in its `spill` nearest lists, store the item view."""
         item_view = _matrix(item_view, "item view")
         query_view = _matrix(query_view, "item query view", item_view.shape[1])
         if len(query_view) != len(item_view):
@@ -132,9 +139,11 @@ class DualViewIndex:
         quantizer.add(list_centroids)
         index = faiss.IndexIVFFlat(quantizer, item_view.shape[1], len(list_centroids), faiss.METRIC_INNER_PRODUCT)
         index.is_trained = True  # the quantizer already holds our centroids; faiss must not retrain it
-        built = cls(index, centroids, coarse_view, nprobe)
-        _, lists = quantizer.search(coarse, 1)
-        add_preassigned(index, item_view, lists[:, 0])
+        built = cls(index, centroids, coarse_view, nprobe, spill)
+        _, lists = quantizer.search(coarse, spill)
+        rows = np.arange(len(item_view), dtype=np.int64)
+        for nearest in range(spill):
+            add_preassigned(index, item_view, np.ascontiguousarray(lists[:, nearest]), ids=rows)
         return built
 
     @property
@@ -149,6 +158,7 @@ class DualViewIndex:
 
     @property
     def ntotal(self) -> int:
+        """Stored entries: items x spill."""
         return int(self.index.ntotal)
 
     def route(self, query_view_vectors: np.ndarray) -> np.ndarray:
@@ -172,15 +182,28 @@ class DualViewIndex:
         return lists[:, 0].astype(np.int64)
 
     def list_assignments(self) -> np.ndarray:
-        """The list each stored item row sits in, read back from faiss's inverted lists."""
-        lists = np.full(self.ntotal, -1, dtype=np.int64)
+        """[n_items, spill] the lists each item row is filed in (ascending), read back from faiss's
+        inverted lists; -1 where an item is filed fewer than `spill` times."""
+        n_items = self.ntotal // self.spill
+        lists = np.full((n_items, self.spill), -1, dtype=np.int64)
+        filed = np.zeros(n_items, dtype=np.int64)
         invlists = self.index.invlists
         for cell in range(self.nlist):
             size = invlists.list_size(cell)
             if size:
                 ids = faiss.rev_swig_ptr(invlists.get_ids(cell), size).copy()
-                lists[ids] = cell
+                if ids.max() >= n_items or (filed[ids] >= self.spill).any():
+                    raise ValueError(f"list {cell} holds item rows beyond {n_items} items filed {self.spill} times each")
+                lists[ids, filed[ids]] = cell
+                filed[ids] += 1
         return lists
+
+    def scanned(self, query_vectors: np.ndarray, nprobe: int | None = None) -> np.ndarray:
+        """[n] stored entries each query's search compares against: the sizes of its `nprobe` lists."""
+        nprobe = self.nprobe if nprobe is None else nprobe
+        _, lists = self.index.quantizer.search(_matrix(query_vectors, "query vectors", self.index.d), nprobe)
+        sizes = np.array([self.index.invlists.list_size(cell) for cell in range(self.nlist)], dtype=np.int64)
+        return sizes[lists].sum(axis=1)
 
     def search(self, query_vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores [n, k], item rows [n, k]) from the `nprobe` nearest cells; rows are -1 past the probed items."""
@@ -188,7 +211,11 @@ class DualViewIndex:
         if not 1 <= nprobe <= self.nlist:
             raise ValueError(f"nprobe must be in [1, {self.nlist}], got {nprobe}")
         params = faiss.SearchParametersIVF(nprobe=nprobe)
-        return self.index.search(_matrix(query_vectors, "query vectors", self.index.d), k, params=params)
+        vectors = _matrix(query_vectors, "query vectors", self.index.d)
+        if self.spill == 1:
+            return self.index.search(vectors, k, params=params)
+        scores, rows = self.index.search(vectors, k * self.spill, params=params)
+        return first_occurrences(scores, rows, k)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -197,7 +224,7 @@ class DualViewIndex:
         np.save(folder / CENTROIDS_FILE, self.centroids)
         (folder / META_FILE).write_text(json.dumps({
             "coarse_view": self.coarse_view, "fine_view": "item", "nlist": self.nlist, "n_cells": self.n_cells,
-            "nprobe": self.nprobe, "ntotal": self.ntotal, "dim": int(self.index.d),
+            "nprobe": self.nprobe, "spill": self.spill, "ntotal": self.ntotal, "dim": int(self.index.d),
         }, indent=2))
 
     @classmethod
@@ -205,7 +232,26 @@ class DualViewIndex:
         folder = Path(folder)
         meta = json.loads((folder / META_FILE).read_text())
         index = faiss.read_index(str(folder / INDEX_FILE))
-        return cls(index, np.load(folder / CENTROIDS_FILE), meta["coarse_view"], meta["nprobe"])
+        # an index written before spill existed filed each item once
+        return cls(index, np.load(folder / CENTROIDS_FILE), meta["coarse_view"], meta["nprobe"], meta.get("spill", 1))
+
+
+def first_occurrences(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [n, k], rows [n, k]) of a best-first result with each row id kept at its first
+    place: a spilled item comes back once per probed list it sits in. Past the distinct ids,
+    rows are -1 and scores -inf."""
+    order = np.argsort(rows, axis=1, kind="stable")
+    ordered = np.take_along_axis(rows, order, axis=1)
+    repeat = np.zeros(rows.shape, dtype=bool)
+    repeat[:, 1:] = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    keep = np.ones(rows.shape, dtype=bool)
+    np.put_along_axis(keep, order, ~repeat, axis=1)
+    keep &= rows >= 0
+    # a stable sort on "dropped" brings the kept entries to the front in their best-first order
+    front = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    kept = np.take_along_axis(keep, front, axis=1)
+    return (np.where(kept, np.take_along_axis(scores, front, axis=1), -np.inf).astype(scores.dtype),
+            np.where(kept, np.take_along_axis(rows, front, axis=1), -1))
 
 
 def rankings(item_rows: np.ndarray, query_ids: Sequence[str], item_ids: Sequence[str]) -> dict[str, list[str]]:

@@ -8,7 +8,8 @@ epoch, validation metrics of the towers and of MiniLM zero-shot, and the towers'
 `misalign_{items,queries}_{l2,cos}` untrained and trained: `train.misalignment`) and
 `history.json` (per epoch losses, validation metrics and misalignment).
 
-sci_index artifact: `ivf.faiss` (its lists refine the cells when `index.lists_per_cell` > 1),
+sci_index artifact: `ivf.faiss` (its lists refine the cells when `index.lists_per_cell` > 1; each
+item filed in its `index.spill` nearest lists),
 `centroids.npy` (coarse cells, the first SID level: k-means on the query view), `index.json` —
 load with `sid_models.sci.index.DualViewIndex.load(folder)` — and `nprobe_sweep.json`
 (validation recall@10 of exact search and of each nprobe tried; `index.nprobe: auto` keeps
@@ -108,7 +109,7 @@ def build_index(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     nlist = n_lists(len(item_view), settings["nlist"], settings["min_points_per_list"])
     index = DualViewIndex.build(query_view, item_view, nlist, settings["niter"], params["seed"], 1,
                                 coarse_view=settings["coarse_view"], lists_per_cell=settings["lists_per_cell"],
-                                min_points_per_list=settings["min_points_per_list"])
+                                min_points_per_list=settings["min_points_per_list"], spill=settings["spill"])
     valid = prepared.split_queries("valid")
     query_ids, item_ids = valid["query_id"].tolist(), prepared.items["item_id"].tolist()
     judged = prepared.split_judgments("valid")
@@ -129,9 +130,9 @@ def build_index(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     index.nprobe = nprobe
     index.save(out)
     (out / "nprobe_sweep.json").write_text(json.dumps({"exact": exact, "sweep": sweep}, indent=2))
-    sizes = np.bincount(index.list_assignments(), minlength=index.nlist)
+    sizes = np.bincount(index.list_assignments().ravel(), minlength=index.nlist)
     return {
-        "nlist": index.nlist, "n_cells": index.n_cells, "nprobe": index.nprobe, "ntotal": index.ntotal,
+        "nlist": index.nlist, "n_cells": index.n_cells, "nprobe": index.nprobe, "spill": index.spill, "ntotal": index.ntotal,
         "coarse_view": index.coarse_view, "largest_list": int(sizes.max()), "empty_lists": int((sizes == 0).sum()),
         f"valid_recall@{k}_exact": exact, f"valid_recall@{k}_ivf": sweep[-1][f"valid_recall@{k}"],
         f"valid_recall@{k}_ivf_ratio": sweep[-1][f"valid_recall@{k}"] / exact if exact else float("nan"),
