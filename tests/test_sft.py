@@ -20,7 +20,8 @@ def tiny_params(small_params: dict, **sft) -> dict:
     return deep_merge(small_params, {
         "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "query_vector": False,
                        "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 6, "batch_size": 16}}}},
-        "sft": {"warmup_steps": 2, "checkpoint_every": 2, "log_every": 1, **sft},
+        # no queries lent: lending by the towers needs their item views, which these runs do not build
+        "sft": {"warmup_steps": 2, "checkpoint_every": 2, "log_every": 1, "borrowed_queries": {"per_item": 0}, **sft},
     })
 
 
@@ -29,7 +30,8 @@ def command_line_overrides(small_params: dict, model: dict, steps: int, checkpoi
     return {"generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "threads": 1,
                            "query_vector": False,
                            "presets": {"cpu": {"model": model, "sft": {"steps": steps, "batch_size": 16}}}},
-            "sft": {"warmup_steps": 2, "checkpoint_every": checkpoint_every, "log_every": 1},
+            "sft": {"warmup_steps": 2, "checkpoint_every": checkpoint_every, "log_every": 1,
+                    "borrowed_queries": {"per_item": 0}},
             "demo": small_params["demo"]}
 
 
