@@ -176,6 +176,11 @@ class LexicalDualTower(nn.Module):
         """f_i: the item view (of items, or of queries in the swap loss)."""
         return self._encode(self.item_tower, inputs)
 
+    def read_texts(self, texts: list[str], sentence_vectors: Callable[[list[str]], np.ndarray], text_params: dict,
+                   desc: str) -> LexicalInputs:
+        """What the towers read of `texts` in training: their MiniLM sentence vectors and their terms."""
+        return self.inputs(texts, sentence_vectors(texts))
+
     def encode_query_texts(self, texts: list[str], sentence_vectors: Callable[[list[str]], np.ndarray]) -> np.ndarray:
         """f_q of raw query texts: their MiniLM sentence vectors and their terms."""
         return self.encode_queries(self.inputs(texts, sentence_vectors(texts)))

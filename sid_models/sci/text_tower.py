@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..text.encoder import cache_path
 from ..text.states import StateEncoder, TokenStates, load_minilm
 from .towers import CONFIG_FILE, WEIGHTS_FILE
 ENCODE_BATCH = 256
@@ -169,6 +170,12 @@ class TextDualTower(nn.Module):
     def encode_items(self, inputs: TokenStates) -> np.ndarray:
         """f_i of token-state inputs."""
         return self._encode(self.item_tower, inputs)
+
+    def read_texts(self, texts: list[str], sentence_vectors: Callable[[list[str]], np.ndarray], text_params: dict,
+                   desc: str) -> TokenStates:
+        """What the towers read of `texts` in training: the token states of the frozen lower layers,
+        cached under params text.cache_dir; `sentence_vectors` is not needed."""
+        return self.state_encoder(text_params["batch_size"], cache_path(text_params)).encode(texts, desc)
 
     def encode_query_texts(self, texts: list[str], sentence_vectors: Callable[[list[str]], np.ndarray]) -> np.ndarray:
         """f_q of raw query texts: the frozen lower layers (uncached), then the query tower;

@@ -114,6 +114,11 @@ class DualTower(nn.Module):
         """f_i: the item view (of items, or of queries in the swap loss)."""
         return self._encode(self.item_tower, base)
 
+    def read_texts(self, texts: list[str], sentence_vectors: Callable[[list[str]], np.ndarray], text_params: dict,
+                   desc: str) -> np.ndarray:
+        """What the towers read of `texts` in training: their MiniLM sentence vectors."""
+        return sentence_vectors(texts)
+
     def encode_query_texts(self, texts: list[str], sentence_vectors: Callable[[list[str]], np.ndarray]) -> np.ndarray:
         """f_q of raw query texts, through their MiniLM sentence vectors."""
         return self.encode_queries(sentence_vectors(texts))

@@ -38,7 +38,7 @@ from ..data.schema import PreparedDataset
 from ..shared.metrics import RECALL_KS, evaluate
 from .index import FlatIndex, dense_rankings
 from .losses import consistency, info_nce, preservation, triplet
-from ..text.encoder import TextEncoder, cache_path
+from ..text.encoder import TextEncoder
 from ..text.states import TokenStates
 from ..text.views import ViewConfig, query_like_views
 from ..lexical.terms import TermVectoriser
@@ -325,35 +325,24 @@ def new_towers(tower_params: dict, text_params: dict, prepared: PreparedDataset,
 
 def tower_inputs(towers: Towers, prepared: PreparedDataset, item_base: np.ndarray, query_base: np.ndarray,
                  text_params: dict) -> tuple[TowerInputs, TowerInputs]:
-    """(item inputs, query inputs) the towers read: the MiniLM sentence vectors themselves, with
-    the texts' terms for mlp_lexical towers, or for minilm towers the token states of their frozen
-    layers (cached under params text.cache_dir)."""
-    if isinstance(towers, LexicalDualTower):
-        return (towers.inputs(prepared.item_text().tolist(), item_base),
-                towers.inputs(prepared.queries["text"].tolist(), query_base))
-    if not isinstance(towers, TextDualTower):
-        return item_base, query_base
-    encoder = towers.state_encoder(text_params["batch_size"], cache_path(text_params))
-    return (encoder.encode(prepared.item_text().tolist(), "items"),
-            encoder.encode(prepared.queries["text"].tolist(), "queries"))
+    """(item inputs, query inputs) the towers read (`read_texts` of each tower kind), given the
+    MiniLM sentence vectors of the items and of the queries."""
+    return (towers.read_texts(prepared.item_text().tolist(), lambda texts: item_base, text_params, "items"),
+            towers.read_texts(prepared.queries["text"].tolist(), lambda texts: query_base, text_params, "queries"))
 
 
 def pseudo_query_inputs(towers: Towers, prepared: PreparedDataset, config: TrainConfig,
                         text_params: dict) -> PseudoQueries | None:
     """The pseudo-queries of `config.pseudo_queries` (None when per_pair is 0), read as the towers
-    read text: MiniLM sentence vectors or frozen token states, both cached under text.cache_dir."""
+    read text (MiniLM sentence vectors and token states are both cached under text.cache_dir)."""
     if not config.pseudo_queries["per_pair"]:
         return None
     views = ViewConfig.from_params(config.pseudo_queries, "sci.train.pseudo_queries")
     per_item = query_like_views(prepared.items["title"].astype(str).tolist(), views, config.seed)
     texts = [item_views[view] for item_views in per_item for view in range(views.views)]
     items = np.repeat(np.arange(len(prepared.items), dtype=np.int64), views.views)
-    if isinstance(towers, TextDualTower):
-        encoded = towers.state_encoder(text_params["batch_size"], cache_path(text_params)).encode(texts, "pseudo-queries")
-    elif isinstance(towers, LexicalDualTower):
-        encoded = towers.inputs(texts, TextEncoder.from_params(text_params).encode(texts, "pseudo-queries"))
-    else:
-        encoded = TextEncoder.from_params(text_params).encode(texts, "pseudo-queries")
+    encoded = towers.read_texts(texts, lambda texts: TextEncoder.from_params(text_params).encode(texts, "pseudo-queries"),
+                                text_params, "pseudo-queries")
     return PseudoQueries(encoded, items)
 
 

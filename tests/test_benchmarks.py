@@ -1,0 +1,52 @@
+"""A benchmark script end to end on the demo store (`--quick`): the pipeline's real stages,
+real alignment and decoding, JSON lines out. The quick chain is cached under
+artifacts/bench/chain/quick like any run of the script, so a second run reuses it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from sid_models.params import REPO_ROOT
+
+SCRIPT_TIMEOUT_S = 900
+
+
+def run_benchmark(script: str, *arguments: str) -> list[dict]:
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), "--data", "demo", "--quick",
+                           *arguments], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_alignment_benchmark_scores_sft_and_the_aligned_model_alike_and_again_from_disk():
+    rows = run_benchmark("alignment.py", "--seeds", "0", "--systems", "dpo")
+    per_seed = {row["system"]: row for row in rows if not row.get("summary")}
+    summaries = {row["system"]: row for row in rows if row.get("summary")}
+    assert set(per_seed) == set(summaries) == {"sft", "dpo"}
+    sft, dpo = per_seed["sft"], per_seed["dpo"]
+    for row in (sft, dpo):
+        for key in ("shipped_ndcg@10", "shipped_recall@10", "beam_ndcg@10", "shipped_pool_coverage", "valid_ndcg@10"):
+            assert 0.0 <= row[key] <= 1.0, (row["system"], key, row[key])
+        assert row["n_queries"] == sft["n_queries"] > 0
+    # the aligned row carries SFT's validation figure over the same (unmined) queries
+    assert dpo["sft_valid_ndcg@10"] == sft["valid_ndcg@10"]
+    assert dpo["n_valid_queries"] == sft["n_valid_queries"] > 0
+    assert dpo["seconds"] > 0 and dpo["mining_seconds"] >= 0
+    # one seed: the summary's mean is that seed's figure, its spread 0
+    assert summaries["dpo"]["shipped_ndcg@10_mean"] == round(dpo["shipped_ndcg@10"], 4)
+    assert summaries["dpo"]["shipped_ndcg@10_std"] == 0.0
+
+    again = {row["system"]: row for row in run_benchmark("alignment.py", "--seeds", "0", "--systems", "dpo",
+                                                         "--eval-only") if not row.get("summary")}
+    for key in ("shipped_ndcg@10", "beam_ndcg@10", "valid_ndcg@10"):
+        assert again["dpo"][key] == dpo[key], key
+    assert "seconds" not in again["dpo"]       # nothing was trained
+
+
+def test_alignment_benchmark_rejects_an_unknown_system_before_training():
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "alignment.py"), "--data", "demo", "--quick",
+                           "--systems", "no_such_system"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert done.returncode != 0
+    assert "no_such_system" in done.stderr
+    assert done.stdout == ""
