@@ -50,3 +50,15 @@ def test_alignment_benchmark_rejects_an_unknown_system_before_training():
     assert done.returncode != 0
     assert "no_such_system" in done.stderr
     assert done.stdout == ""
+
+
+def test_beam_order_benchmark_orders_one_beam_several_ways_on_the_same_validation_queries():
+    rows = {row["system"]: row for row in run_benchmark("beam_order.py", "--seeds", "0", "--lambdas", "20",
+                                                        "--length-penalties", "1") if not row.get("summary")}
+    assert set(rows) == {"model", "model_lp1", "fused_20", "dense_best_item", "dense_centroid", "oracle_first_sid"}
+    assert len({row["n_queries"] for row in rows.values()}) == 1
+    for system, row in rows.items():
+        for key in ("recall@10", "ndcg@10", "top20_sid_coverage", "first_sid_hit"):
+            assert 0.0 <= row[key] <= 1.0, (system, key, row[key])
+    # the oracle's first SID is the model's wherever no bucket's top 10 holds a relevant item
+    assert rows["oracle_first_sid"]["first_sid_hit"] >= rows["model"]["first_sid_hit"]
