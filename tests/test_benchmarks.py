@@ -62,3 +62,18 @@ def test_beam_order_benchmark_orders_one_beam_several_ways_on_the_same_validatio
             assert 0.0 <= row[key] <= 1.0, (system, key, row[key])
     # the oracle's first SID is the model's wherever no bucket's top 10 holds a relevant item
     assert rows["oracle_first_sid"]["first_sid_hit"] >= rows["model"]["first_sid_hit"]
+
+
+def test_generative_benchmark_rows_and_the_tensorised_trie_decodes_as_the_reference_does():
+    rows = run_benchmark("generative.py", "--seeds", "0")
+    per_seed = {row["system"]: row for row in rows if not row.get("summary") and "seed" in row}
+    assert {"bm25", "gr_sarq_acrq", "hybrid", "gr_sarq_acrq_no_ranker"} <= set(per_seed)
+    for system, row in per_seed.items():
+        for key in ("recall@10", "ndcg@10", "recall@10_cold"):
+            assert 0.0 <= row[key] <= 1.0, (system, key, row[key])
+    for system in ("gr_sarq_acrq", "hybrid"):
+        assert 0.0 < per_seed[system]["pool_coverage"] <= 1.0 and per_seed[system]["p50_ms"] > 0
+    speed = {row["system"]: row for row in rows if row["system"] in ("decode_tensor", "decode_reference")}
+    assert set(speed) == {"decode_tensor", "decode_reference"}
+    # both constraints inside one beam loop return the same ranked SIDs with equal scores
+    assert speed["decode_tensor"]["identical"] is True
