@@ -12,9 +12,13 @@ from sid_models.params import REPO_ROOT
 SCRIPT_TIMEOUT_S = 900
 
 
-def run_benchmark(script: str, *arguments: str) -> list[dict]:
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), "--data", "demo", "--quick",
+def invoke(script: str, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), "--data", "demo", "--quick",
                            *arguments], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S, cwd=REPO_ROOT)
+
+
+def run_benchmark(script: str, *arguments: str) -> list[dict]:
+    done = invoke(script, *arguments)
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads(line) for line in done.stdout.splitlines()]
 
@@ -45,8 +49,7 @@ def test_alignment_benchmark_scores_sft_and_the_aligned_model_alike_and_again_fr
 
 
 def test_alignment_benchmark_rejects_an_unknown_system_before_training():
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "alignment.py"), "--data", "demo", "--quick",
-                           "--systems", "no_such_system"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    done = invoke("alignment.py", "--systems", "no_such_system")
     assert done.returncode != 0
     assert "no_such_system" in done.stderr
     assert done.stdout == ""
