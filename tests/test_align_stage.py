@@ -26,13 +26,18 @@ def test_ndcg_check_allows_a_drop_up_to_the_tolerance_only():
     assert not passed and "0.2800" in description and abs(figures["delta"] + 0.02) < 1e-12
 
 
-@pytest.mark.parametrize("sft_ndcg, expected", [(0.30, "sft"), (0.20, "rad_dpo"), (0.25, "rad_dpo")])
-def test_the_registered_checkpoint_is_sft_only_when_alignment_lowered_validation_ndcg(tmp_path, sft_ndcg, expected):
+@pytest.mark.parametrize("sft_ndcg, min_gain, expected", [
+    (0.30, 0.0, "sft"), (0.20, 0.0, "rad_dpo"), (0.25, 0.0, "rad_dpo"),          # no margin: ties go to RAD-DPO
+    (0.249, 0.002, "sft"), (0.247, 0.002, "rad_dpo"), (0.20, 0.002, "rad_dpo")])  # RAD-DPO must win by the margin
+def test_the_registered_checkpoint_is_rad_dpo_only_when_it_beats_sft_on_validation_by_the_margin(
+        tmp_path, sft_ndcg, min_gain, expected):
     dpo = tmp_path / "dpo"
     dpo.mkdir()
     (dpo / VALIDATION_FILE).write_text(json.dumps({"sft": {"ndcg@10": sft_ndcg}, "rad_dpo": {"ndcg@10": 0.25}}))
-    name, folder, figures = deployable_checkpoint(tmp_path / "sft", dpo, "ndcg@10")
+    name, folder, figures = deployable_checkpoint(tmp_path / "sft", dpo, "ndcg@10", min_gain)
     assert name == expected and folder == {"sft": tmp_path / "sft", "rad_dpo": dpo}[expected]
     assert figures == {"sft_valid_ndcg@10": sft_ndcg, "rad_dpo_valid_ndcg@10": 0.25}
     with pytest.raises(KeyError, match="recall@10"):
-        deployable_checkpoint(tmp_path / "sft", dpo, "recall@10")
+        deployable_checkpoint(tmp_path / "sft", dpo, "recall@10", min_gain)
+    with pytest.raises(ValueError, match="aligned_min_gain"):
+        deployable_checkpoint(tmp_path / "sft", dpo, "ndcg@10", -0.001)

@@ -22,8 +22,8 @@ PROMOTION_CHECK = "beats_champion"
                                          description="Candidate >= champion on the primary metric (params "
                                                      "registry) with a no-regression bound on cold items; "
                                                      "a first model passes.")],
-          description="The generative retriever as an MLflow pyfunc model, registered: the RAD-DPO checkpoint, "
-                      "or the SFT one when it scored higher on the validation primary metric. The champion "
+          description="The generative retriever as an MLflow pyfunc model, registered: the RAD-DPO checkpoint "
+                      "when it beat SFT on the validation primary metric by registry.aligned_min_gain, else SFT. The champion "
                       "alias moves to it only when it passes the promotion check, otherwise it is tagged challenger.")
 def registered_model(context: dg.AssetExecutionContext, prepared_dataset: str, text_embeddings: str,
                      semantic_ids: str, sft_checkpoint: str, ranker: str, dpo_checkpoint: str, params: ParamsResource,
@@ -31,7 +31,8 @@ def registered_model(context: dg.AssetExecutionContext, prepared_dataset: str, t
     config = params.load()
     name = config["registry"]["model_name"]
     chosen, checkpoint, validation = deployable_checkpoint(sft_checkpoint, dpo_checkpoint,
-                                                           config["registry"]["primary_metric"])
+                                                           config["registry"]["primary_metric"],
+                                                           config["registry"]["aligned_min_gain"])
     context.log.info(f"registering the {chosen} checkpoint ({validation})")
     with mlflow_tracking.stage_run(context, "registered_model") as run:
         served_ranker = config["registry"]["ranker"]

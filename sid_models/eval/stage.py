@@ -106,7 +106,8 @@ def served_system(params: dict, inputs: dict[str, Path]) -> str:
     from ..align.stage import deployable_checkpoint
 
     registry = params["registry"]
-    chosen, _, _ = deployable_checkpoint(inputs["sft_checkpoint"], inputs["dpo_checkpoint"], registry["primary_metric"])
+    chosen, _, _ = deployable_checkpoint(inputs["sft_checkpoint"], inputs["dpo_checkpoint"], registry["primary_metric"],
+                                       registry["aligned_min_gain"])
     checkpoint, subfolder = DEPLOYED_CHECKPOINTS[chosen]
     shipped = sid_variants(inputs["semantic_ids"])[0]
     served = [name for name, row in system_rows(params).items()
