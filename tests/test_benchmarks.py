@@ -80,3 +80,23 @@ def test_generative_benchmark_rows_and_the_tensorised_trie_decodes_as_the_refere
     assert set(speed) == {"decode_tensor", "decode_reference"}
     # both constraints inside one beam loop return the same ranked SIDs with equal scores
     assert speed["decode_tensor"]["identical"] is True
+
+
+def test_sci_benchmark_from_the_chain_sweeps_both_views_over_the_shipped_towers():
+    rows = [row for row in run_benchmark("sci.py", "--from-chain", "--seeds", "0", "--spill", "1", "2")
+            if not row.get("summary")]
+    indexes = {(row["system"], row["index"]) for row in rows}
+    assert {("bm25", "bm25"), ("minilm", "exact"), ("minilm", "ivf_item"), ("shipped", "exact"),
+            ("shipped", "ivf_item"), ("shipped", "ivf_dual")} <= indexes
+    exact = {row["system"]: row["recall@10"] for row in rows if row["index"] == "exact"}
+    sweeps: dict[tuple, list[dict]] = {}
+    for row in rows:
+        assert 0.0 <= row["recall@10"] <= 1.0
+        if row["index"].startswith("ivf"):
+            assert abs(row["recall@10_of_exact"] - row["recall@10"] / exact[row["system"]]) < 1e-9
+            sweeps.setdefault((row["system"], row["index"], row["spill"]), []).append(row)
+    assert {spill for _, _, spill in sweeps} == {1, 2}
+    for sweep in sweeps.values():
+        # probing more lists compares each query with at least as many stored vectors
+        scanned = [row["scanned"] for row in sorted(sweep, key=lambda row: row["nprobe"])]
+        assert len(scanned) > 1 and scanned == sorted(scanned) and scanned[-1] > scanned[0]
