@@ -109,10 +109,12 @@ def main() -> None:
         log(f"[{BENCH}] seed {seed}: decoded {len(texts)} validation queries, beam {args.beam}")
         shipped_penalty = retriever.length_penalty
         by_penalty = {}
-        for penalty in args.length_penalties:
-            retriever.length_penalty = penalty
-            by_penalty[penalty] = retriever.search_sids(texts, args.beam, query_vectors)[0]
-        retriever.length_penalty = shipped_penalty
+        try:
+            for penalty in args.length_penalties:
+                retriever.length_penalty = penalty
+                by_penalty[penalty] = retriever.search_sids(texts, args.beam, query_vectors)[0]
+        finally:        # leave the retriever decoding as params say, whatever a penalty raised
+            retriever.length_penalty = shipped_penalty
         sizes = buckets.sizes()
         centroids = np.add.reduceat(retriever.item_vectors[buckets.rows], buckets.ptr[:-1], axis=0) / sizes[:, None]
         row_of = dict(zip(np.asarray(retriever.item_ids).astype(str), range(len(retriever.item_ids))))
