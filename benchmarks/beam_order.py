@@ -12,8 +12,10 @@ own `resolve`, bucket_pool 1) and changes only who orders the SIDs, per seed's S
 - `oracle_first_sid`: the first SID the one whose bucket puts the most relevant items into its
   SCI-ordered top 10, then the model's beam (the ceiling of getting the first SID right).
 Each row: recall@10, ndcg@10, `top20_sid_coverage` (share of the relevant validation pairs in
-the items of the first 20 SIDs) and `first_sid_hit` (share of queries whose first SID's bucket
-holds a relevant item). Test is never read.
+the items of the first 20 SIDs), `first_sid_hit` (share of queries whose first SID's bucket
+holds a relevant item), and the mean item counts behind them, `top20_sid_items` and
+`first_sid_items` (coarser SIDs cover more by holding more items: compare SID settings at
+their item counts). Test is never read.
 
     .venv/bin/python benchmarks/beam_order.py [--data PATH|demo] [--quick] [--seeds 0] [--beam 100]
         [--lambdas 1 5 20] [--length-penalties 0 1]
@@ -38,7 +40,7 @@ BENCH = "beam_order"
 EVAL_K = 10
 TOP_SIDS = 20
 DENSE_SIDS = 50             # SIDs a dense ordering hands to `resolve`: enough for 10 items and 20 SIDs
-REPORTED = ("recall@10", "ndcg@10", "top20_sid_coverage", "first_sid_hit")
+REPORTED = ("recall@10", "ndcg@10", "top20_sid_coverage", "first_sid_hit", "top20_sid_items", "first_sid_items")
 
 
 def own_arguments(parser) -> None:
@@ -82,10 +84,11 @@ def score_orderings(retriever, texts, query_ids, orderings: dict[str, list[np.nd
                            prepared.scale)
         first = [retriever.buckets.items(int(order[0])) if len(order) else np.zeros(0, dtype=np.int64)
                  for order in ordered]
+        pools = [retriever.buckets.items_of(order[:TOP_SIDS]) for order in ordered]
         out[name] = {"recall@10": metrics["recall@10"], "ndcg@10": metrics["ndcg@10"],
-                     "top20_sid_coverage": coverage(
-                         [retriever.buckets.items_of(order[:TOP_SIDS]) for order in ordered],
-                         query_ids, item_ids, relevant),
+                     "top20_sid_coverage": coverage(pools, query_ids, item_ids, relevant),
+                     "top20_sid_items": float(np.mean([len(rows) for rows in pools])),
+                     "first_sid_items": float(np.mean([len(rows) for rows in first])),
                      "first_sid_hit": float(np.mean([bool(wanted.get(query, set()) & set(item_ids[rows].tolist()))
                                                      for query, rows in zip(query_ids, first)]))}
     return out

@@ -1,14 +1,14 @@
 """Where a served query's time goes in a ranked retriever: MiniLM, beam search, features, LightGBM.
 
 Batch 1, from query text, on `serving.torch_threads` torch threads as served, over the first
-LATENCY_QUERIES test queries, from the cached chain of the generative benchmark (run it
-first). Prints one JSON line per ranker system with the median milliseconds of each part
+LATENCY_QUERIES test queries, on the chain of the generative benchmark (its cached stages, built
+when missing; `--quick`: its quick chain). Prints one JSON line per ranker system with the median milliseconds of each part
 and of the whole `search` call; with `--pyfunc`, also `pyfunc_p50_ms` / `pyfunc_p95_ms`: the
 same ranked retriever logged as the registry logs it (`log_retriever`, into a throw-away
 SQLite MLflow store), loaded back with `mlflow.pyfunc.load_model` and called with one-row
 DataFrames, which is what a served query costs before HTTP.
 
-    .venv/bin/python benchmarks/ranked_latency.py [--seeds 0] [--pyfunc] [--overrides '{...}']
+    .venv/bin/python benchmarks/ranked_latency.py [--data PATH|demo] [--quick] [--seeds 0] [--pyfunc] [--overrides '{...}']
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from common import benchmark_params, emit, parse_args, prepared_dataset, run_chain, test_queries  # sets sys.path
+from generative import QUICK  # the generative benchmark's quick run: the same cached chain
 
 from sid_models.ranking.stage import load_ranked_searcher  # noqa: E402
 
@@ -64,11 +65,11 @@ def own_arguments(parser) -> None:
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], own_arguments)
-    params = benchmark_params(args)
+    params = benchmark_params(args, QUICK if args.quick else None)
     torch.set_num_threads(int(params["serving"]["torch_threads"]))
     for seed in args.seeds:
         seeded = {**params, "seed": seed}
-        folders = run_chain(seeded, False, ("sft_checkpoint", "ranker"), BENCH, build=False)
+        folders = run_chain(seeded, args.quick, ("sft_checkpoint", "ranker"), BENCH)
         texts = test_queries(prepared_dataset(seeded))["text"].astype(str).tolist()[:LATENCY_QUERIES]
         for system in params["ranker"]["systems"]:
             searcher = load_ranked_searcher(seeded, folders, system)

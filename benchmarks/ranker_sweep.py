@@ -1,7 +1,7 @@
 """Ranker settings chosen on the validation split: cross-validated NDCG@10 per LightGBM setting.
 
-Features of the validation queries are computed once from the cached chain of the
-generative benchmark (run it first), for the `pool` and `hybrid` candidate settings of
+Features of the validation queries are computed once on the chain of the generative
+benchmark (its cached stages, built when missing; `--quick`: its quick chain), for the `pool` and `hybrid` candidate settings of
 params; then every setting of GRID trains `train_ranker` (5-fold CV by query inside the
 validation split, as the ranker stage does) and prints its held-out NDCG@10. Test is never
 read: this is how `ranker.lightgbm` in params.yaml is chosen.
@@ -21,6 +21,7 @@ import sys
 import time
 
 from common import benchmark_params, emit, log, parse_args, run_chain  # sets sys.path
+from generative import QUICK  # the generative benchmark's quick run: the same cached chain
 
 from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.ranking.ranker import RankerConfig, labels, train_ranker  # noqa: E402
@@ -38,11 +39,11 @@ def own_arguments(parser) -> None:
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], own_arguments)
-    params = benchmark_params(args)
+    params = benchmark_params(args, QUICK if args.quick else None)
     base = RankerConfig.from_params(params["ranker"])
     for seed in args.seeds:
         seeded = {**params, "seed": seed}
-        folders = run_chain(seeded, args.quick, ("sft_checkpoint",), BENCH, build=False)
+        folders = run_chain(seeded, args.quick, ("sft_checkpoint",), BENCH)
         prepared = PreparedDataset.load(folders["prepared_dataset"])
         relevant = prepared.relevant("valid")
         queries = prepared.split_queries("valid")

@@ -63,6 +63,8 @@ def test_beam_order_benchmark_orders_one_beam_several_ways_on_the_same_validatio
     for system, row in rows.items():
         for key in ("recall@10", "ndcg@10", "top20_sid_coverage", "first_sid_hit"):
             assert 0.0 <= row[key] <= 1.0, (system, key, row[key])
+        # the first 20 SIDs hold the first one's bucket, and every decoded SID holds an item
+        assert row["top20_sid_items"] >= row["first_sid_items"] >= 1.0, system
     # the oracle's first SID is the model's wherever no bucket's top 10 holds a relevant item
     assert rows["oracle_first_sid"]["first_sid_hit"] >= rows["model"]["first_sid_hit"]
 
@@ -100,3 +102,24 @@ def test_sci_benchmark_from_the_chain_sweeps_both_views_over_the_shipped_towers(
         # probing more lists compares each query with at least as many stored vectors
         scanned = [row["scanned"] for row in sorted(sweep, key=lambda row: row["nprobe"])]
         assert len(scanned) > 1 and scanned == sorted(scanned) and scanned[-1] > scanned[0]
+
+
+def test_ranker_sweep_trains_each_setting_and_scores_it_out_of_fold_on_validation():
+    rows = run_benchmark("ranker_sweep.py", "--seeds", "0", "--grid", "base", "--systems", "pool", "hybrid")
+    assert {row["system"] for row in rows} == {"pool", "hybrid"}
+    for row in rows:
+        assert 0.0 <= row["cv_ndcg_at_10"] <= 1.0 and row["cv_std"] >= 0.0 and row["rounds"] >= 1
+        for key in ("oof_recall@10", "oof_ndcg@10"):
+            assert 0.0 <= row[key] <= 1.0, (row["system"], key, row[key])
+
+
+def test_ranked_latency_splits_a_served_query_into_its_parts_and_times_the_pyfunc_model():
+    rows = {row["system"]: row for row in run_benchmark("ranked_latency.py", "--seeds", "0", "--pyfunc")}
+    assert set(rows) == {"pool", "hybrid"}
+    for system, row in rows.items():
+        for part in ("minilm", "beam", "lightgbm", "total"):
+            assert row[f"{part}_p50_ms"] > 0, (system, part)
+        # the whole search does every part once, so it takes longer than the beam search alone
+        assert row["total_p50_ms"] > row["beam_p50_ms"]
+        assert row["pyfunc_p95_ms"] >= row["pyfunc_p50_ms"] > 0
+        assert row["mean_candidates"] > 0
