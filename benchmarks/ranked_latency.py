@@ -2,13 +2,14 @@
 
 Batch 1, from query text, on `serving.torch_threads` torch threads as served, over the first
 LATENCY_QUERIES test queries, on the chain of the generative benchmark (its cached stages, built
-when missing; `--quick`: its quick chain). Prints one JSON line per ranker system with the median milliseconds of each part
-and of the whole `search` call; with `--pyfunc`, also `pyfunc_p50_ms` / `pyfunc_p95_ms`: the
+when missing; `--quick`: its quick chain). Prints one JSON line per ranker system with the
+median milliseconds of each part and of the whole `search` call; with `--pyfunc`, also `pyfunc_p50_ms` / `pyfunc_p95_ms`: the
 same ranked retriever logged as the registry logs it (`log_retriever`, into a throw-away
 SQLite MLflow store), loaded back with `mlflow.pyfunc.load_model` and called with one-row
 DataFrames, which is what a served query costs before HTTP.
 
-    .venv/bin/python benchmarks/ranked_latency.py [--data PATH|demo] [--quick] [--seeds 0] [--pyfunc] [--overrides '{...}']
+    .venv/bin/python benchmarks/ranked_latency.py [--data PATH|demo] [--quick] [--seeds 0] [--pyfunc]
+        [--overrides '{...}']
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Ranker settings chosen on the validation split: cross-validated NDCG@10 per LightGBM setting.
 
 Features of the validation queries are computed once on the chain of the generative
-benchmark (its cached stages, built when missing; `--quick`: its quick chain), for the `pool` and `hybrid` candidate settings of
-params; then every setting of GRID trains `train_ranker` (5-fold CV by query inside the
+benchmark (its cached stages, built when missing; `--quick`: its quick chain), for the `pool`
+and `hybrid` candidate settings of params; then every setting of GRID trains `train_ranker` (5-fold CV by query inside the
 validation split, as the ranker stage does) and prints its held-out NDCG@10. Test is never
 read: this is how `ranker.lightgbm` in params.yaml is chosen.
 
