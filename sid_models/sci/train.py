@@ -327,8 +327,8 @@ def tower_inputs(towers: Towers, prepared: PreparedDataset, item_base: np.ndarra
                  text_params: dict) -> tuple[TowerInputs, TowerInputs]:
     """(item inputs, query inputs) the towers read (`read_texts` of each tower kind), given the
     MiniLM sentence vectors of the items and of the queries."""
-    return (towers.read_texts(prepared.item_text().tolist(), lambda texts: item_base, text_params, "items"),
-            towers.read_texts(prepared.queries["text"].tolist(), lambda texts: query_base, text_params, "queries"))
+    return (towers.read_texts(prepared.item_text().tolist(), lambda _: item_base, text_params, "items"),
+            towers.read_texts(prepared.queries["text"].tolist(), lambda _: query_base, text_params, "queries"))
 
 
 def pseudo_query_inputs(towers: Towers, prepared: PreparedDataset, config: TrainConfig,
@@ -341,7 +341,7 @@ def pseudo_query_inputs(towers: Towers, prepared: PreparedDataset, config: Train
     per_item = query_like_views(prepared.items["title"].astype(str).tolist(), views, config.seed)
     texts = [item_views[view] for item_views in per_item for view in range(views.views)]
     items = np.repeat(np.arange(len(prepared.items), dtype=np.int64), views.views)
-    encoded = towers.read_texts(texts, lambda texts: TextEncoder.from_params(text_params).encode(texts, "pseudo-queries"),
+    encoded = towers.read_texts(texts, lambda some: TextEncoder.from_params(text_params).encode(some, "pseudo-queries"),
                                 text_params, "pseudo-queries")
     return PseudoQueries(encoded, items)
 
