@@ -115,6 +115,8 @@ def test_torchrun_ddp_ranks_agree_and_match_a_single_process_run(setup, small_pr
 def test_a_query_vector_policy_is_aligned_on_the_sci_query_vectors(small_params, small_prepared, tmp_path):
     """Training queries read their f_q(query), view queries their item's f_q(item)."""
     params = deep_merge(small_params, deep_merge(TINY, {"generative": {"query_vector": True},
+                                                        # stand-in vectors, no towers to encode SFT's views with
+                                                        "sft": {"indexing_query_vector": "title"},
                                                         "align": {"train": {"checkpoint_every": 1000},
                                                                   "mining": {"view_items": 5}}}))
     sids = write_sid_folder(small_prepared, tmp_path / "semantic_ids")

@@ -141,6 +141,38 @@ def test_indexing_walks_show_the_title_then_each_query_like_view(sft_inputs, sma
         assert np.array_equal(source, ids[0, :int(mask.sum())]), (walk, text)
 
 
+def text_vector(text: str) -> np.ndarray:
+    """A vector that tells texts apart: the query-vector stand-in of the tests below."""
+    return np.random.default_rng(zlib.crc32(text.encode())).standard_normal(4).astype(np.float32)
+
+
+@pytest.mark.parametrize("own_vectors", [False, True])
+def test_indexing_views_read_the_title_vector_or_their_own(small_prepared, sft_inputs, own_vectors):
+    _, vocab, table = sft_inputs
+    queries = small_prepared.queries["text"].astype(str).tolist()
+    item_texts = small_prepared.item_text().tolist()
+    sci_vectors = (np.stack([text_vector(text) for text in queries]), np.stack([text_vector(t) for t in item_texts]))
+    tables = SftTables.build(small_prepared, table, vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0,
+                             borrow=NO_LENDING, bm25_params=BM25, sci_vectors=sci_vectors,
+                             encode_views=(lambda texts: np.stack([text_vector(t) for t in texts])) if own_vectors else None)
+    dataset = SftDataset(tables, indexing_ratio=0.5, seed=3)
+    n_items = tables.n_items
+    item = dataset.item_order[0]
+    views = query_like_views(small_prepared.items["title"].astype(str).tolist(), VIEWS, seed=0)[item]
+    for walk, text in enumerate([item_texts[item], views[0], views[1], item_texts[item]]):
+        slot = walk * n_items
+        dataset.set_epoch(slot // dataset.n_indexing)
+        vector = dataset.batch([dataset.n_pairs + slot % dataset.n_indexing])["query_vectors"][0].numpy()
+        expected = text_vector(text if own_vectors else item_texts[item])
+        np.testing.assert_allclose(vector, expected, rtol=1e-6, err_msg=f"walk {walk}: {text!r}")
+    pair_vector = dataset.batch([0])["query_vectors"][0].numpy()        # a retrieval pair reads its query's
+    train_queries = small_prepared.split_queries("train").reset_index(drop=True)["text"].astype(str)
+    np.testing.assert_allclose(pair_vector, text_vector(train_queries.iloc[tables.pair_query[0]]), rtol=1e-6)
+    with pytest.raises(ValueError, match="needs sci_vectors"):
+        SftTables.build(small_prepared, table, vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0, borrow=NO_LENDING,
+                        bm25_params=BM25, encode_views=lambda texts: np.zeros((len(texts), 4), np.float32))
+
+
 def test_query_like_views_are_short_seeded_and_name_the_product_type():
     titles = ["Toro Personal Pace Recycler 22 in. Variable Speed Self-Propelled Gas Lawn Mower with Briggs Engine",
               "Delta Vero 1-Handle Shower Only Faucet Trim Kit in Chrome"]

@@ -161,3 +161,21 @@ def test_a_minilm_encoder_model_trains_in_the_stage_and_serves_from_raw_text(sma
     found = retriever.search(["brass rug", "heavy duty ladder"], 5)
     known = set(small_prepared.items["item_id"])
     assert [len({item for item, _ in hits} & known) for hits in found] == [5, 5]
+
+
+def test_indexing_views_can_read_their_own_query_vectors_through_the_query_tower(small_params, stage_inputs,
+                                                                                  small_prepared, tmp_path):
+    params = deep_merge(small_params, {
+        "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False,
+                       "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 12, "batch_size": 32}}}},
+        "sft": {"warmup_steps": 4, "checkpoint_every": 12, "log_every": 6, "lr": 0.005, "valid_max_queries": 24,
+                "baselines": {"tiger": None}, "indexing_query_vector": "view"},
+        "decode": {"beam_size": 5, "batch_size": 16},
+        "text": {"cache_dir": str(tmp_path / "cache")},
+    })
+    metadata = run(params, stage_inputs, tmp_path / "out")
+    assert metadata["sarq_acrq_valid_sid_rate"] == 1.0
+    # the views' MiniLM sentence vectors were computed once and cached by content hash
+    assert list((tmp_path / "cache").glob("*.keys.npy"))
+    with pytest.raises(ValueError, match="indexing_query_vector must be one of"):
+        run(deep_merge(params, {"sft": {"indexing_query_vector": "titles"}}), stage_inputs, tmp_path / "bad")

@@ -87,7 +87,9 @@ def test_a_query_vector_model_trains_and_decodes_with_the_towers_vectors(small_p
     rng = np.random.default_rng(0)
     np.save(towers / "queries.npy", rng.normal(size=(len(small_prepared.queries), 8)).astype(np.float32))
     np.save(towers / "item_query_view.npy", rng.normal(size=(len(small_prepared.items), 8)).astype(np.float32))
-    params = deep_merge(tiny_params(small_params, lr=0.005), {"generative": {"query_vector": True}})
+    # stand-in vectors, no towers to encode the views with: views read their item's vector
+    params = deep_merge(tiny_params(small_params, lr=0.005, indexing_query_vector="title"),
+                        {"generative": {"query_vector": True}})
     with pytest.raises(ValueError, match="needs the sci_towers folder"):
         train_sft(params, small_prepared, sids_folder, tmp_path / "none", dist=DistContext(), progress=False)
     model, history = train_sft(params, small_prepared, sids_folder, tmp_path / "model", dist=DistContext(),

@@ -9,7 +9,9 @@ Two tasks (DESIGN.md Stage 3):
 - indexing: each item's text -> its own SID, weight 1, for every item (cold items too:
   their only chance to be decodable at all). The text is the full item text on the first
   walk over the items, then each of its query-like views (`views.py`, params
-  `sft.indexing_views`) on the following walks, cycling.
+  `sft.indexing_views`) on the following walks, cycling. A model that reads the SCI query
+  vector reads f_q(item text) for every view (`sft.indexing_query_vector: title`) or f_q of
+  the view's own text (`view`), as short and noisy as a real query's.
 
 `SftDataset` mixes them per epoch: all retrieval pairs, plus as many indexing pairs as make
 up `indexing_ratio` of the epoch, drawn by a seeded walk over a permutation of the items
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,20 +82,31 @@ class SftTables:
     n_lent: int                    # the last n_lent pairs are lent queries (borrowed.py)
     # SCI query-view vectors f_q for a model with a query-vector memory position, else None:
     query_vectors: np.ndarray | None = None   # [n_queries, d] of the split's queries
-    item_vectors: np.ndarray | None = None    # [n_items, d] f_q(item text): every indexing view reads its item's
+    # f_q of the indexing sources: [n_items, d] f_q(item text), which every view of the item reads
+    # (sft.indexing_query_vector `title`), or [(1 + n_views) * n_items, d], f_q of each view's own text
+    # in view_row order (`view`)
+    item_vectors: np.ndarray | None = None
 
     def view_row(self, view: int, item: np.ndarray) -> np.ndarray:
         """Source rows of view `view` of items `item` (view 0: the item text itself)."""
         return self.n_queries + self.n_items * view + np.asarray(item)
 
+    def view_vectors(self, view: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """The query vectors indexing examples (view `view` of item `item`) read."""
+        if len(self.item_vectors) == self.n_items:
+            return self.item_vectors[item]
+        return self.item_vectors[self.view_row(view, item) - self.n_queries]
+
     @classmethod
     def build(cls, prepared: PreparedDataset, sid_table: pd.DataFrame, vocab: SidVocab, reader: EncoderReader,
               max_dec_len: int, views: ViewConfig, seed: int, borrow: BorrowConfig, bm25_params: dict,
               split: str = "train", sci_vectors: tuple[np.ndarray, np.ndarray] | None = None,
-              dense_vectors: tuple[np.ndarray, np.ndarray] | None = None) -> "SftTables":
+              dense_vectors: tuple[np.ndarray, np.ndarray] | None = None,
+              encode_views: Callable[[list[str]], np.ndarray] | None = None) -> "SftTables":
         """`sci_vectors`: (f_q of every query in queries.parquet order, f_q of every item) from the
         sci_towers artifact, for a model that reads query vectors; `dense_vectors`: (the same f_q
-        of every query, f_i of every item), for `borrow`'s dense channel."""
+        of every query, f_i of every item), for `borrow`'s dense channel; `encode_views`: query
+        texts -> f_q, given when each indexing view reads the f_q of its own text (with sci_vectors)."""
         items = prepared.items.reset_index(drop=True)
         sid_by_item = dict(zip(sid_table["item_id"].astype(str), sid_table["sid"]))
         missing = [item for item in items["item_id"].astype(str) if item not in sid_by_item]
@@ -124,6 +137,11 @@ class SftTables:
                 raise ValueError(f"SCI vectors for {len(all_queries)} queries and {len(item_vectors)} items; the "
                                  f"dataset has {len(prepared.queries)} and {len(items)}")
             query_vectors = all_queries[prepared.queries["split"].eq(split).to_numpy()]
+            if encode_views is not None:
+                view_vectors = np.asarray(encode_views(texts[len(queries) + len(items):]), dtype=np.float32)
+                item_vectors = np.concatenate([item_vectors, view_vectors])
+        elif encode_views is not None:
+            raise ValueError("encode_views needs sci_vectors: only a model that reads query vectors reads views' vectors")
         return cls(sources=sources, n_queries=len(queries), n_items=len(items), n_views=views.views,
                    item_targets=sid_targets(sids, vocab, max_dec_len),
                    pair_query=np.concatenate([pair_query, lent_query]),
@@ -201,7 +219,7 @@ class SftDataset:
         batch = collate(inputs, mask, tables.item_targets[item], weight)
         if tables.query_vectors is not None:
             vectors = np.where(is_pair[:, None], tables.query_vectors[tables.pair_query[pair]],
-                               tables.item_vectors[item])
+                               tables.view_vectors(view, item))
             batch["query_vectors"] = torch.as_tensor(vectors, dtype=torch.float32)
         return batch
 

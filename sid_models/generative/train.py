@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ from .model import GenerativeConfig, Seq2SeqRetriever, init_encoder_embeddings, 
 from .vocab import PAD
 
 DATA_FILE = "sft_data.json"      # what the model trained on: retrieval pairs (judged + lent), indexing per epoch
+# the query vector an indexing view reads (params sft.indexing_query_vector): f_q of its item's text, or of its own
+INDEXING_QUERY_VECTORS = ("title", "view")
 
 
 def sft_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -69,6 +72,23 @@ def loop_config(params: dict) -> LoopConfig:
     return LoopConfig.from_params(section, seed=int(params["seed"]))
 
 
+def query_tower_encoder(params: dict, towers_folder: str | Path, progress: bool) -> Callable[[list[str]], np.ndarray]:
+    """Texts -> f_q through the query tower of the sci_towers artifact `towers_folder` (MiniLM sentence
+    vectors cached by content hash under params text.cache_dir)."""
+    from ..sci.towers import load_towers
+    from ..text.encoder import TextEncoder
+
+    towers = load_towers(towers_folder)
+    sentences = TextEncoder.from_params(params["text"], progress=progress)
+
+    def sentence_vectors(texts: list[str]) -> np.ndarray:
+        return sentences.encode(texts, "SFT indexing views")
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return towers.encode_query_texts(texts, sentence_vectors)
+    return encode
+
+
 def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, out: str | Path,
               variant: str | None = None, dist: DistContext | None = None, progress: bool = True,
               stop_at: int | None = None, towers_folder: str | Path | None = None) -> tuple[Seq2SeqRetriever, list[dict]]:
@@ -98,13 +118,19 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
             sci_vectors = (query_vectors, np.load(towers_folder / QUERY_VIEW_FILE))
         if borrow.enabled and "dense" in borrow.channels:
             dense_vectors = (query_vectors, np.load(towers_folder / ITEM_VIEW_FILE))
+    encode_views = None
+    view_source = params["sft"]["indexing_query_vector"]
+    if view_source not in INDEXING_QUERY_VECTORS:
+        raise ValueError(f"sft.indexing_query_vector must be one of {INDEXING_QUERY_VECTORS}, got {view_source!r}")
+    if sci_vectors is not None and view_source == "view":
+        encode_views = query_tower_encoder(params, towers_folder, progress=progress and dist.is_main)
     config = model_config(params, vocab.size, max_dec_len, 0 if sci_vectors is None else sci_vectors[0].shape[1])
     loop = loop_config(params)
     reader = EncoderReader.for_model(config, params["text"], cache_path(params["text"]), progress=progress and dist.is_main)
     tables = SftTables.build(prepared, table, vocab, reader, max_dec_len,
                              ViewConfig.from_params(params["sft"]["indexing_views"], "sft.indexing_views"), seed=loop.seed,
                              borrow=borrow, bm25_params=params["bm25"], sci_vectors=sci_vectors,
-                             dense_vectors=dense_vectors)
+                             dense_vectors=dense_vectors, encode_views=encode_views)
     dataset = SftDataset(tables, params["sft"]["indexing_ratio"], seed=loop.seed)
     torch.manual_seed(loop.seed)
     model = Seq2SeqRetriever(config)
@@ -122,6 +148,7 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
                                params["sft"]["indexing_views"], params["sft"]["borrowed_queries"],
                                params["bm25"] if borrow.enabled and "bm25" in borrow.channels else None,
                                params["generative"]["init_from_minilm"], sid_digest(table),
+                               view_source if sci_vectors is not None else None,
                                len(prepared.items), int(tables.pair_query.size), float(tables.pair_weight.sum()),
                                None if sci_vectors is None else [float(np.abs(v).sum()) for v in sci_vectors])
     history = train_loop(model, dataset, sft_loss, loop, out, dist, metric_prefix=f"sft_{variant}",
