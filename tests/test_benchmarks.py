@@ -123,3 +123,35 @@ def test_ranked_latency_splits_a_served_query_into_its_parts_and_times_the_pyfun
         assert row["total_p50_ms"] > row["beam_p50_ms"]
         assert row["pyfunc_p95_ms"] >= row["pyfunc_p50_ms"] > 0
         assert row["mean_candidates"] > 0
+
+
+def test_sids_benchmark_describes_each_variant_by_segment_and_runs_the_scale_quantiser():
+    rows = run_benchmark("sids.py")
+    scale = [row for row in rows if row["system"] == "scale_1m"]
+    assert len(scale) == 1 and scale[0]["n_items"] == 100_000          # the --quick size
+    assert scale[0]["seconds"] > 0 and scale[0]["peak_mib"] > 0
+    by_variant: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        if "segment" in row:
+            by_variant.setdefault(row["system"], {})[row["segment"]] = row
+    assert set(by_variant) == {"sarq_acrq", "tiger"}
+    for variant, segments in by_variant.items():
+        parts = [segments[name] for name in ("head", "torso", "tail", "cold")]
+        assert sum(part["n_items"] for part in parts) == segments["all"]["n_items"], variant
+        for name, row in segments.items():
+            if name == "health":
+                assert all(0.0 < value <= 1.0 for key, value in row.items() if key.endswith("_utilisation"))
+                continue
+            lengths = {int(length): count for length, count in row["length_distribution"].items()}
+            assert sum(lengths.values()) == row["n_items"], (variant, name)
+            mean = sum(length * count for length, count in lengths.items()) / row["n_items"]
+            assert abs(mean - row["mean_length"]) < 1e-9, (variant, name)
+            assert 0.0 <= row["collision_rate"] <= 1.0 and row["max_bucket"] >= 1
+    # SARQ keeps head items apart and shortens the rest; the collision digit keeps every item apart
+    assert by_variant["sarq_acrq"]["head"]["collision_rate"] == 0.0
+    assert by_variant["sarq_acrq"]["cold"]["mean_length"] < by_variant["sarq_acrq"]["head"]["mean_length"]
+    assert by_variant["tiger"]["all"]["collision_rate"] == 0.0
+    assert len(by_variant["tiger"]["all"]["length_distribution"]) == 1
+    convergence = next(row for row in rows if row["system"] == "acrq_convergence")
+    phases = [convergence[f"stage_b_steps_{segment}"] for segment in ("torso", "tail", "cold")]
+    assert sum(phases) == convergence["stage_b_steps"] and min(phases) > 0
