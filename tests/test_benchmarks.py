@@ -155,3 +155,21 @@ def test_sids_benchmark_describes_each_variant_by_segment_and_runs_the_scale_qua
     convergence = next(row for row in rows if row["system"] == "acrq_convergence")
     phases = [convergence[f"stage_b_steps_{segment}"] for segment in ("torso", "tail", "cold")]
     assert sum(phases) == convergence["stage_b_steps"] and min(phases) > 0
+
+
+def test_scale_benchmark_builds_every_phase_at_each_quick_size_and_compares_them():
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "scale.py"), "--quick", "--decode-queries", "8"],
+                          capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    phases = {(row["n_items"], row["system"]): row for row in rows if row["system"] != "ratio"}
+    # the default SID length sits below what a 100k catalogue's head allows: SARQ takes the shortest
+    assert {n for n, _ in phases} == {20_000, 100_000}
+    for n in (20_000, 100_000):
+        assert {"sids", "trie", "exact", "ivf", "ivf_pq"} <= {phase for size, phase in phases if size == n}
+        assert 0 < phases[(n, "sids")]["n_sids"] <= n and phases[(n, "sids")]["mean_length"] >= 1
+        assert phases[(n, "trie")]["queries_per_s"] > 0
+        for index in ("ivf", "ivf_pq"):
+            assert 0.0 < phases[(n, index)]["recall@10"] <= 1.0
+    ratio = next(row for row in rows if row["system"] == "ratio")
+    assert ratio["n_items"] == 100_000 and ratio["against"] == 20_000

@@ -93,9 +93,14 @@ def test_tau_by_bisection_hits_the_hand_computed_step():
     assert longest.tau == 0
 
 
-def test_unreachable_target_length_is_an_error_naming_the_floor():
-    with pytest.raises(ValueError, match="shortest reachable mean length 1.667"):
-        sarq(target=1.5).assign(CODES, K, EXPOSURE, HEAD)
+def test_a_target_below_the_head_floor_gives_the_shortest_sids_with_a_warning(caplog):
+    # head items must stay unique, so 10/6 is the shortest mean length these codes reach
+    policy = sarq(target=1.5)
+    with caplog.at_level("WARNING", logger="sid_models.quantize.sarq"):
+        sids = policy.assign(CODES, K, EXPOSURE, HEAD)
+    assert sids.lengths.mean() == pytest.approx(10 / 6)
+    assert policy.tau == 22
+    assert "below the shortest mean length this catalogue reaches (1.667" in caplog.text
 
 
 def test_smoothing_gives_cold_items_mass():

@@ -21,15 +21,21 @@ node form a leaf bucket, resolved at retrieval time by the SCI score.
 `tau` is given, or solved from a target mean SID length (disambiguation tokens included; they
 do not depend on `tau`): the mean length is a non-increasing
 step function of `tau` that changes only at node masses, so bisection over the sorted
-distinct node masses finds the smallest `tau` whose mean length is at most the target.
+distinct node masses finds the smallest `tau` whose mean length is at most the target. The
+head items' floor depends on the catalogue (the larger its head, the longer the shortest
+reachable mean): a target below it gives the shortest SIDs the floor allows, with a warning,
+so one default serves catalogues of any head share (the achieved mean is in the SID health).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from .sids import ABSENT, Sids, duplicate_rank, rank_digits, truncate
+
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -163,9 +169,10 @@ class Sarq:
             return float(np.maximum(tree.rule_lengths(tau, self.config.h_min), floor).mean()) + token_share
 
         shortest, longest = mean_length(candidates[-1]), mean_length(candidates[0])
-        if not shortest <= target:
-            raise ValueError(f"sarq.target_mean_length {target} is below the shortest reachable mean length "
-                             f"{shortest:.3f} (head items must stay unique)")
+        if target < shortest:
+            LOGGER.warning("sarq.target_mean_length %s is below the shortest mean length this catalogue reaches "
+                           "(%.3f: head items must stay unique); SARQ uses the shortest", target, shortest)
+            return float(candidates[-1])
         if longest <= target:
             return float(candidates[0])
         low, high = 0, len(candidates) - 1  # mean_length(candidates[low]) > target >= mean_length(candidates[high])
