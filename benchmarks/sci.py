@@ -3,12 +3,13 @@ swap + consistency term (`tower_swap_cons`, with --consistency), for each tower 
 (`--losses`: InfoNCE or the SCI paper's triplet margin loss), each searched exactly (`exact`), through IVF
 with item-view centroids (`ivf_item`) and through the consistent dual-view IVF (`ivf_dual`,
 centroids on the query view) at nprobe 1-64, `--lists-per-cell` (IVF lists per first-level
-cell) and `--spill` (lists each item is filed in), on the test split. One JSON line per (system, seed,
-index, lists per cell, spill, nprobe): recall@K, ndcg@10, mrr, recall@10_cold / _seen,
+cell), `--spill` (lists each item is filed in) and `--query-views` (query-like texts of each item whose
+f_q also files it: the dual view; V < the largest asked are the first V of its texts), on the test split.
+One JSON line per (system, seed, index, lists per cell, spill, query views, nprobe): recall@K, ndcg@10, mrr, recall@10_cold / _seen,
 `recall@10_of_exact` (the share of exact search's recall@10 kept), `scanned` (mean stored vectors a
 query is compared with), qps of the index at batch 256, and for trained towers their misalignment
 (mean ‖f_q(x) − f_i(x)‖ and cos over items and queries, untrained and trained).
-Then a summary line per (system, index, lists per cell, spill, nprobe) row: mean and sample std over the seeds.
+Then a summary line per (system, index, lists per cell, spill, query views, nprobe) row: mean and sample std over the seeds.
 
 `--from-chain` trains nothing: per seed it reads the towers of the pipeline's `sci_towers` stage
 (the shipped kind and recipe, cached by the benchmarks' chain, as `benchmarks/generative.py` builds
@@ -19,7 +20,7 @@ repeated. Towers and IVF run with `sci.train.threads` threads (1 by default: the
 shared), so qps are single-thread figures.
 
     .venv/bin/python benchmarks/sci.py [--data PATH|demo] [--quick] [--seeds 0 1 2] [--lists-per-cell 1 4]
-        [--spill 1 2] [--tower-kinds mlp minilm] [--losses info_nce triplet] [--consistency] [--systems tower]
+        [--spill 1 2] [--query-views 0 3] [--tower-kinds mlp minilm] [--losses info_nce triplet] [--consistency] [--systems tower]
         [--from-chain]
 """
 from __future__ import annotations
@@ -35,7 +36,8 @@ from common import benchmark_params, emit, emit_summary, log, parse_args, prepar
 from sid_models.shared.metrics import evaluate
 from sid_models.lexical.bm25 import BM25Retriever
 from sid_models.sci.index import DualViewIndex, FlatIndex, n_lists, rankings
-from sid_models.sci.stage import ITEM_VIEW_FILE, QUERIES_FILE, QUERY_VIEW_FILE, zero_shot_metrics
+from sid_models.sci.stage import ITEM_VIEW_FILE, QUERIES_FILE, QUERY_VIEW_FILE, query_view_texts, zero_shot_metrics
+from sid_models.sci.towers import load_towers
 from sid_models.params import deep_merge
 from sid_models.sci.train import (CONTRAST_LOSSES, TrainConfig, limit_threads, misalignment, new_towers,
                                   pseudo_query_inputs, tower_inputs, train_towers)
@@ -50,7 +52,7 @@ QPS_MIN_QUERIES = 2048
 REPORTED = ("recall@1", "recall@5", "recall@10", "recall@50", "ndcg@10", "mrr", "recall@10_cold",
             "recall@10_seen", "recall@10_head", "recall@10_torso", "recall@10_tail", "recall@10_multi",
             "n_queries")
-SUMMARISED = ("recall@10", "recall@50", "ndcg@10", "recall@10_cold", "recall@10_seen", "recall@10_of_exact", "scanned",
+SUMMARISED = ("recall@10", "recall@50", "ndcg@10", "recall@10_cold", "recall@10_seen", "recall@10_of_exact", "scanned", "stored",
               "qps",
               "misalign_items_l2", "misalign_items_cos", "misalign_queries_l2", "misalign_queries_cos")
 QUICK = {"sci": {"train": {"epochs": 2}}}
@@ -73,6 +75,9 @@ def own_arguments(parser) -> None:
                         help="IVF lists per first-level cell to build (default: params index.lists_per_cell)")
     parser.add_argument("--spill", type=int, nargs="+", default=None,
                         help="lists each item is filed in, per index built (default: params index.spill)")
+    parser.add_argument("--query-views", type=int, nargs="+", default=None,
+                        help="query-like texts whose f_q also file each item, per index built "
+                             "(default: params index.query_views.views)")
     parser.add_argument("--from-chain", action="store_true",
                         help="train nothing: index the chain's sci_towers stage per seed (system `shipped`)")
     parser.add_argument("--tower-kinds", nargs="+", default=None,
@@ -104,9 +109,11 @@ def main() -> None:
         return {key: result[key] for key in REPORTED if key in result}
 
     def record(system: str, index: str, lists_per_cell: int | None, nprobe: int | None, spill: int | None = None,
-               **fields) -> None:
-        emit(BENCH, system, index=index, lists_per_cell=lists_per_cell, spill=spill, nprobe=nprobe, **fields)
-        row = "/".join(str(part) for part in (system, index, lists_per_cell, spill and f"spill{spill}", nprobe)
+               query_views: int | None = None, **fields) -> None:
+        emit(BENCH, system, index=index, lists_per_cell=lists_per_cell, spill=spill, query_views=query_views,
+             nprobe=nprobe, **fields)
+        row = "/".join(str(part) for part in (system, index, lists_per_cell, spill and f"spill{spill}",
+                                              f"qv{query_views}" if query_views else None, nprobe)
                        if part is not None)
         results.setdefault(row, []).append(fields)
 
@@ -123,25 +130,35 @@ def main() -> None:
     nlist = n_lists(len(item_ids), settings["nlist"], settings["min_points_per_list"])
     lists_per_cell = args.lists_per_cell or [settings["lists_per_cell"]]
     spills = args.spill or [settings["spill"]]
-    log(f"IVF: {nlist} cells x {lists_per_cell} lists per cell, spill {spills}, nprobe {NPROBES}")
+    query_views = args.query_views or [settings["query_views"]["views"]]
+    view_params = deep_merge(params, {"index": {"query_views": {"views": max(query_views)}}})
+    titles = prepared.items["title"].astype(str).tolist()
+    log(f"IVF: {nlist} cells x {lists_per_cell} lists per cell, spill {spills}, query views {query_views}, "
+        f"nprobe {NPROBES}")
 
     def search_all(system: str, query_vectors: np.ndarray, item_query_view: np.ndarray, item_view: np.ndarray,
-                   seed: int, views: tuple[str, ...], **extra) -> None:
+                   seed: int, views: tuple[str, ...], towers=None, **extra) -> None:
+        """Exact search, then each index of `views` x lists per cell x spill x query views (those need
+        the query tower `towers`) at every nprobe."""
         flat = FlatIndex(item_view)
         _, rows = flat.search(query_vectors, K)
         exact = score(rows)
         record(system, "exact", None, None, **exact, qps=throughput(flat, query_vectors, None), seed=seed, **extra)
+        texts = None if towers is None else query_view_texts(towers, titles, view_params, seed, progress=False)
         for view in views:
-            for per_cell, spill in itertools.product(lists_per_cell, spills):
+            for per_cell, spill, n_views in itertools.product(lists_per_cell, spills,
+                                                              query_views if towers is not None else [0]):
                 built = time.perf_counter()
                 index = DualViewIndex.build(item_query_view, item_view, nlist, settings["niter"], seed, 1,
                                             coarse_view=view, lists_per_cell=per_cell,
-                                            min_points_per_list=settings["min_points_per_list"], spill=spill)
+                                            min_points_per_list=settings["min_points_per_list"], spill=spill,
+                                            query_view_texts=None if texts is None else texts[:n_views])
                 build_seconds = time.perf_counter() - built
                 for nprobe in (n for n in NPROBES if n <= index.nlist):
                     _, rows = index.search(query_vectors, K, nprobe)
                     figures = score(rows)
-                    record(system, INDEX_NAMES[view], per_cell, nprobe, spill, nlist=index.nlist, **figures,
+                    record(system, INDEX_NAMES[view], per_cell, nprobe, spill, n_views, nlist=index.nlist,
+                           stored=index.ntotal, **figures,
                            **{"recall@10_of_exact": figures["recall@10"] / exact["recall@10"]},
                            scanned=float(index.scanned(query_vectors, nprobe).mean()),
                            qps=throughput(index, query_vectors, nprobe), build_seconds=build_seconds, seed=seed,
@@ -154,7 +171,7 @@ def main() -> None:
         for seed in args.seeds:
             towers = run_chain({**params, "seed": seed}, args.quick, ("sci_towers",), BENCH)["sci_towers"]
             search_all("shipped", np.load(towers / QUERIES_FILE)[test_rows], np.load(towers / QUERY_VIEW_FILE),
-                       np.load(towers / ITEM_VIEW_FILE), seed, ("item", "query"),
+                       np.load(towers / ITEM_VIEW_FILE), seed, ("item", "query"), load_towers(towers),
                        tower_kind=params["sci"]["tower"]["kind"])
         emit_summary(BENCH, results, SUMMARISED)
         return
@@ -183,7 +200,7 @@ def main() -> None:
                 log(f"{system}{suffix} seed {seed}: best epoch {result.best_epoch}, {result.seconds:.0f} s")
                 query_vectors = towers.encode_queries(query_inputs)
                 search_all(system + suffix, query_vectors[test_rows], towers.encode_queries(item_inputs),
-                           towers.encode_items(item_inputs), seed, ("item", "query"), tower_kind=kind,
+                           towers.encode_items(item_inputs), seed, ("item", "query"), towers, tower_kind=kind,
                            train_seconds=result.seconds, best_epoch=result.best_epoch,
                            loss=config.loss, lambda_swap=config.lambda_swap, lambda_cons=config.lambda_cons,
                            pseudo_per_pair=config.pseudo_queries["per_pair"],

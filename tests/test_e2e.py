@@ -73,6 +73,10 @@ def test_every_asset_materialises_and_every_check_passes(pipeline):
     materialised = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
     assert {"prepared_dataset", "text_embeddings", "sci_towers", "sci_index", "semantic_ids", "sft_checkpoint",
             "dpo_checkpoint", "eval_report", "registered_model"} <= materialised
+    index = result.asset_materializations_for_node("sci_index")[0].metadata
+    # the dual view: items are filed by their query-like texts too, so the index holds more entries than items
+    assert index["query_views"].value == pipeline["params"]["index"]["query_views"]["views"] > 0
+    assert index["ntotal"].value > index["n_items"].value
     evaluations = result.get_asset_check_evaluations()
     assert any(evaluation.check_name == "beats_champion" for evaluation in evaluations)
     assert [f"{e.asset_key.to_user_string()}:{e.check_name}" for e in evaluations if not e.passed] == []

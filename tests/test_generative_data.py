@@ -92,7 +92,7 @@ def test_every_item_has_its_sid_as_indexing_target(small_prepared, sft_inputs):
 
 def test_epoch_mix_follows_the_indexing_ratio_and_walks_all_items(sft_inputs):
     tables, _, _ = sft_inputs
-    dataset = SftDataset(tables, indexing_ratio=0.5, seed=3)
+    dataset = SftDataset(tables, indexing_ratio=0.5, seed=3, query_vector_dropout=0.0)
     assert dataset.n_indexing == dataset.n_pairs
     seen = set()
     n_items = tables.n_items
@@ -106,7 +106,7 @@ def test_epoch_mix_follows_the_indexing_ratio_and_walks_all_items(sft_inputs):
 
 def test_batches_are_teacher_forced_and_deterministic(sft_inputs):
     tables, _, _ = sft_inputs
-    dataset = SftDataset(tables, indexing_ratio=0.3, seed=1)
+    dataset = SftDataset(tables, indexing_ratio=0.3, seed=1, query_vector_dropout=0.0)
     indices = [0, 1, len(dataset) - 1]
     first, again = dataset.batch(indices), dataset.batch(indices)
     for key in first:
@@ -127,7 +127,7 @@ def test_a_missing_sid_is_an_error_naming_the_item(small_prepared, sft_inputs):
 
 def test_indexing_walks_show_the_title_then_each_query_like_view(sft_inputs, small_prepared):
     tables, _, _ = sft_inputs
-    dataset = SftDataset(tables, indexing_ratio=0.5, seed=3)
+    dataset = SftDataset(tables, indexing_ratio=0.5, seed=3, query_vector_dropout=0.0)
     n_items = tables.n_items
     first_slot_item = dataset.item_order[0]
     views = query_like_views(small_prepared.items["title"].astype(str).tolist(), VIEWS, seed=0)[first_slot_item]
@@ -155,7 +155,7 @@ def test_indexing_views_read_the_title_vector_or_their_own(small_prepared, sft_i
     tables = SftTables.build(small_prepared, table, vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0,
                              borrow=NO_LENDING, bm25_params=BM25, sci_vectors=sci_vectors,
                              encode_views=(lambda texts: np.stack([text_vector(t) for t in texts])) if own_vectors else None)
-    dataset = SftDataset(tables, indexing_ratio=0.5, seed=3)
+    dataset = SftDataset(tables, indexing_ratio=0.5, seed=3, query_vector_dropout=0.0)
     n_items = tables.n_items
     item = dataset.item_order[0]
     views = query_like_views(small_prepared.items["title"].astype(str).tolist(), VIEWS, seed=0)[item]
@@ -171,6 +171,34 @@ def test_indexing_views_read_the_title_vector_or_their_own(small_prepared, sft_i
     with pytest.raises(ValueError, match="needs sci_vectors"):
         SftTables.build(small_prepared, table, vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0, borrow=NO_LENDING,
                         bm25_params=BM25, encode_views=lambda texts: np.zeros((len(texts), 4), np.float32))
+
+
+def test_query_vector_dropout_zeroes_a_seeded_share_of_retrieval_vectors_and_no_indexing_vector(small_prepared,
+                                                                                                  sft_inputs):
+    _, vocab, table = sft_inputs
+    queries = small_prepared.queries["text"].astype(str).tolist()
+    item_texts = small_prepared.item_text().tolist()
+    sci_vectors = (np.stack([text_vector(text) for text in queries]), np.stack([text_vector(t) for t in item_texts]))
+    tables = SftTables.build(small_prepared, table, vocab, WORDPIECE, vocab.levels + 1, VIEWS, seed=0,
+                             borrow=NO_LENDING, bm25_params=BM25, sci_vectors=sci_vectors)
+    kept = SftDataset(tables, indexing_ratio=0.5, seed=3, query_vector_dropout=0.0)
+    dropping = SftDataset(tables, indexing_ratio=0.5, seed=3, query_vector_dropout=0.5)
+    every = np.arange(len(dropping))
+    pairs = every < dropping.n_pairs
+    shares = []
+    for epoch in (0, 1):
+        kept.set_epoch(epoch)
+        dropping.set_epoch(epoch)
+        full, dropped = kept.batch(every)["query_vectors"].numpy(), dropping.batch(every)["query_vectors"].numpy()
+        zeroed = ~dropped.any(axis=1)
+        assert not zeroed[~pairs].any()                             # indexing examples always read their vector
+        np.testing.assert_array_equal(dropped[~zeroed], full[~zeroed])
+        shares.append(zeroed[pairs])
+        assert 0.4 < zeroed[pairs].mean() < 0.6
+        np.testing.assert_array_equal(dropping.batch(every)["query_vectors"].numpy(), dropped)   # seeded by epoch
+    assert (shares[0] != shares[1]).any()                           # a new draw each epoch
+    with pytest.raises(ValueError, match="query_vector_dropout"):
+        SftDataset(tables, indexing_ratio=0.5, seed=3, query_vector_dropout=1.5)
 
 
 def test_query_like_views_are_short_seeded_and_name_the_product_type():

@@ -194,3 +194,49 @@ def test_first_occurrences_keeps_the_best_first_place_of_each_row():
     kept_scores, kept_rows = first_occurrences(scores, rows, 4)
     np.testing.assert_array_equal(kept_rows, [[3, 1, 4, 2], [7, 8, -1, -1]])
     np.testing.assert_allclose(kept_scores, [[.9, .8, .7, .1], [.5, .4, -np.inf, -np.inf]])
+
+
+def _query_view_texts(query_view: np.ndarray, n_views: int, rng: np.random.Generator) -> np.ndarray:
+    """[V, n, d] noisy copies of each item's query view: what short, misspelt query-like texts give."""
+    noisy = query_view[None] + 0.8 * np.stack([_unit(len(query_view), query_view.shape[1], rng) for _ in range(n_views)])
+    return (noisy / np.linalg.norm(noisy, axis=2, keepdims=True)).astype(np.float32)
+
+
+def test_query_views_file_each_item_where_its_query_like_texts_route(views, tmp_path):
+    query_view, item_view, queries = views
+    texts = _query_view_texts(query_view, 3, np.random.default_rng(1))
+    plain = DualViewIndex.build(query_view, item_view, nlist=12, niter=10, seed=0, nprobe=2, **UNREFINED)
+    dual = DualViewIndex.build(query_view, item_view, nlist=12, niter=10, seed=0, nprobe=2, **UNREFINED,
+                               query_view_texts=texts)
+    # the coarse cells (the first SID level) do not depend on the filing
+    np.testing.assert_array_equal(dual.centroids, plain.centroids)
+    expected = [sorted({int(own)} | {int(dual.route(text[row:row + 1])[0]) for text in texts})
+                for row, own in enumerate(dual.route(query_view))]
+    lists = dual.list_assignments()
+    assert lists.shape == (len(item_view), 4)
+    assert [row[row >= 0].tolist() for row in lists] == expected
+    assert dual.ntotal == sum(len(filed) for filed in expected) > plain.ntotal
+    # a query that lands where an item's query-like text lands finds it with one probe
+    item = next(row for row, filed in enumerate(expected) if len(filed) > 1)
+    text_list = next(i for i in expected[item] if i != dual.route(query_view[item:item + 1])[0])
+    view = next(text for text in texts if dual.route(text[item:item + 1])[0] == text_list)
+    found = dual.search(view[item:item + 1], len(item_view), nprobe=1)[1][0]
+    assert item in found.tolist()
+    assert item not in plain.search(view[item:item + 1], len(item_view), nprobe=1)[1][0].tolist()
+    # each item comes back once; probing every list is exact search
+    for found in dual.search(queries, 50, nprobe=3)[1]:
+        found = found[found >= 0]
+        assert len(found) == len(set(found.tolist()))
+    np.testing.assert_array_equal(dual.search(queries, 10, nprobe=12)[1], FlatIndex(item_view).search(queries, 10)[1])
+    dual.save(tmp_path)
+    loaded = DualViewIndex.load(tmp_path)
+    assert (loaded.query_views, loaded.n_items, loaded.copies) == (3, len(item_view), 4)
+    np.testing.assert_array_equal(loaded.list_assignments(), lists)
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], dual.search(queries, 10)[1])
+
+
+def test_query_view_texts_of_the_wrong_shape_are_rejected(views):
+    query_view, item_view, _ = views
+    with pytest.raises(ValueError, match=r"query view texts must be \[views, 1200, 16\]"):
+        DualViewIndex.build(query_view, item_view, nlist=12, niter=10, seed=0, nprobe=2, **UNREFINED,
+                            query_view_texts=query_view[None, :100])

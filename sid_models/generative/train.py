@@ -131,7 +131,8 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
                              ViewConfig.from_params(params["sft"]["indexing_views"], "sft.indexing_views"), seed=loop.seed,
                              borrow=borrow, bm25_params=params["bm25"], sci_vectors=sci_vectors,
                              dense_vectors=dense_vectors, encode_views=encode_views)
-    dataset = SftDataset(tables, params["sft"]["indexing_ratio"], seed=loop.seed)
+    dataset = SftDataset(tables, params["sft"]["indexing_ratio"], seed=loop.seed,
+                         query_vector_dropout=params["sft"]["query_vector_dropout"])
     torch.manual_seed(loop.seed)
     model = Seq2SeqRetriever(config)
     if params["generative"]["init_from_minilm"] and config.encoder == "wordpiece":

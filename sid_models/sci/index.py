@@ -20,6 +20,12 @@ item is q·v.
   a query whose nearest lists miss an item's first list can still find it in its second; search
   returns each item once. s times the stored vectors and fewer lists probed for a recall; per
   vector scanned it pays at small nprobe (Home Depot: README, the spill table).
+- Items are also filed by their query views (`query_views` V > 0): the f_q of V query-like
+  texts of each item (`text/views.py`: term subsets, spans and typos of its title, encoded by the
+  query tower) each file the item in its nearest list as well, when that list is not already one
+  of its own. f_q(item title) sits where the item's own text routes; a short, misspelt query for
+  it often routes elsewhere, and its query views land where such queries land. Up to `spill` + V
+  copies per item, each item returned once (Home Depot: README, the dual-view index table).
 - Baseline `coarse_view="item"`: the usual IVF, k-means on v and items filed by route(v),
   queries routed in a space they were never trained to share with those centroids.
 - `FlatIndex`: exact inner-product search over v, the reference for recall.
@@ -109,29 +115,39 @@ def refine_cells(vectors: np.ndarray, centroids: np.ndarray, lists_per_cell: int
 class DualViewIndex:
     """IVF over item-view vectors with coarse cells (and lists) from the `coarse_view` of the items."""
 
-    def __init__(self, index: faiss.IndexIVFFlat, centroids: np.ndarray, coarse_view: str, nprobe: int, spill: int):
+    def __init__(self, index: faiss.IndexIVFFlat, centroids: np.ndarray, coarse_view: str, nprobe: int, spill: int,
+                 query_views: int, n_items: int):
         if coarse_view not in VIEWS:
             raise ValueError(f"coarse_view must be one of {VIEWS}, got {coarse_view!r}")
         if not 1 <= spill <= index.nlist:
             raise ValueError(f"index.spill must be in [1, {index.nlist}] (the number of lists), got {spill}")
+        if query_views < 0:
+            raise ValueError(f"index.query_views must be >= 0, got {query_views}")
         self.index = index
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.coarse_view = coarse_view
         self.nprobe = nprobe
         self.spill = spill
+        self.query_views = query_views
+        self.n_items = n_items
 
     @classmethod
     def build(cls, query_view: np.ndarray, item_view: np.ndarray, nlist: int, niter: int, seed: int,
               nprobe: int, *, lists_per_cell: int, min_points_per_list: int, spill: int,
-              coarse_view: str = "query") -> "DualViewIndex":
+              coarse_view: str = "query", query_view_texts: np.ndarray | None = None) -> "DualViewIndex":
         """Cluster the items' `coarse_view` into `nlist` cells (refined into up to `lists_per_cell`
-        lists each), file each item by it in its `spill` nearest lists, store the item view."""
+        lists each), file each item by it in its `spill` nearest lists and by each of its query views
+        `query_view_texts` ([V, n_items, d]: f_q of V query-like texts per item) in that view's
+        nearest list where it is not filed yet; store the item view."""
         item_view = _matrix(item_view, "item view")
         query_view = _matrix(query_view, "item query view", item_view.shape[1])
         if len(query_view) != len(item_view):
             raise ValueError(f"query view has {len(query_view)} rows but item view has {len(item_view)}")
         if coarse_view not in VIEWS:
             raise ValueError(f"coarse_view must be one of {VIEWS}, got {coarse_view!r}")
+        texts = np.zeros((0, *item_view.shape), dtype=np.float32) if query_view_texts is None else query_view_texts
+        if texts.ndim != 3 or texts.shape[1:] != item_view.shape:
+            raise ValueError(f"query view texts must be [views, {len(item_view)}, {item_view.shape[1]}], got {texts.shape}")
         coarse = query_view if coarse_view == "query" else item_view
         centroids = spherical_kmeans(coarse, nlist, niter, seed)
         list_centroids = refine_cells(coarse, centroids, lists_per_cell, min_points_per_list, niter, seed)
@@ -139,12 +155,24 @@ class DualViewIndex:
         quantizer.add(list_centroids)
         index = faiss.IndexIVFFlat(quantizer, item_view.shape[1], len(list_centroids), faiss.METRIC_INNER_PRODUCT)
         index.is_trained = True  # the quantizer already holds our centroids; faiss must not retrain it
-        built = cls(index, centroids, coarse_view, nprobe, spill)
-        _, lists = quantizer.search(coarse, spill)
+        built = cls(index, centroids, coarse_view, nprobe, spill, len(texts), len(item_view))
+        _, nearest = quantizer.search(coarse, spill)
+        lists = [nearest[:, column] for column in range(spill)]
+        lists += [quantizer.search(_matrix(view, "query view texts"), 1)[1][:, 0] for view in texts]
         rows = np.arange(len(item_view), dtype=np.int64)
-        for nearest in range(spill):
-            add_preassigned(index, item_view, np.ascontiguousarray(lists[:, nearest]), ids=rows)
+        for copy, filed_in in enumerate(lists):
+            new = np.ones(len(rows), dtype=bool)
+            for earlier in lists[:copy]:
+                new &= filed_in != earlier
+            # add_preassigned keeps only a raw pointer to `ids`: the arrays must outlive the call
+            vectors, assigned, ids = (np.ascontiguousarray(array[new]) for array in (item_view, filed_in, rows))
+            add_preassigned(index, vectors, assigned, ids=ids)
         return built
+
+    @property
+    def copies(self) -> int:
+        """The most lists an item is filed in: spill + query views."""
+        return self.spill + self.query_views
 
     @property
     def nlist(self) -> int:
@@ -158,7 +186,7 @@ class DualViewIndex:
 
     @property
     def ntotal(self) -> int:
-        """Stored entries: items x spill."""
+        """Stored entries: items x spill, plus each query view filed in a list of its own."""
         return int(self.index.ntotal)
 
     def route(self, query_view_vectors: np.ndarray) -> np.ndarray:
@@ -182,18 +210,19 @@ class DualViewIndex:
         return lists[:, 0].astype(np.int64)
 
     def list_assignments(self) -> np.ndarray:
-        """[n_items, spill] the lists each item row is filed in (ascending), read back from faiss's
-        inverted lists; -1 where an item is filed fewer than `spill` times."""
-        n_items = self.ntotal // self.spill
-        lists = np.full((n_items, self.spill), -1, dtype=np.int64)
+        """[n_items, copies] the lists each item row is filed in (ascending), read back from faiss's
+        inverted lists; -1 past the lists an item is filed in."""
+        n_items = self.n_items
+        lists = np.full((n_items, self.copies), -1, dtype=np.int64)
         filed = np.zeros(n_items, dtype=np.int64)
         invlists = self.index.invlists
         for cell in range(self.nlist):
             size = invlists.list_size(cell)
             if size:
                 ids = faiss.rev_swig_ptr(invlists.get_ids(cell), size).copy()
-                if ids.max() >= n_items or (filed[ids] >= self.spill).any():
-                    raise ValueError(f"list {cell} holds item rows beyond {n_items} items filed {self.spill} times each")
+                if ids.max() >= n_items or (filed[ids] >= self.copies).any():
+                    raise ValueError(f"list {cell} holds item rows beyond {n_items} items filed at most "
+                                     f"{self.copies} times each")
                 lists[ids, filed[ids]] = cell
                 filed[ids] += 1
         return lists
@@ -212,9 +241,9 @@ class DualViewIndex:
             raise ValueError(f"nprobe must be in [1, {self.nlist}], got {nprobe}")
         params = faiss.SearchParametersIVF(nprobe=nprobe)
         vectors = _matrix(query_vectors, "query vectors", self.index.d)
-        if self.spill == 1:
+        if self.copies == 1:
             return self.index.search(vectors, k, params=params)
-        scores, rows = self.index.search(vectors, k * self.spill, params=params)
+        scores, rows = self.index.search(vectors, k * self.copies, params=params)
         return first_occurrences(scores, rows, k)
 
     def save(self, folder: str | Path) -> None:
@@ -224,7 +253,8 @@ class DualViewIndex:
         np.save(folder / CENTROIDS_FILE, self.centroids)
         (folder / META_FILE).write_text(json.dumps({
             "coarse_view": self.coarse_view, "fine_view": "item", "nlist": self.nlist, "n_cells": self.n_cells,
-            "nprobe": self.nprobe, "spill": self.spill, "ntotal": self.ntotal, "dim": int(self.index.d),
+            "nprobe": self.nprobe, "spill": self.spill, "query_views": self.query_views, "n_items": self.n_items,
+            "ntotal": self.ntotal, "dim": int(self.index.d),
         }, indent=2))
 
     @classmethod
@@ -232,8 +262,10 @@ class DualViewIndex:
         folder = Path(folder)
         meta = json.loads((folder / META_FILE).read_text())
         index = faiss.read_index(str(folder / INDEX_FILE))
-        # an index written before spill existed filed each item once
-        return cls(index, np.load(folder / CENTROIDS_FILE), meta["coarse_view"], meta["nprobe"], meta.get("spill", 1))
+        # an index written before spill / query views existed filed each item spill times / once
+        spill = meta.get("spill", 1)
+        return cls(index, np.load(folder / CENTROIDS_FILE), meta["coarse_view"], meta["nprobe"], spill,
+                   meta.get("query_views", 0), meta.get("n_items", int(index.ntotal) // spill))
 
 
 def first_occurrences(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,8 @@ epoch, validation metrics of the towers and of MiniLM zero-shot, and the towers'
 `history.json` (per epoch losses, validation metrics and misalignment).
 
 sci_index artifact: `ivf.faiss` (its lists refine the cells when `index.lists_per_cell` > 1; each
-item filed in its `index.spill` nearest lists),
+item filed in its `index.spill` nearest lists and in the nearest list of each of its
+`index.query_views` query-like texts' f_q),
 `centroids.npy` (coarse cells, the first SID level: k-means on the query view), `index.json` —
 load with `sid_models.sci.index.DualViewIndex.load(folder)` — and `nprobe_sweep.json`
 (validation recall@10 of exact search and of each nprobe tried; `index.nprobe: auto` keeps
@@ -97,7 +98,25 @@ def choose_nprobe(index: DualViewIndex, query_vectors: np.ndarray, exact_recall:
         nprobe = min(2 * nprobe, index.nlist)
 
 
+def query_view_texts(towers, titles: list[str], params: dict, seed: int, progress: bool = True) -> np.ndarray | None:
+    """[V, n_items, d] f_q of the params `index.query_views` query-like texts of each title (`text/views.py`),
+    MiniLM sentence vectors cached by content hash under params text.cache_dir; None when V is 0."""
+    from ..text.encoder import TextEncoder
+    from ..text.views import ViewConfig, query_like_views
+
+    config = ViewConfig.from_params(params["index"]["query_views"], "index.query_views")
+    if config.views == 0:
+        return None
+    views = query_like_views(titles, config, seed)
+    texts = [item_views[view] for view in range(config.views) for item_views in views]
+    sentences = TextEncoder.from_params(params["text"], progress=progress)
+    vectors = towers.encode_query_texts(texts, lambda batch: sentences.encode(batch, "index query views"))
+    return np.asarray(vectors, dtype=np.float32).reshape(config.views, len(titles), -1)
+
+
 def build_index(params: dict, inputs: dict[str, Path], out: Path) -> dict:
+    from .towers import load_towers
+
     prepared = PreparedDataset.load(inputs["prepared_dataset"])
     towers_folder = inputs["sci_towers"]
     query_view = np.load(towers_folder / QUERY_VIEW_FILE)
@@ -107,9 +126,12 @@ def build_index(params: dict, inputs: dict[str, Path], out: Path) -> dict:
         raise ValueError(f"{towers_folder / ITEM_VIEW_FILE} has {len(item_view)} rows, catalogue has {len(prepared.items)}")
     settings = params["index"]
     nlist = n_lists(len(item_view), settings["nlist"], settings["min_points_per_list"])
+    view_texts = query_view_texts(load_towers(towers_folder), prepared.items["title"].astype(str).tolist(), params,
+                                  params["seed"])
     index = DualViewIndex.build(query_view, item_view, nlist, settings["niter"], params["seed"], 1,
                                 coarse_view=settings["coarse_view"], lists_per_cell=settings["lists_per_cell"],
-                                min_points_per_list=settings["min_points_per_list"], spill=settings["spill"])
+                                min_points_per_list=settings["min_points_per_list"], spill=settings["spill"],
+                                query_view_texts=view_texts)
     valid = prepared.split_queries("valid")
     query_ids, item_ids = valid["query_id"].tolist(), prepared.items["item_id"].tolist()
     judged = prepared.split_judgments("valid")
@@ -130,9 +152,11 @@ def build_index(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     index.nprobe = nprobe
     index.save(out)
     (out / "nprobe_sweep.json").write_text(json.dumps({"exact": exact, "sweep": sweep}, indent=2))
-    sizes = np.bincount(index.list_assignments().ravel(), minlength=index.nlist)
+    lists = index.list_assignments()
+    sizes = np.bincount(lists[lists >= 0], minlength=index.nlist)
     return {
-        "nlist": index.nlist, "n_cells": index.n_cells, "nprobe": index.nprobe, "spill": index.spill, "ntotal": index.ntotal,
+        "nlist": index.nlist, "n_cells": index.n_cells, "nprobe": index.nprobe, "spill": index.spill,
+        "query_views": index.query_views, "n_items": index.n_items, "ntotal": index.ntotal,
         "coarse_view": index.coarse_view, "largest_list": int(sizes.max()), "empty_lists": int((sizes == 0).sum()),
         f"valid_recall@{k}_exact": exact, f"valid_recall@{k}_ivf": sweep[-1][f"valid_recall@{k}"],
         f"valid_recall@{k}_ivf_ratio": sweep[-1][f"valid_recall@{k}"] / exact if exact else float("nan"),
