@@ -4,7 +4,8 @@ swap + consistency term (`tower_swap_cons`, with --consistency), for each tower 
 with item-view centroids (`ivf_item`) and through the consistent dual-view IVF (`ivf_dual`,
 centroids on the query view) at nprobe 1-64, `--lists-per-cell` (IVF lists per first-level
 cell), `--spill` (lists each item is filed in) and `--query-views` (query-like texts of each item whose
-f_q also files it: the dual view; V < the largest asked are the first V of its texts), on the test split.
+f_q also files it: the dual view; V < the largest asked are the first V of its texts) and `--pq` (IVF-PQ
+sub-quantisers, index `<name>_pq<M>`; 0 = IVF-Flat), on the test split.
 One JSON line per (system, seed, index, lists per cell, spill, query views, nprobe): recall@K, ndcg@10, mrr, recall@10_cold / _seen,
 `recall@10_of_exact` (the share of exact search's recall@10 kept), `scanned` (mean stored vectors a
 query is compared with), qps of the index at batch 256, and for trained towers their misalignment
@@ -20,7 +21,7 @@ repeated. Towers and IVF run with `sci.train.threads` threads (1 by default: the
 shared), so qps are single-thread figures.
 
     .venv/bin/python benchmarks/sci.py [--data PATH|demo] [--quick] [--seeds 0 1 2] [--lists-per-cell 1 4]
-        [--spill 1 2] [--query-views 0 3] [--tower-kinds mlp minilm] [--losses info_nce triplet] [--consistency] [--systems tower]
+        [--spill 1 2] [--query-views 0 3] [--pq 0 32] [--tower-kinds mlp minilm] [--losses info_nce triplet] [--consistency] [--systems tower]
         [--from-chain]
 """
 from __future__ import annotations
@@ -75,6 +76,8 @@ def own_arguments(parser) -> None:
                         help="IVF lists per first-level cell to build (default: params index.lists_per_cell)")
     parser.add_argument("--spill", type=int, nargs="+", default=None,
                         help="lists each item is filed in, per index built (default: params index.spill)")
+    parser.add_argument("--pq", type=int, nargs="+", default=None,
+                        help="IVF-PQ sub-quantisers per index built, 0 = IVF-Flat (default: params index.pq_subquantizers)")
     parser.add_argument("--query-views", type=int, nargs="+", default=None,
                         help="query-like texts whose f_q also file each item, per index built "
                              "(default: params index.query_views.views)")
@@ -131,6 +134,7 @@ def main() -> None:
     lists_per_cell = args.lists_per_cell or [settings["lists_per_cell"]]
     spills = args.spill or [settings["spill"]]
     query_views = args.query_views or [settings["query_views"]["views"]]
+    pqs = args.pq if args.pq is not None else [settings["pq_subquantizers"]]
     view_params = deep_merge(params, {"index": {"query_views": {"views": max(query_views)}}})
     titles = prepared.items["title"].astype(str).tolist()
     log(f"IVF: {nlist} cells x {lists_per_cell} lists per cell, spill {spills}, query views {query_views}, "
@@ -146,18 +150,20 @@ def main() -> None:
         record(system, "exact", None, None, **exact, qps=throughput(flat, query_vectors, None), seed=seed, **extra)
         texts = None if towers is None else query_view_texts(towers, titles, view_params, seed, progress=False)
         for view in views:
-            for per_cell, spill, n_views in itertools.product(lists_per_cell, spills,
-                                                              query_views if towers is not None else [0]):
+            for per_cell, spill, n_views, pq in itertools.product(lists_per_cell, spills,
+                                                                  query_views if towers is not None else [0], pqs):
                 built = time.perf_counter()
                 index = DualViewIndex.build(item_query_view, item_view, nlist, settings["niter"], seed, 1,
                                             coarse_view=view, lists_per_cell=per_cell,
                                             min_points_per_list=settings["min_points_per_list"], spill=spill,
-                                            query_view_texts=None if texts is None else texts[:n_views])
+                                            query_view_texts=None if texts is None else texts[:n_views],
+                                            pq_subquantizers=pq, pq_bits=settings["pq_bits"])
                 build_seconds = time.perf_counter() - built
                 for nprobe in (n for n in NPROBES if n <= index.nlist):
                     _, rows = index.search(query_vectors, K, nprobe)
                     figures = score(rows)
-                    record(system, INDEX_NAMES[view], per_cell, nprobe, spill, n_views, nlist=index.nlist,
+                    record(system, INDEX_NAMES[view] + (f"_pq{pq}" if pq else ""), per_cell, nprobe, spill, n_views,
+                           nlist=index.nlist,
                            stored=index.ntotal, **figures,
                            **{"recall@10_of_exact": figures["recall@10"] / exact["recall@10"]},
                            scanned=float(index.scanned(query_vectors, nprobe).mean()),

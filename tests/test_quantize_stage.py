@@ -20,6 +20,8 @@ from sid_models.sci.stage import ITEM_VIEW_FILE, QUERIES_FILE, QUERY_VIEW_FILE
 from sid_models.sci.towers import CONFIG_FILE
 from sid_models.stages import run_stage
 
+from test_sci_index import UNREFINED  # one IVF-Flat, unrefined, unspilled index for both files
+
 torch.set_num_threads(1)
 
 STAGE_PARAMS = {
@@ -28,8 +30,6 @@ STAGE_PARAMS = {
     "acrq": {"max_steps_per_phase": 60, "batch_size": 64},
     "semantic_ids": {"variants": {"tiger": {"levels": 2, "codes_per_level": 16}}},
 }
-
-UNREFINED = {"lists_per_cell": 1, "min_points_per_list": 39, "spill": 1}
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

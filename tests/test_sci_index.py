@@ -8,7 +8,7 @@ import pytest
 from sid_models.sci.index import DualViewIndex, FlatIndex, first_occurrences, n_lists, rankings
 from sid_models.sci.stage import choose_nprobe
 
-UNREFINED = {"lists_per_cell": 1, "min_points_per_list": 39, "spill": 1}
+UNREFINED = {"lists_per_cell": 1, "min_points_per_list": 39, "spill": 1, "pq_subquantizers": 0, "pq_bits": 8}
 
 
 def _unit(rows: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -107,7 +107,7 @@ def test_refined_lists_nest_in_the_cells_and_keep_routing_consistent(views):
     query_view, item_view, queries = views
     cells_only = DualViewIndex.build(query_view, item_view, nlist=6, niter=10, seed=0, nprobe=1, **UNREFINED)
     refined = DualViewIndex.build(query_view, item_view, nlist=6, niter=10, seed=0, nprobe=1,
-                                  lists_per_cell=3, min_points_per_list=39, spill=1)
+                                  lists_per_cell=3, min_points_per_list=39, spill=1, pq_subquantizers=0, pq_bits=8)
     # the cells (first SID level) are untouched by the refinement; the lists are finer
     np.testing.assert_array_equal(refined.centroids, cells_only.centroids)
     np.testing.assert_array_equal(refined.route(query_view), cells_only.route(query_view))
@@ -127,7 +127,7 @@ def test_refined_lists_nest_in_the_cells_and_keep_routing_consistent(views):
 def test_a_cell_too_small_to_split_keeps_one_list(views):
     query_view, item_view, _ = views
     refined = DualViewIndex.build(query_view, item_view, nlist=6, niter=10, seed=0, nprobe=1,
-                                  lists_per_cell=4, min_points_per_list=150, spill=1)
+                                  lists_per_cell=4, min_points_per_list=150, spill=1, pq_subquantizers=0, pq_bits=8)
     # 1,200 items in 6 cells: about 200 per cell, so each splits into one list (< 2 x 150 points)
     sizes = np.bincount(refined.route(query_view), minlength=6)
     assert refined.nlist == sum(max(1, min(4, size // 150)) for size in sizes)
@@ -240,3 +240,23 @@ def test_query_view_texts_of_the_wrong_shape_are_rejected(views):
     with pytest.raises(ValueError, match=r"query view texts must be \[views, 1200, 16\]"):
         DualViewIndex.build(query_view, item_view, nlist=12, niter=10, seed=0, nprobe=2, **UNREFINED,
                             query_view_texts=query_view[None, :100])
+
+
+def test_ivf_pq_keeps_the_cells_and_lists_and_stores_codes(views, tmp_path):
+    query_view, item_view, queries = views
+    flat = DualViewIndex.build(query_view, item_view, nlist=4, niter=10, seed=0, nprobe=4, **UNREFINED)
+    pq = DualViewIndex.build(query_view, item_view, nlist=4, niter=10, seed=0, nprobe=4,
+                             **{**UNREFINED, "pq_subquantizers": 4, "pq_bits": 4})
+    assert isinstance(pq.index, faiss.IndexIVFPQ) and pq.index.code_size == 2      # 4 codes x 4 bits per item
+    np.testing.assert_array_equal(pq.centroids, flat.centroids)
+    np.testing.assert_array_equal(pq.list_assignments(), flat.list_assignments())
+    exact = FlatIndex(item_view).search(queries, 10)[1]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pq.search(queries, 10)[1], exact)])
+    assert 0.1 < overlap < 1.0        # every list probed: approximate scores (random rows would give .008)
+    pq.save(tmp_path)
+    loaded = DualViewIndex.load(tmp_path)
+    assert isinstance(loaded.index, faiss.IndexIVFPQ)
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], pq.search(queries, 10)[1])
+    with pytest.raises(ValueError, match="divide the vector width 16"):
+        DualViewIndex.build(query_view, item_view, nlist=4, niter=10, seed=0, nprobe=4,
+                            **{**UNREFINED, "pq_subquantizers": 5})

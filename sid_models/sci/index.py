@@ -26,6 +26,9 @@ item is q·v.
   of its own. f_q(item title) sits where the item's own text routes; a short, misspelt query for
   it often routes elsewhere, and its query views land where such queries land. Up to `spill` + V
   copies per item, each item returned once (Home Depot: README, the dual-view index table).
+- Lists may store product-quantised codes instead of the item view (`pq_subquantizers` M > 0: IVF-PQ,
+  M codes of `pq_bits` bits per vector, trained on the item view's residuals to its list): for a catalogue
+  whose vectors do not fit in memory. Scores are then approximate (README, the IVF-PQ rows).
 - Baseline `coarse_view="item"`: the usual IVF, k-means on v and items filed by route(v),
   queries routed in a space they were never trained to share with those centroids.
 - `FlatIndex`: exact inner-product search over v, the reference for recall.
@@ -134,11 +137,13 @@ class DualViewIndex:
     @classmethod
     def build(cls, query_view: np.ndarray, item_view: np.ndarray, nlist: int, niter: int, seed: int,
               nprobe: int, *, lists_per_cell: int, min_points_per_list: int, spill: int,
-              coarse_view: str = "query", query_view_texts: np.ndarray | None = None) -> "DualViewIndex":
+              pq_subquantizers: int, pq_bits: int, coarse_view: str = "query",
+              query_view_texts: np.ndarray | None = None) -> "DualViewIndex":
         """Cluster the items' `coarse_view` into `nlist` cells (refined into up to `lists_per_cell`
         lists each), file each item by it in its `spill` nearest lists and by each of its query views
         `query_view_texts` ([V, n_items, d]: f_q of V query-like texts per item) in that view's
-        nearest list where it is not filed yet; store the item view."""
+        nearest list where it is not filed yet; store the item view (or, with `pq_subquantizers` > 0, its
+        product-quantised codes)."""
         item_view = _matrix(item_view, "item view")
         query_view = _matrix(query_view, "item query view", item_view.shape[1])
         if len(query_view) != len(item_view):
@@ -148,13 +153,24 @@ class DualViewIndex:
         texts = np.zeros((0, *item_view.shape), dtype=np.float32) if query_view_texts is None else query_view_texts
         if texts.ndim != 3 or texts.shape[1:] != item_view.shape:
             raise ValueError(f"query view texts must be [views, {len(item_view)}, {item_view.shape[1]}], got {texts.shape}")
+        dim = item_view.shape[1]
+        if pq_subquantizers < 0 or (pq_subquantizers and dim % pq_subquantizers) or not 1 <= pq_bits <= 16:
+            raise ValueError(f"index.pq_subquantizers must be 0 (IVF-Flat) or divide the vector width {dim}, and "
+                             f"index.pq_bits be in [1, 16]; got {pq_subquantizers} and {pq_bits}")
         coarse = query_view if coarse_view == "query" else item_view
         centroids = spherical_kmeans(coarse, nlist, niter, seed)
         list_centroids = refine_cells(coarse, centroids, lists_per_cell, min_points_per_list, niter, seed)
-        quantizer = faiss.IndexFlatIP(item_view.shape[1])
+        quantizer = faiss.IndexFlatIP(dim)
         quantizer.add(list_centroids)
-        index = faiss.IndexIVFFlat(quantizer, item_view.shape[1], len(list_centroids), faiss.METRIC_INNER_PRODUCT)
-        index.is_trained = True  # the quantizer already holds our centroids; faiss must not retrain it
+        if pq_subquantizers:
+            index = faiss.IndexIVFPQ(quantizer, dim, len(list_centroids), pq_subquantizers, pq_bits,
+                                     faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = seed
+            # the quantizer holds our centroids (faiss leaves a full quantizer as it is); this trains the codes
+            index.train(item_view)
+        else:
+            index = faiss.IndexIVFFlat(quantizer, dim, len(list_centroids), faiss.METRIC_INNER_PRODUCT)
+            index.is_trained = True  # the quantizer already holds our centroids; faiss must not retrain it
         built = cls(index, centroids, coarse_view, nprobe, spill, len(texts), len(item_view))
         _, nearest = quantizer.search(coarse, spill)
         lists = [nearest[:, column] for column in range(spill)]
@@ -254,6 +270,7 @@ class DualViewIndex:
         (folder / META_FILE).write_text(json.dumps({
             "coarse_view": self.coarse_view, "fine_view": "item", "nlist": self.nlist, "n_cells": self.n_cells,
             "nprobe": self.nprobe, "spill": self.spill, "query_views": self.query_views, "n_items": self.n_items,
+            "pq_subquantizers": int(self.index.pq.M) if isinstance(self.index, faiss.IndexIVFPQ) else 0,
             "ntotal": self.ntotal, "dim": int(self.index.d),
         }, indent=2))
 

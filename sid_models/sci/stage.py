@@ -131,7 +131,8 @@ def build_index(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     index = DualViewIndex.build(query_view, item_view, nlist, settings["niter"], params["seed"], 1,
                                 coarse_view=settings["coarse_view"], lists_per_cell=settings["lists_per_cell"],
                                 min_points_per_list=settings["min_points_per_list"], spill=settings["spill"],
-                                query_view_texts=view_texts)
+                                query_view_texts=view_texts, pq_subquantizers=settings["pq_subquantizers"],
+                                pq_bits=settings["pq_bits"])
     valid = prepared.split_queries("valid")
     query_ids, item_ids = valid["query_id"].tolist(), prepared.items["item_id"].tolist()
     judged = prepared.split_judgments("valid")
@@ -157,6 +158,7 @@ def build_index(params: dict, inputs: dict[str, Path], out: Path) -> dict:
     return {
         "nlist": index.nlist, "n_cells": index.n_cells, "nprobe": index.nprobe, "spill": index.spill,
         "query_views": index.query_views, "n_items": index.n_items, "ntotal": index.ntotal,
+        "pq_subquantizers": settings["pq_subquantizers"],
         "coarse_view": index.coarse_view, "largest_list": int(sizes.max()), "empty_lists": int((sizes == 0).sum()),
         f"valid_recall@{k}_exact": exact, f"valid_recall@{k}_ivf": sweep[-1][f"valid_recall@{k}"],
         f"valid_recall@{k}_ivf_ratio": sweep[-1][f"valid_recall@{k}"] / exact if exact else float("nan"),
