@@ -39,7 +39,7 @@ from ..data.schema import PreparedDataset
 from ..quantize.table import load_sid_table, load_vocab
 from .borrowed import BorrowConfig, bm25_ranks, dense_ranks, lent_pairs
 from .inputs import EncoderReader, EncoderSources
-from ..text.views import ViewConfig, query_like_views
+from ..text.views import ViewConfig, query_like_views, view_major
 from .vocab import BOS, EOS, PAD, SidVocab
 
 
@@ -122,7 +122,7 @@ class SftTables:
         view_texts = query_like_views(items["title"].astype(str).tolist(), views, seed)
         queries = prepared.split_queries(split).reset_index(drop=True)
         texts = (queries["text"].astype(str).tolist() + prepared.item_text().tolist()
-                 + [item_views[view] for view in range(views.views) for item_views in view_texts])
+                 + view_major(view_texts))
         sources = reader.read(texts, desc="SFT sources")
         relevant = prepared.relevant(split)
         query_row = pd.Series(np.arange(len(queries)), index=queries["query_id"].astype(str))

@@ -118,7 +118,7 @@ def refine_cells(vectors: np.ndarray, centroids: np.ndarray, lists_per_cell: int
 class DualViewIndex:
     """IVF over item-view vectors with coarse cells (and lists) from the `coarse_view` of the items."""
 
-    def __init__(self, index: faiss.IndexIVFFlat, centroids: np.ndarray, coarse_view: str, nprobe: int, spill: int,
+    def __init__(self, index: faiss.IndexIVF, centroids: np.ndarray, coarse_view: str, nprobe: int, spill: int,
                  query_views: int, n_items: int):
         if coarse_view not in VIEWS:
             raise ValueError(f"coarse_view must be one of {VIEWS}, got {coarse_view!r}")

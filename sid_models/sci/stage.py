@@ -102,13 +102,12 @@ def query_view_texts(towers, titles: list[str], params: dict, seed: int, progres
     """[V, n_items, d] f_q of the params `index.query_views` query-like texts of each title (`text/views.py`),
     MiniLM sentence vectors cached by content hash under params text.cache_dir; None when V is 0."""
     from ..text.encoder import TextEncoder
-    from ..text.views import ViewConfig, query_like_views
+    from ..text.views import ViewConfig, query_like_views, view_major
 
     config = ViewConfig.from_params(params["index"]["query_views"], "index.query_views")
     if config.views == 0:
         return None
-    views = query_like_views(titles, config, seed)
-    texts = [item_views[view] for view in range(config.views) for item_views in views]
+    texts = view_major(query_like_views(titles, config, seed))
     sentences = TextEncoder.from_params(params["text"], progress=progress)
     vectors = towers.encode_query_texts(texts, lambda batch: sentences.encode(batch, "index query views"))
     return np.asarray(vectors, dtype=np.float32).reshape(config.views, len(titles), -1)

@@ -108,3 +108,8 @@ def query_like_views(titles: Sequence[str], config: ViewConfig, seed: int) -> li
             item_views.append(text)
         views.append(item_views)
     return views
+
+
+def view_major(views: Sequence[Sequence[str]]) -> list[str]:
+    """`query_like_views`' texts in view-major order: view 0 of every item, then view 1 of every item, ..."""
+    return [item_views[view] for view in range(len(views[0]) if views else 0) for item_views in views]
