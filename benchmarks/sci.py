@@ -17,7 +17,9 @@ Then a summary line per (system, index, lists per cell, spill, query views, npro
 it) and reports them as the system `shipped`: the index rows on the towers the product serves.
 
 MiniLM has a single view (item = query view), so its `ivf_dual` equals `ivf_item` and is not
-repeated. Towers and IVF run with `sci.train.threads` threads (1 by default: the machine is
+repeated. With `--overrides '{"text": {"model_name": ...}}'` another base model (text/encoder.py
+BASE_MODELS) feeds everything: its zero-shot row takes its short name (`mpnet`) and the tower systems end
+in `_mpnet`. Towers and IVF run with `sci.train.threads` threads (1 by default: the machine is
 shared), so qps are single-thread figures.
 
     .venv/bin/python benchmarks/sci.py [--data PATH|demo] [--quick] [--seeds 0 1 2] [--lists-per-cell 1 4]
@@ -42,7 +44,7 @@ from sid_models.sci.towers import load_towers
 from sid_models.params import deep_merge
 from sid_models.sci.train import (CONTRAST_LOSSES, TrainConfig, limit_threads, misalignment, new_towers,
                                   pseudo_query_inputs, tower_inputs, train_towers)
-from sid_models.text.encoder import TextEncoder
+from sid_models.text.encoder import MINILM, TextEncoder, base_model
 
 BENCH = "sci"
 K = 50
@@ -170,7 +172,10 @@ def main() -> None:
                            qps=throughput(index, query_vectors, nprobe), build_seconds=build_seconds, seed=seed,
                            **extra)
 
-    search_all("minilm", query_base[test_rows], item_base, item_base, params["seed"], ("item",),
+    # a base model other than MiniLM names its zero-shot row after itself and suffixes the tower systems
+    zero_shot = base_model(params["text"]["model_name"]).short
+    text_suffix = "" if params["text"]["model_name"] == MINILM else f"_{zero_shot}"
+    search_all(zero_shot, query_base[test_rows], item_base, item_base, params["seed"], ("item",),
                valid_recall_at_10=zero_shot_metrics(prepared, item_base, query_base, "valid", 10)["recall@10"])
 
     if args.from_chain:
@@ -186,7 +191,7 @@ def main() -> None:
     for kind, loss in itertools.product(args.tower_kinds or [params["sci"]["tower"]["kind"]],
                                         args.losses or [shipped_loss]):
         sci = deep_merge(params["sci"], {"tower": {"kind": kind}, "train": {"loss": loss}})
-        suffix = ("" if kind == "mlp" else f"_{kind}") + ("" if loss == shipped_loss else f"_{loss}")
+        suffix = ("" if kind == "mlp" else f"_{kind}") + ("" if loss == shipped_loss else f"_{loss}") + text_suffix
         for seed in args.seeds:
             base_config = TrainConfig.from_params(sci, seed)
             lambda_swap = base_config.lambda_swap or SWAP_LAMBDA

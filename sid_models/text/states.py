@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .encoder import EMBEDDING_DIM, _offline, content_keys, load_tokenizer, model_path, write_shard
+from .encoder import MINILM, MINILM_WIDTH, _offline, content_keys, load_tokenizer, model_path, write_shard
 
 
 @lru_cache(maxsize=1)
@@ -73,7 +73,7 @@ def concatenate(parts: Sequence[np.ndarray]) -> TokenStates:
     lengths = np.array([len(part) for part in parts], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     states = (np.concatenate(parts).astype(np.float16) if len(parts)
-              else np.zeros((0, EMBEDDING_DIM), dtype=np.float16))
+              else np.zeros((0, MINILM_WIDTH), dtype=np.float16))
     return TokenStates(states, offsets)
 
 
@@ -85,6 +85,9 @@ class StateEncoder:
 
     def __init__(self, model_name: str, layer: int, max_seq_length: int, batch_size: int,
                  cache_dir: str | Path | None, progress: bool = True):
+        if model_name != MINILM:
+            raise ValueError(f"token states come from {MINILM} only; text.model_name {model_name!r} serves sentence "
+                             f"vectors: pair it with sci.tower.kind mlp or mlp_lexical and generative.encoder wordpiece")
         n_layers = load_minilm().config.num_hidden_layers
         if not 0 <= layer <= n_layers:
             raise ValueError(f"token-state layer must be in [0, {n_layers}], got {layer}")
@@ -131,7 +134,7 @@ class StateEncoder:
 
         tokenizer, model = load_tokenizer(), load_minilm()
         order = np.argsort([len(text) for text in texts], kind="stable")  # less padding per batch
-        out: list[np.ndarray] = [np.zeros((0, EMBEDDING_DIM), dtype=np.float16)] * len(texts)
+        out: list[np.ndarray] = [np.zeros((0, MINILM_WIDTH), dtype=np.float16)] * len(texts)
         batches = range(0, len(texts), self.batch_size)
         for start in tqdm(batches, desc=f"MiniLM states {desc}", unit="batch", file=sys.stderr,
                           disable=not self.progress or len(texts) <= self.batch_size):
@@ -155,7 +158,7 @@ class StateEncoder:
             offsets = np.load(self.cache_dir / f"{stem}.offsets.npy")
             states = np.load(self.cache_dir / f"{stem}.states.npy", mmap_mode="r")
             keys = np.load(key_file)
-            if len(offsets) != len(keys) + 1 or states.shape != (offsets[-1], EMBEDDING_DIM):
+            if len(offsets) != len(keys) + 1 or states.shape != (offsets[-1], MINILM_WIDTH):
                 raise ValueError(f"token-state cache shard {key_file} is inconsistent "
                                  f"({len(keys)} keys, {len(offsets)} offsets, states {states.shape}); delete it")
             yield keys, offsets, states
