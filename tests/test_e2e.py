@@ -7,6 +7,9 @@ and report folders.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import dagster as dg
 import mlflow
@@ -18,7 +21,7 @@ import orchestration.stage_asset as stage_asset
 from orchestration.definitions import all_assets, all_checks, pipeline_job
 from orchestration.resources import MlflowTracking, ParamsResource
 from orchestration.run import run_summary
-from sid_models.params import deep_merge
+from sid_models.params import PARAMS_ENV, REPO_ROOT, deep_merge
 from sid_models.serving.registry import aliased_version
 from sid_models.serving.server import post_json, scoring_server
 
@@ -114,6 +117,21 @@ def test_first_model_is_champion_and_the_served_champion_answers(pipeline, small
         assert [len(row["item_ids"]) for row in body["predictions"]] == [5, 5]
         status, body = post_json(url, json.dumps({"inputs": [""]}), timeout)
         assert status == 400 and "empty" in body["message"]
+
+
+def test_serving_benchmark_times_the_registered_champion_in_process_and_over_http(pipeline):
+    registry = pipeline["params"]["registry"]
+    environment = {**os.environ, PARAMS_ENV: str(pipeline["root"] / "params.yaml"),
+                   "MLFLOW_TRACKING_URI": pipeline["tracking_uri"]}
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "serving.py"), "--quick"], cwd=REPO_ROOT,
+                          env=environment, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [row["system"] for row in rows] == ["in_process", "http"]
+    for row in rows:
+        assert row["model_uri"] == f"models:/{registry['model_name']}@{registry['champion_alias']}"
+        assert row["k"] == pipeline["params"]["serving"]["default_k"] and row["n_queries"] == 20
+        assert 0 < row["p50_ms"] <= row["p95_ms"] and row["qps"] > 0
 
 
 def test_parent_run_carries_params_dataset_metrics_and_report(pipeline):
