@@ -25,6 +25,7 @@ Stage folders are cached under artifacts/bench/chain/<quick|full>/<stage>-<key> 
 the alignment benchmark), the key hashing the params a stage reads and its inputs' keys.
 
   .venv/bin/python benchmarks/generative.py [--data PATH|demo] [--quick] [--speed-only] [--bucket-pool N]
+      [--unranked-only] [--no-speed]
 """
 from __future__ import annotations
 
@@ -171,6 +172,9 @@ def speed(retriever, texts: list[str], n_batches: int, n_single: int) -> None:
 def own_arguments(parser) -> None:
     parser.add_argument("--speed-only", action="store_true", help="time the decoders, skip the quality runs")
     parser.add_argument("--no-speed", action="store_true", help="skip the decoder timing")
+    parser.add_argument("--unranked-only", action="store_true",
+                        help="only the rows decoded without a ranker (no ranker stage built): with --bucket-pool 1, "
+                             "beam order alone")
     add_bucket_pool_argument(parser)
 
 
@@ -183,11 +187,12 @@ def main() -> None:
     results: dict[str, list[dict]] = defaultdict(list)
     for seed in args.seeds:
         seeded = {**params, "seed": seed}
-        folders = run_chain(seeded, args.quick, ("sft_checkpoint", "ranker"), BENCH)
+        folders = run_chain(seeded, args.quick, ("sft_checkpoint",) if args.unranked_only else ("sft_checkpoint", "ranker"),
+                            BENCH)
         prepared = PreparedDataset.load(folders["prepared_dataset"])
         queries = test_queries(prepared)
         validation = json.loads((folders["sft_checkpoint"] / VALIDATION_FILE).read_text())
-        if not args.speed_only:
+        if not (args.speed_only or args.unranked_only):
             results["bm25"].append(quality_of(load_bm25(folders["prepared_dataset"], params["bm25"]), prepared, queries))
             emit(BENCH, "bm25", seed=seed, **results["bm25"][-1])
             for system, ranker_system in RANKED.items():

@@ -106,7 +106,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
           params=("seed", "quantize", "acrq", "sarq", "semantic_ids")),
     Stage("sft_checkpoint", "sid_models.generative.stage:run",
           ("prepared_dataset", "sci_towers", "sci_index", "semantic_ids"),
-          params=("seed", "generative", "sft", "decode", "text", "bm25")),
+          params=("seed", "generative", "sft", "decode", "text", "bm25", "sci")),
     Stage("ranker", "sid_models.ranking.stage:run",
           ("prepared_dataset", "text_embeddings", "sci_index", "semantic_ids", "sft_checkpoint"),
           params=("seed", "ranker", "bm25", "text")),

@@ -82,6 +82,12 @@ def test_generative_benchmark_rows_and_the_tensorised_trie_decodes_as_the_refere
     assert set(speed) == {"decode_tensor", "decode_reference"}
     # both constraints inside one beam loop return the same ranked SIDs with equal scores
     assert speed["decode_tensor"]["identical"] is True
+    # beam order alone, without the ranker stage or the ranked rows
+    unranked = [row for row in run_benchmark("generative.py", "--seeds", "0", "--unranked-only", "--bucket-pool", "1",
+                                             "--no-speed") if not row.get("summary")]
+    systems = {row["system"] for row in unranked}
+    assert "gr_sarq_acrq_no_ranker" in systems and systems <= {"gr_tiger", "gr_sarq_acrq_no_ranker"}
+    assert all(row["bucket_pool"] == 1 and 0.0 <= row["recall@10"] <= 1.0 for row in unranked)
 
 
 def test_sci_benchmark_from_the_chain_sweeps_both_views_over_the_shipped_towers():

@@ -89,6 +89,26 @@ def query_tower_encoder(params: dict, towers_folder: str | Path, progress: bool)
     return encode
 
 
+def out_of_fold_vectors(params: dict, prepared: PreparedDataset, query_vectors: np.ndarray, towers_folder: Path,
+                        progress: bool) -> tuple[np.ndarray, dict]:
+    """The f_q of every query the model reads: the sci_towers artifact's, or with `sft.query_vector_folds`
+    k >= 2 each training query's from towers trained without its fold (sci/out_of_fold.py), and the folds' figures."""
+    import logging
+
+    from ..sci.out_of_fold import out_of_fold_query_vectors
+    from ..sci.towers import load_towers
+    from ..text.encoder import TextEncoder
+
+    folds = int(params["sft"]["query_vector_folds"])
+    if folds == 0:
+        return query_vectors, {}
+    sentences = TextEncoder.from_params(params["text"], progress=progress)
+    return out_of_fold_query_vectors(prepared, params["sci"], params["text"], int(params["seed"]), folds,
+                                     query_vectors, load_towers(towers_folder),
+                                     lambda texts: sentences.encode(texts, "out-of-fold towers"),
+                                     log=logging.getLogger(__name__).info)
+
+
 def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, out: str | Path,
               variant: str | None = None, dist: DistContext | None = None, progress: bool = True,
               stop_at: int | None = None, towers_folder: str | Path | None = None) -> tuple[Seq2SeqRetriever, list[dict]]:
@@ -106,6 +126,7 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     max_dec_len = vocab.levels + 1
     borrow = BorrowConfig.from_params(params["sft"]["borrowed_queries"])
     sci_vectors = dense_vectors = None
+    out_of_fold: dict = {}
     if params["generative"]["query_vector"] or (borrow.enabled and "dense" in borrow.channels):
         from ..sci.stage import ITEM_VIEW_FILE, QUERIES_FILE as SCI_QUERIES_FILE, QUERY_VIEW_FILE
 
@@ -115,7 +136,9 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
         towers_folder = Path(towers_folder)
         query_vectors = np.load(towers_folder / SCI_QUERIES_FILE)
         if params["generative"]["query_vector"]:
-            sci_vectors = (query_vectors, np.load(towers_folder / QUERY_VIEW_FILE))
+            model_queries, out_of_fold = out_of_fold_vectors(params, prepared, query_vectors, towers_folder,
+                                                             progress and dist.is_main)
+            sci_vectors = (model_queries, np.load(towers_folder / QUERY_VIEW_FILE))
         if borrow.enabled and "dense" in borrow.channels:
             dense_vectors = (query_vectors, np.load(towers_folder / ITEM_VIEW_FILE))
     encode_views = None
@@ -141,7 +164,7 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
         out.mkdir(parents=True, exist_ok=True)
         (out / "vocab.json").write_text(json.dumps(vocab.to_json()))
         counts = {"n_retrieval_pairs": dataset.n_pairs, "n_lent_pairs": tables.n_lent,
-                  "n_indexing_per_epoch": dataset.n_indexing}
+                  "n_indexing_per_epoch": dataset.n_indexing, **out_of_fold}
         (out / DATA_FILE).write_text(json.dumps(counts))
         tracking.log_params({"variant": variant, "n_parameters": model.num_parameters(), **counts,
                              **{f"model.{k}": v for k, v in config.to_dict().items()}}, prefix=f"sft_{variant}")
@@ -150,6 +173,7 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
                                params["bm25"] if borrow.enabled and "bm25" in borrow.channels else None,
                                params["generative"]["init_from_minilm"], sid_digest(table),
                                view_source if sci_vectors is not None else None,
+                               params["sft"]["query_vector_folds"] if sci_vectors is not None else None,
                                len(prepared.items), int(tables.pair_query.size), float(tables.pair_weight.sum()),
                                None if sci_vectors is None else [float(np.abs(v).sum()) for v in sci_vectors])
     history = train_loop(model, dataset, sft_loss, loop, out, dist, metric_prefix=f"sft_{variant}",
