@@ -90,6 +90,14 @@ def test_an_sft_model_trains_on_out_of_fold_vectors_and_records_the_folds(small_
     recorded = json.loads((tmp_path / "model" / DATA_FILE).read_text())
     assert recorded["query_vector_folds"] == 2 and len(history) == 6
     assert recorded["fold0_queries"] + recorded["fold1_queries"] == len(fold_of_queries(small_prepared, 2, 0))
+    # the stage's other models (sft.baselines) reuse that training of the folds instead of repeating it
+    from sid_models.generative.train import out_of_fold_vectors
+    reference = np.load(towers / "queries.npy")
+    vectors, figures = out_of_fold_vectors(params, small_prepared, reference, towers, progress=False)
+    assert out_of_fold_vectors(params, small_prepared, reference, towers, progress=False)[0] is vectors
+    assert figures["fold0_queries"] == recorded["fold0_queries"]
+    other_seed = out_of_fold_vectors({**params, "seed": 1}, small_prepared, reference, towers, progress=False)[0]
+    assert other_seed is not vectors and not np.allclose(other_seed, vectors)
     # a resume with the shipped towers' vectors instead is another training, refused
     with pytest.raises(ValueError, match="trained from other params or inputs"):
         train_sft(deep_merge(params, {"sft": {"query_vector_folds": 0}}), small_prepared, sids, tmp_path / "model",

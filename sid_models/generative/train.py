@@ -89,6 +89,11 @@ def query_tower_encoder(params: dict, towers_folder: str | Path, progress: bool)
     return encode
 
 
+# the last out-of-fold result by what it was computed from: the models of one SFT stage (the shipped one and
+# sft.baselines) share one training of the fold towers; one entry, so the process holds one set of vectors
+_LAST_OUT_OF_FOLD: dict[str, tuple[np.ndarray, dict]] = {}
+
+
 def out_of_fold_vectors(params: dict, prepared: PreparedDataset, query_vectors: np.ndarray, towers_folder: Path,
                         progress: bool) -> tuple[np.ndarray, dict]:
     """The f_q of every query the model reads: the sci_towers artifact's, or with `sft.query_vector_folds`
@@ -102,11 +107,18 @@ def out_of_fold_vectors(params: dict, prepared: PreparedDataset, query_vectors: 
     folds = int(params["sft"]["query_vector_folds"])
     if folds == 0:
         return query_vectors, {}
-    sentences = TextEncoder.from_params(params["text"], progress=progress)
-    return out_of_fold_query_vectors(prepared, params["sci"], params["text"], int(params["seed"]), folds,
-                                     query_vectors, load_towers(towers_folder),
-                                     lambda texts: sentences.encode(texts, "out-of-fold towers"),
-                                     log=logging.getLogger(__name__).info)
+    key = fingerprint(str(Path(towers_folder).resolve()), folds, params["seed"], params["sci"], params["text"],
+                      prepared.queries["query_id"].astype(str).tolist(), prepared.queries["split"].tolist(),
+                      float(np.abs(query_vectors).sum()))
+    if key not in _LAST_OUT_OF_FOLD:
+        sentences = TextEncoder.from_params(params["text"], progress=progress)
+        result = out_of_fold_query_vectors(prepared, params["sci"], params["text"], int(params["seed"]), folds,
+                                           query_vectors, load_towers(towers_folder),
+                                           lambda texts: sentences.encode(texts, "out-of-fold towers"),
+                                           log=logging.getLogger(__name__).info)
+        _LAST_OUT_OF_FOLD.clear()
+        _LAST_OUT_OF_FOLD[key] = result
+    return _LAST_OUT_OF_FOLD[key]
 
 
 def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, out: str | Path,

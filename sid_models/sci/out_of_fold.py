@@ -71,10 +71,10 @@ def out_of_fold_query_vectors(prepared: PreparedDataset, sci_params: dict, text_
     vectors = np.array(reference_queries, dtype=np.float32, copy=True)
     reference_items = reference_inputs = None
     figures: dict[str, float] = {"query_vector_folds": folds}
+    config = TrainConfig.from_params(sci_params, seed)
     for fold in range(folds):
         held = {query for query, owner in fold_of.items() if owner == fold}
         fold_data = hold_out(prepared, held)
-        config = TrainConfig.from_params(sci_params, seed)
         towers = new_towers(sci_params["tower"], text_params, fold_data, item_base, query_base, config)
         item_inputs, query_inputs = tower_inputs(towers, fold_data, item_base, query_base, text_params)
         if reference_items is None:
