@@ -105,6 +105,36 @@ def test_a_query_vector_model_trains_and_decodes_with_the_towers_vectors(small_p
     assert np.array_equal(sids, given)
 
 
+def test_sci_distillation_adds_the_teachers_term_and_is_part_of_what_a_resume_checks(small_params, small_prepared,
+                                                                                     sids_folder, tmp_path):
+    import numpy as np
+
+    towers = tmp_path / "towers"
+    towers.mkdir()
+    rng = np.random.default_rng(0)
+    for name, rows in (("queries.npy", len(small_prepared.queries)), ("item_query_view.npy", len(small_prepared.items)),
+                       ("item_item_view.npy", len(small_prepared.items))):
+        vectors = rng.normal(size=(rows, 8)).astype(np.float32)
+        np.save(towers / name, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    distilled = {"sci_distillation": {"weight": 1.0, "temperature": 0.1, "levels": 2}}
+    params = deep_merge(tiny_params(small_params, lr=0.005, indexing_query_vector="title", **distilled),
+                        {"generative": {"query_vector": True}})
+    with pytest.raises(ValueError, match="needs generative.query_vector"):
+        train_sft(deep_merge(params, {"generative": {"query_vector": False}}), small_prepared, sids_folder,
+                  tmp_path / "no_vectors", dist=DistContext(), progress=False, towers_folder=towers)
+    _, history = train_sft(params, small_prepared, sids_folder, tmp_path / "model", dist=DistContext(), progress=False,
+                           towers_folder=towers, stop_at=3)
+    assert all(record["distillation"] > 0 for record in history)
+    plain = deep_merge(params, {"sft": {"sci_distillation": {"weight": 0.0}}})
+    _, plain_history = train_sft(plain, small_prepared, sids_folder, tmp_path / "plain", dist=DistContext(),
+                                 progress=False, towers_folder=towers, stop_at=3)
+    assert "distillation" not in plain_history[0]
+    assert history[0]["loss"] > plain_history[0]["loss"]      # the same first batch, plus λ L_T
+    with pytest.raises(ValueError, match="trained from other params or inputs"):
+        train_sft(plain, small_prepared, sids_folder, tmp_path / "model", dist=DistContext(), progress=False,
+                  towers_folder=towers)
+
+
 def test_resuming_a_folder_trained_with_other_params_is_refused(small_params, small_prepared, sids_folder, tmp_path):
     train_sft(tiny_params(small_params), small_prepared, sids_folder, tmp_path, dist=DistContext(), progress=False)
     with pytest.raises(ValueError, match="trained from other params or inputs"):

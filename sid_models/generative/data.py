@@ -19,6 +19,9 @@ learns to trust the vector more than a new query's earns. `query_vector_dropout`
 `sft.query_vector_dropout`) zeroes it for that share of the retrieval examples each epoch, so the
 model must also route a query from its text.
 
+With a `SciTeacher` (params `sft.sci_distillation`, `distill.py`) each batch also carries the
+towers' soft next-token targets along every example's gold SID.
+
 `SftDataset` mixes them per epoch: all retrieval pairs, plus as many indexing pairs as make
 up `indexing_ratio` of the epoch, drawn by a seeded walk over a permutation of the items
 that continues across epochs (so every item is indexed every ~n_items / n_indexing epochs).
@@ -38,6 +41,7 @@ import torch
 from ..data.schema import PreparedDataset
 from ..quantize.table import load_sid_table, load_vocab
 from .borrowed import BorrowConfig, bm25_ranks, dense_ranks, lent_pairs
+from .distill import SciTeacher
 from .inputs import EncoderReader, EncoderSources
 from ..text.views import ViewConfig, query_like_views, view_major
 from .vocab import BOS, EOS, PAD, SidVocab
@@ -189,12 +193,15 @@ class SftDataset:
     collates examples into model tensors.
     """
 
-    def __init__(self, tables: SftTables, indexing_ratio: float, seed: int, query_vector_dropout: float):
+    def __init__(self, tables: SftTables, indexing_ratio: float, seed: int, query_vector_dropout: float,
+                 teacher: SciTeacher | None = None):
         if not 0.0 <= indexing_ratio < 1.0:
             raise ValueError(f"sft.indexing_ratio must be in [0, 1), got {indexing_ratio}")
         if not 0.0 <= query_vector_dropout <= 1.0:
             raise ValueError(f"sft.query_vector_dropout must be in [0, 1], got {query_vector_dropout}")
-        self.tables, self.seed, self.query_vector_dropout = tables, seed, query_vector_dropout
+        if teacher is not None and tables.query_vectors is None:
+            raise ValueError("sft.sci_distillation needs the SCI query vectors (generative.query_vector: true)")
+        self.tables, self.seed, self.query_vector_dropout, self.teacher = tables, seed, query_vector_dropout, teacher
         n_pairs, n_items = len(tables.pair_query), tables.n_items
         if n_pairs == 0 and indexing_ratio == 0.0:
             raise ValueError("no retrieval pairs and indexing_ratio 0: nothing to train on")
@@ -231,6 +238,8 @@ class SftDataset:
             query_vectors = np.where(self.vector_dropped[pair][:, None], 0.0, tables.query_vectors[tables.pair_query[pair]])
             vectors = np.where(is_pair[:, None], query_vectors, tables.view_vectors(view, item))
             batch["query_vectors"] = torch.as_tensor(vectors, dtype=torch.float32)
+        if self.teacher is not None:
+            batch["teacher"] = self.teacher.targets(batch["query_vectors"], batch["targets"], source_row)
         return batch
 
 

@@ -9,6 +9,7 @@ Command line (the same under torchrun):
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,7 @@ from ..quantize.table import resolve_variant
 from ..shared.training import (DistContext, LoopConfig, cli_params, fingerprint, run_distributed, train_loop,
                                training_cli)
 from .data import SftDataset, SftTables, read_sid_table, vocab_for
+from .distill import DistillationConfig, SciTeacher, distillation_loss
 from .borrowed import BorrowConfig
 from .inputs import EncoderReader
 from ..text.views import ViewConfig
@@ -33,9 +35,11 @@ DATA_FILE = "sft_data.json"      # what the model trained on: retrieval pairs (j
 INDEXING_QUERY_VECTORS = ("title", "view")
 
 
-def sft_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-    """L = (1/N) Σ_i w_i Σ_t −log p(y_it | y_i<t, x_i): graded-weight sequence NLL over the
-    SID tokens and EOS of each target (PAD positions excluded), averaged over the N examples."""
+def sft_loss(model: torch.nn.Module, batch: dict, distillation_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """L = (1/N) Σ_i w_i Σ_t −log p(y_it | y_i<t, x_i) + λ L_T: graded-weight sequence NLL over the
+    SID tokens and EOS of each target (PAD positions excluded), averaged over the N examples, plus
+    λ = `distillation_weight` times the SCI teacher's cross-entropy L_T (`distill.distillation_loss`)
+    when the batch carries the teacher's targets."""
     logits, _ = model(batch["inputs"], batch["attention_mask"], batch["decoder_input_ids"],
                       batch.get("query_vectors"))
     targets = batch["targets"]
@@ -44,7 +48,12 @@ def sft_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
     loss = (batch["weight"] * token_nll.sum(dim=1)).mean()
     real = targets != PAD
     accuracy = ((logits.argmax(dim=-1) == targets) & real).sum().float() / real.sum().clamp(min=1)
-    return loss, {"token_accuracy": accuracy.detach()}
+    figures = {"token_accuracy": accuracy.detach()}
+    if "teacher" in batch:
+        distillation = distillation_loss(logits, batch["teacher"])
+        loss = loss + distillation_weight * distillation
+        figures["distillation"] = distillation.detach()
+    return loss, figures
 
 
 def sid_digest(table) -> str:
@@ -166,8 +175,15 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
                              ViewConfig.from_params(params["sft"]["indexing_views"], "sft.indexing_views"), seed=loop.seed,
                              borrow=borrow, bm25_params=params["bm25"], sci_vectors=sci_vectors,
                              dense_vectors=dense_vectors, encode_views=encode_views)
+    distillation = DistillationConfig.from_params(params["sft"]["sci_distillation"])
+    teacher = None
+    if distillation.enabled:
+        if sci_vectors is None:
+            raise ValueError("sft.sci_distillation.weight > 0 needs generative.query_vector: true (the teacher scores "
+                             "the query vector the model reads)")
+        teacher = SciTeacher(tables.item_targets, np.load(towers_folder / ITEM_VIEW_FILE), vocab.size, distillation)
     dataset = SftDataset(tables, params["sft"]["indexing_ratio"], seed=loop.seed,
-                         query_vector_dropout=params["sft"]["query_vector_dropout"])
+                         query_vector_dropout=params["sft"]["query_vector_dropout"], teacher=teacher)
     torch.manual_seed(loop.seed)
     model = Seq2SeqRetriever(config)
     if params["generative"]["init_from_minilm"] and config.encoder == "wordpiece":
@@ -186,9 +202,10 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
                                params["generative"]["init_from_minilm"], sid_digest(table),
                                view_source if sci_vectors is not None else None,
                                params["sft"]["query_vector_folds"] if sci_vectors is not None else None,
+                               distillation.__dict__ if distillation.enabled else None,
                                len(prepared.items), int(tables.pair_query.size), float(tables.pair_weight.sum()),
                                None if sci_vectors is None else [float(np.abs(v).sum()) for v in sci_vectors])
-    history = train_loop(model, dataset, sft_loss, loop, out, dist, metric_prefix=f"sft_{variant}",
+    history = train_loop(model, dataset, partial(sft_loss, distillation_weight=distillation.weight), loop, out, dist, metric_prefix=f"sft_{variant}",
                          trained_from=trained_from,
                          progress=progress, stop_at=stop_at)
     if dist.is_main:
