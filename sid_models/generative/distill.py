@@ -88,7 +88,9 @@ class SciTeacher:
         first-position scores (the one step that scores the whole catalogue) are computed once and kept."""
         targets = torch.zeros(len(gold), self.levels, self.vocab_size)
         has_vector = query_vectors.abs().sum(dim=1).gt(0).numpy()
-        new = [row for row in np.flatnonzero(has_vector) if int(sources[row]) not in self.first_scores]
+        # a source that comes twice in the batch is scored once
+        new = list({int(sources[row]): row for row in np.flatnonzero(has_vector)
+                    if int(sources[row]) not in self.first_scores}.values())
         if new:
             scores = (query_vectors[new] @ self.first_order_vectors.T).numpy() / self.temperature
             for row, best in zip(new, np.maximum.reduceat(scores, self.children[0][()][1], axis=1)):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .. import tracking
 from ..data.schema import PreparedDataset
 from ..quantize.table import resolve_variant
+from ..sci.stage import ITEM_VIEW_FILE as SCI_ITEM_VIEW_FILE, QUERIES_FILE as SCI_QUERIES_FILE, QUERY_VIEW_FILE
 from ..shared.training import (DistContext, LoopConfig, cli_params, fingerprint, run_distributed, train_loop,
                                training_cli)
 from .data import SftDataset, SftTables, read_sid_table, vocab_for
@@ -35,7 +36,7 @@ DATA_FILE = "sft_data.json"      # what the model trained on: retrieval pairs (j
 INDEXING_QUERY_VECTORS = ("title", "view")
 
 
-def sft_loss(model: torch.nn.Module, batch: dict, distillation_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+def sft_loss(model: torch.nn.Module, batch: dict, distillation_weight: float) -> tuple[torch.Tensor, dict]:
     """L = (1/N) Σ_i w_i Σ_t −log p(y_it | y_i<t, x_i) + λ L_T: graded-weight sequence NLL over the
     SID tokens and EOS of each target (PAD positions excluded), averaged over the N examples, plus
     λ = `distillation_weight` times the SCI teacher's cross-entropy L_T (`distill.distillation_loss`)
@@ -149,7 +150,6 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
     sci_vectors = dense_vectors = None
     out_of_fold: dict = {}
     if params["generative"]["query_vector"] or (borrow.enabled and "dense" in borrow.channels):
-        from ..sci.stage import ITEM_VIEW_FILE, QUERIES_FILE as SCI_QUERIES_FILE, QUERY_VIEW_FILE
 
         if towers_folder is None:
             raise ValueError("generative.query_vector or a dense channel of sft.borrowed_queries is on: train_sft "
@@ -161,7 +161,7 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
                                                              progress and dist.is_main)
             sci_vectors = (model_queries, np.load(towers_folder / QUERY_VIEW_FILE))
         if borrow.enabled and "dense" in borrow.channels:
-            dense_vectors = (query_vectors, np.load(towers_folder / ITEM_VIEW_FILE))
+            dense_vectors = (query_vectors, np.load(towers_folder / SCI_ITEM_VIEW_FILE))
     encode_views = None
     view_source = params["sft"]["indexing_query_vector"]
     if view_source not in INDEXING_QUERY_VECTORS:
@@ -181,7 +181,7 @@ def train_sft(params: dict, prepared: PreparedDataset, sids_folder: str | Path, 
         if sci_vectors is None:
             raise ValueError("sft.sci_distillation.weight > 0 needs generative.query_vector: true (the teacher scores "
                              "the query vector the model reads)")
-        teacher = SciTeacher(tables.item_targets, np.load(towers_folder / ITEM_VIEW_FILE), vocab.size, distillation)
+        teacher = SciTeacher(tables.item_targets, np.load(towers_folder / SCI_ITEM_VIEW_FILE), vocab.size, distillation)
     dataset = SftDataset(tables, params["sft"]["indexing_ratio"], seed=loop.seed,
                          query_vector_dropout=params["sft"]["query_vector_dropout"], teacher=teacher)
     torch.manual_seed(loop.seed)
