@@ -9,12 +9,18 @@ split two ways:
 
 - `shipped_*`: the shipped decoding, the pool ranker (`ranker.systems.pool`, trained on
   validation over the SFT model's pool) over the aligned checkpoint's pool: what users get;
-  with `shipped_pool_coverage` (share of relevant test items inside the pool);
+  with `shipped_pool_coverage` (share of relevant test items inside the pool). With
+  `--refit-ranker` each aligned checkpoint gets its own pool ranker instead, trained the way
+  the ranker stage trains SFT's (`ranking.stage.fit_ranker`: validation split, the same
+  params and seed) over that checkpoint's own features: alignment moves the beam scores and
+  ranks the ranker reads, so a ranker fitted on SFT's pool scores an aligned pool off the
+  distribution it learnt; the row then carries `ranker_oof_ndcg@10` (its out-of-fold
+  validation estimate, comparable with SFT's) and `ranker_seconds`;
 - `beam_*`: strictly in beam order (`decode.bucket_pool` 1, no ranker): the generation alone;
 - `valid_ndcg@10`: the validation figure the dpo_checkpoint stage and the registry choose by
   (`align.stage.validation_metrics`), and `shipped_valid_ndcg@10`: the shipped decoding on the
   validation queries (in-sample for the ranker, which was fit there over the SFT model's pool,
-  so it leans toward SFT): a choice between systems is made on these, never on test. Both are
+  so it leans toward SFT; with `--refit-ranker` it is in-sample for every row alike): a choice between systems is made on these, never on test. Both are
   over the validation queries the system did not mine (`align.mining.queries: valid` mines
   some), so each aligned row also carries SFT's figures over the same queries (`sft_*`).
 
@@ -25,6 +31,7 @@ Aligned models go to artifacts/bench/alignment/<quick|full>/seed<N>/<system>/.
   .venv/bin/python benchmarks/alignment.py --seeds 0 1 2
   .venv/bin/python benchmarks/alignment.py --data demo --quick --seeds 0 --systems rad_dpo dpo
   .venv/bin/python benchmarks/alignment.py --seeds 0 1 2 --eval-only
+  .venv/bin/python benchmarks/alignment.py --seeds 0 1 2 --refit-ranker
 
 --quick shrinks the upstream chain only (demo store of 800 items / 900 queries, 3 SCI
 epochs, 100 ACRQ steps per phase, 150 SFT steps of 128, no TIGER model, a small ranker);
@@ -51,8 +58,8 @@ from sid_models.data.schema import PreparedDataset  # noqa: E402
 from sid_models.generative.retriever import copy_retriever_assets, load_retriever  # noqa: E402
 from sid_models.shared.training import DistContext  # noqa: E402
 from sid_models.params import REPO_ROOT  # noqa: E402
-from sid_models.ranking.ranker import RankedSearcher  # noqa: E402
-from sid_models.ranking.stage import coverage, load_ranked_searcher  # noqa: E402
+from sid_models.ranking.ranker import RankedSearcher, RankerConfig  # noqa: E402
+from sid_models.ranking.stage import coverage, fit_ranker, load_featurizer, load_ranked_searcher  # noqa: E402
 
 BENCH = "alignment"
 EVAL_K = 10
@@ -68,7 +75,7 @@ QUICK = {
 }
 METRICS = ("recall@10", "ndcg@10", "recall@10_multi", "recall@10_cold")
 SUMMARISED = tuple(f"{way}_{key}" for way in ("shipped", "beam") for key in METRICS) + (
-    "shipped_pool_coverage", "shipped_valid_ndcg@10", "valid_ndcg@10", "seconds")
+    "shipped_pool_coverage", "shipped_valid_ndcg@10", "valid_ndcg@10", "ranker_oof_ndcg@10", "seconds")
 
 
 def figures(checkpoint: Path, searcher: RankedSearcher, folders: dict[str, Path], prepared: PreparedDataset) -> dict:
@@ -100,10 +107,22 @@ def valid_figures(checkpoint: Path, searcher: RankedSearcher, params: dict, fold
             "n_valid_queries": len(valid)}
 
 
+def refitted_searcher(params: dict, folders: dict[str, Path], checkpoint: Path,
+                      prepared: PreparedDataset) -> tuple[RankedSearcher, dict]:
+    """The pool ranker trained afresh over `checkpoint`'s candidates, and its figures for the row."""
+    featurizer = load_featurizer(params, folders, checkpoint)
+    booster, candidate, training = fit_ranker(featurizer, prepared, params["ranker"]["systems"][RANKER],
+                                              RankerConfig.from_params(params["ranker"]), int(params["seed"]))
+    return RankedSearcher(featurizer, booster, candidate), {"ranker_oof_ndcg@10": training["oof_ndcg@10"],
+                                                           "ranker_seconds": round(training["seconds"], 1)}
+
+
 def own_arguments(parser) -> None:
     parser.add_argument("--systems", nargs="+", default=None, help="rows of align.systems (default: all of them)")
     parser.add_argument("--eval-only", action="store_true",
                         help="score the aligned checkpoints a previous run left; train nothing")
+    parser.add_argument("--refit-ranker", action="store_true",
+                        help="score each aligned checkpoint with a pool ranker fitted on its own validation pool")
 
 
 def main() -> None:
@@ -134,8 +153,9 @@ def main() -> None:
             return selection, sft_valid[key]
 
         sft_searcher = load_ranked_searcher(seeded, folders, RANKER)
+        sft_ranker = json.loads((folders["ranker"] / RANKER / "ranker.json").read_text())["training"]
         results["sft"].append({**figures(folders["sft_checkpoint"], sft_searcher, folders, prepared),
-                               **selected(None)[1]})
+                               **selected(None)[1], "ranker_oof_ndcg@10": sft_ranker["oof_ndcg@10"]})
         emit(BENCH, "sft", seed=seed, seconds=0.0, **results["sft"][-1])
         mined: dict[str, tuple] = {}
         for system in systems:
@@ -161,8 +181,11 @@ def main() -> None:
                 timing["seconds"] = round(time.perf_counter() - started, 1)
                 copy_retriever_assets(folders["sft_checkpoint"], out)
             selection, sft_figures = selected(system)
-            searcher = load_ranked_searcher(seeded, folders, RANKER, checkpoint=out)
-            results[system].append({**figures(out, searcher, folders, prepared),
+            if args.refit_ranker:
+                searcher, ranker_figures = refitted_searcher(seeded, folders, out, prepared)
+            else:
+                searcher, ranker_figures = load_ranked_searcher(seeded, folders, RANKER, checkpoint=out), {}
+            results[system].append({**figures(out, searcher, folders, prepared), **ranker_figures,
                                     **valid_figures(out, searcher, seeded, folders, selection),
                                     **{f"sft_{key}": value for key, value in sft_figures.items() if key != "n_valid_queries"},
                                     **timing})

@@ -23,8 +23,10 @@ TINY = {
                    "presets": {"cpu": {"model": {"d_model": 32, "n_heads": 2, "n_enc_layers": 1, "n_dec_layers": 1,
                                                  "d_ff": 64, "max_enc_len": 16},
                                        "sft": {"steps": 20, "batch_size": 32}}}},
-    # no queries lent: lending by the towers needs their item views, which these runs do not build
-    "sft": {"warmup_steps": 5, "checkpoint_every": 1000, "log_every": 10, "lr": 0.005, "borrowed_queries": {"per_item": 0}},
+    # no queries lent: lending by the towers needs their item views, which these runs do not build;
+    # no query vector, so no SCI teacher
+    "sft": {"warmup_steps": 5, "checkpoint_every": 1000, "log_every": 10, "lr": 0.005, "borrowed_queries": {"per_item": 0},
+            "sci_distillation": {"weight": 0.0}},
     # the small store's training queries: its validation half is too few queries for a resume test
     "align": {"mining": {"queries": "train", "beam_size": 8, "max_positives": 3, "max_judged_negatives": 2,
                          "max_pseudo_negatives": 3},

@@ -47,6 +47,16 @@ def test_alignment_benchmark_scores_sft_and_the_aligned_model_alike_and_again_fr
         assert again["dpo"][key] == dpo[key], key
     assert "seconds" not in again["dpo"]       # nothing was trained
 
+    # a pool ranker fitted on the aligned checkpoint's own validation pool: only the ranked figures may move
+    refit = {row["system"]: row for row in run_benchmark("alignment.py", "--seeds", "0", "--systems", "dpo",
+                                                         "--eval-only", "--refit-ranker") if not row.get("summary")}
+    assert refit["sft"] == again["sft"]                    # SFT keeps the ranker stage's own ranker
+    assert 0.0 <= refit["dpo"]["ranker_oof_ndcg@10"] <= 1.0 and refit["dpo"]["ranker_seconds"] > 0
+    assert 0.0 <= sft["ranker_oof_ndcg@10"] <= 1.0 and "ranker_seconds" not in sft
+    for key in ("beam_ndcg@10", "beam_recall@10", "valid_ndcg@10", "shipped_pool_coverage"):
+        assert refit["dpo"][key] == dpo[key], key
+    assert "ranker_oof_ndcg@10" not in dpo
+
 
 def test_alignment_benchmark_rejects_an_unknown_system_before_training():
     done = invoke("alignment.py", "--systems", "no_such_system")

@@ -20,8 +20,10 @@ def tiny_params(small_params: dict, **sft) -> dict:
     return deep_merge(small_params, {
         "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "query_vector": False,
                        "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 6, "batch_size": 16}}}},
-        # no queries lent: lending by the towers needs their item views, which these runs do not build
-        "sft": {"warmup_steps": 2, "checkpoint_every": 2, "log_every": 1, "borrowed_queries": {"per_item": 0}, **sft},
+        # no queries lent: lending by the towers needs their item views, which these runs do not build;
+        # no query vector, so no SCI teacher
+        "sft": {"warmup_steps": 2, "checkpoint_every": 2, "log_every": 1, "borrowed_queries": {"per_item": 0},
+                "sci_distillation": {"weight": 0.0}, **sft},
     })
 
 
@@ -31,7 +33,7 @@ def command_line_overrides(small_params: dict, model: dict, steps: int, checkpoi
                            "query_vector": False,
                            "presets": {"cpu": {"model": model, "sft": {"steps": steps, "batch_size": 16}}}},
             "sft": {"warmup_steps": 2, "checkpoint_every": checkpoint_every, "log_every": 1,
-                    "borrowed_queries": {"per_item": 0}},
+                    "borrowed_queries": {"per_item": 0}, "sci_distillation": {"weight": 0.0}},
             "demo": small_params["demo"]}
 
 

@@ -33,7 +33,7 @@ def pipeline(folders, small_params, tmp_path_factory):  # noqa: F811
         "generative": {"preset": "cpu", "device": "cpu", "init_from_minilm": False, "query_vector": False,
                        "presets": {"cpu": {"model": TINY_MODEL, "sft": {"steps": 10, "batch_size": 32}}}},
         "sft": {**NEW_VARIANT["sft"], "warmup_steps": 2, "checkpoint_every": 10, "log_every": 5,
-                "valid_max_queries": 8},
+                "valid_max_queries": 8, "sci_distillation": {"weight": 0.0}},   # no query vector, no SCI teacher
         "decode": {"beam_size": 4, "batch_size": 16},
     })
     # the SFT stage copies the query tower next to the item views for bucket ranking

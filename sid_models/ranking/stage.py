@@ -98,30 +98,39 @@ def validation_estimate(candidates, out_of_fold, query_ids, item_ids: np.ndarray
     return {f"oof_{key}": metrics[key] for key in ("recall@10", "ndcg@10", "mrr")}
 
 
-def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
-    settings = params["ranker"]
-    config = RankerConfig.from_params(settings)
-    prepared = PreparedDataset.load(inputs["prepared_dataset"])
+def fit_ranker(featurizer: CandidateFeaturizer, prepared: PreparedDataset, system_params: dict, config: RankerConfig,
+               seed: int):
+    """Train one ranker (`system_params`: a row of params ranker.systems) on the validation
+    queries with a relevant item, over `featurizer`'s candidates; returns (booster, candidate
+    settings, training summary)."""
+    started = time.perf_counter()
     relevant = prepared.relevant("valid")
     queries = prepared.split_queries("valid")
     queries = queries[queries["query_id"].isin(set(relevant["query_id"]))]
     if queries.empty:
         raise ValueError(f"dataset {prepared.name!r} has no validation query with a relevant item to train the ranker on")
-    featurizer = load_featurizer(params, inputs)
     item_ids = featurizer.retriever.item_ids
     query_ids, texts = queries["query_id"].tolist(), queries["text"].astype(str).tolist()
+    candidate = candidate_settings(system_params)
+    candidates = featurizer.candidates(texts, candidate)
+    query_labels = labels(candidates, query_ids, item_ids, prepared.split_judgments("valid"), prepared.scale,
+                          config.label_steps)
+    booster, training, out_of_fold = train_ranker(candidates, query_labels, config, seed)
+    training["valid_coverage"] = coverage([found.rows for found in candidates], query_ids, item_ids, relevant)
+    training.update(validation_estimate(candidates, out_of_fold, query_ids, item_ids, prepared))
+    training["mean_candidates"] = float(np.mean([len(found.rows) for found in candidates]))
+    training["seconds"] = time.perf_counter() - started
+    return booster, candidate, training
+
+
+def run(params: dict, inputs: dict[str, Path], out: Path) -> dict:
+    settings = params["ranker"]
+    config = RankerConfig.from_params(settings)
+    prepared = PreparedDataset.load(inputs["prepared_dataset"])
+    featurizer = load_featurizer(params, inputs)
     summary: dict[str, dict] = {}
     for system, system_params in settings["systems"].items():
-        started = time.perf_counter()
-        candidate = candidate_settings(system_params)
-        candidates = featurizer.candidates(texts, candidate)
-        query_labels = labels(candidates, query_ids, item_ids, prepared.split_judgments("valid"), prepared.scale,
-                              config.label_steps)
-        booster, training, out_of_fold = train_ranker(candidates, query_labels, config, int(params["seed"]))
-        training["valid_coverage"] = coverage([found.rows for found in candidates], query_ids, item_ids, relevant)
-        training.update(validation_estimate(candidates, out_of_fold, query_ids, item_ids, prepared))
-        training["mean_candidates"] = float(np.mean([len(found.rows) for found in candidates]))
-        training["seconds"] = time.perf_counter() - started
+        booster, candidate, training = fit_ranker(featurizer, prepared, system_params, config, int(params["seed"]))
         save_ranker(out / system, booster, candidate, training)
         summary[system] = training
         print(f"ranker {system}: {json.dumps({k: v for k, v in training.items() if k != 'feature_gain'})}",
